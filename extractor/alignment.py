@@ -1,0 +1,100 @@
+"""Words to subwords: tokenize the corpus once, map each subword to its word.
+
+Tokenizing is cheap next to the forward pass, so it is done up front: the
+store's shape (how many tokens each sentence contributes) is known before the
+first forward pass and no array is ever resized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WORD_VECTORS = ("last", "first", "mean", "subword")
+
+
+@dataclass
+class Encoded:
+    """The tokenized corpus."""
+
+    input_ids: list[np.ndarray]  # per sentence, special tokens included
+    word_ids: list[np.ndarray]  # per sentence, word index of each subword, -1 for special tokens
+    skipped: np.ndarray  # bool per sentence: longer than the model accepts
+    replaced_words: int  # words the tokenizer mapped to nothing, tokenized as its unk token
+
+
+def tokenize_corpus(tokenizer, sentences: list[list[str]], max_len: int | None, batch: int = 2048) -> Encoded:
+    """Tokenize pre-split sentences; mark sentences over ``max_len`` as skipped.
+
+    Never truncates: a sentence too long for the model is skipped whole and
+    counted (``inspect`` reports the count).
+    """
+    from transformers.utils import logging as hf_logging
+
+    # transformers warns about sequences over model_max_length; strata skips
+    # and counts those itself, so the warning would only confuse.
+    hf_logging.set_verbosity_error()
+    input_ids, word_ids, replaced = [], [], 0
+    stand_in = tokenizer.unk_token or "?"
+    for lo in range(0, len(sentences), batch):
+        chunk = sentences[lo:lo + batch]
+        enc = tokenizer(chunk, is_split_into_words=True, add_special_tokens=True, truncation=False)
+        for i, words in enumerate(chunk):
+            ids, wids = enc["input_ids"][i], enc.word_ids(i)
+            present = {w for w in wids if w is not None}
+            if len(present) < len(words):
+                # Some words (e.g. a lone zero-width character) yield no subword;
+                # give them the unk token so every word keeps a vector.
+                fixed = [w if j in present else stand_in for j, w in enumerate(words)]
+                replaced += len(words) - len(present)
+                one = tokenizer([fixed], is_split_into_words=True, add_special_tokens=True, truncation=False)
+                ids, wids = one["input_ids"][0], one.word_ids(0)
+            input_ids.append(np.asarray(ids, dtype=np.int64))
+            word_ids.append(np.asarray([-1 if w is None else w for w in wids], dtype=np.int64))
+    lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
+    skipped = lengths > max_len if max_len else np.zeros(len(input_ids), dtype=bool)
+    return Encoded(input_ids, word_ids, skipped, replaced)
+
+
+def tokens_per_sentence(enc: Encoded, sentences: list[list[str]], word_vector: str) -> np.ndarray:
+    """How many stored tokens each sentence contributes (0 when skipped)."""
+    if word_vector == "subword":
+        counts = np.array([int((w >= 0).sum()) for w in enc.word_ids], dtype=np.int64)
+    else:
+        counts = np.array([len(s) for s in sentences], dtype=np.int64)
+    counts[enc.skipped] = 0
+    return counts
+
+
+def subword_positions(word_ids: np.ndarray, word_vector: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions to read and the stored token each one feeds.
+
+    Returns ``(positions, target)``: hidden state at ``positions[j]`` goes to
+    stored token ``target[j]`` of the sentence (averaged when several map to
+    the same target, which only ``mean`` does).  Subwords of a word are
+    contiguous, so a word's first/last subword is where its id starts/ends.
+    """
+    positions = np.flatnonzero(word_ids >= 0)
+    words = word_ids[positions]
+    if word_vector == "subword":
+        return positions, np.arange(len(positions))
+    if word_vector == "mean":
+        return positions, words
+    starts = np.r_[True, words[1:] != words[:-1]]
+    ends = np.r_[words[1:] != words[:-1], True]
+    keep = starts if word_vector == "first" else ends
+    return positions[keep], words[keep]
+
+
+def cls_position(input_ids: np.ndarray, word_ids: np.ndarray, cls_token_id: int | None) -> int:
+    """Where the sentence vector is read for ``cls`` pooling.
+
+    The tokenizer's CLS token when the sequence has one (BERT, RoBERTa's <s>,
+    XLNet's trailing <cls>); otherwise the first token (GPT-2).
+    """
+    if cls_token_id is not None:
+        hits = np.flatnonzero((input_ids == cls_token_id) & (word_ids < 0))
+        if len(hits):
+            return int(hits[0])
+    return 0

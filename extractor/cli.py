@@ -1,0 +1,68 @@
+"""``strata extract`` command-line arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+from extractor.alignment import WORD_VECTORS
+from extractor.readers import FORMATS
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract", help="run a Hugging Face model over a corpus into a store",
+        description="Extract activations of every layer, per token and pooled per sentence, into a Zarr v3 store. "
+                    "Re-running the same command resumes; under `accelerate launch` processes split the shards.")
+    p.add_argument("--model", required=True, help="local directory or hub id of any AutoModel")
+    p.add_argument("--input", required=True, help="corpus file")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="store directory to create or resume")
+    p.add_argument("--columns", help="conll: names of the whitespace columns, e.g. word,pos,chunk")
+    p.add_argument("--labels", help="neurox: the parallel labels file")
+    p.add_argument("--layers", default="all", help="'all' or hidden-state indices such as 0,3,6 (0 = embeddings)")
+    p.add_argument("--word-vector", default="last", choices=WORD_VECTORS,
+                   help="subword of a word that represents it (default last, as Durrani et al.), "
+                        "or 'subword' to keep every subword")
+    p.add_argument("--pool", default="cls,mean", help="sentence vectors to store: cls, mean, both, or none")
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--codec", default="lossless", help="'lossless' (blosc zstd + bitshuffle) or 'bitround:K'")
+    p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-sentences", type=int, help="only the first N sentences")
+    p.add_argument("--shard-tokens", type=int, help="tokens per shard (unit of work); default ~64 MiB shards")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(run=run)
+
+
+def options_from_args(args):
+    from extractor.run import ExtractOptions
+
+    pool = () if args.pool in ("none", "") else tuple(dict.fromkeys(x.strip() for x in args.pool.split(",")))
+    return ExtractOptions(
+        model=args.model, input=args.input, format=args.format, out=args.out,
+        columns=args.columns.split(",") if args.columns else None, labels=args.labels, layers=args.layers,
+        word_vector=args.word_vector, pool=pool, dtype=args.dtype, codec=args.codec,
+        batch_tokens=args.batch_tokens, device=args.device, max_sentences=args.max_sentences,
+        shard_tokens=args.shard_tokens)
+
+
+def run(args) -> int:
+    import json
+
+    from extractor.run import extract
+    from store.summary import format_summary, summarize
+
+    result = extract(options_from_args(args))
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['status']}: {result['path']}  ({result['sentences']:,} sentences, {result['tokens']:,} tokens"
+              + (f", {result['sentences_skipped']} skipped as too long" if result["sentences_skipped"] else "")
+              + (f", {result['tokens_per_second_this_process']:,.0f} tokens/s" if result.get("seconds") else "")
+              + ")")
+        print(format_summary(summarize(result["path"])))
+    return 0

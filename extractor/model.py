@@ -1,0 +1,106 @@
+"""Loading a Hugging Face model and tokenizer, and the facts strata records about them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from store.errors import StrataError
+
+#: Model families whose position ids start after the padding index, so two
+#: of their position embeddings are never usable (RoBERTa-style offset).
+PADDING_OFFSET_FAMILIES = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}
+
+#: Tokenizers report "no limit" as a huge sentinel such as 1e30.
+_NO_LIMIT = 1_000_000
+
+
+def _looks_like_path(name: str) -> bool:
+    return str(name).startswith((".", "/", "~")) or Path(name).exists()
+
+
+def load_config(name: str):
+    """The model's config, or a one-line error naming ``--model``."""
+    from transformers import AutoConfig
+
+    if _looks_like_path(name) and not Path(name).expanduser().exists():
+        raise StrataError(f"--model: no such directory: {name}")
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except Exception as e:  # transformers raises many types; the message is what matters
+        raise StrataError(f"--model: cannot load {name!r}: {_first_line(e)}") from None
+
+
+def load_tokenizer(name: str):
+    """A fast tokenizer (word ids are needed to map subwords back to words).
+
+    Byte-level BPE tokenizers (GPT-2, RoBERTa) need ``add_prefix_space`` to
+    tokenize pre-split words the way they tokenize running text.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        if getattr(tok, "add_prefix_space", None) is False:
+            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False, add_prefix_space=True)
+    except Exception as e:
+        raise StrataError(f"--model: cannot load the tokenizer of {name!r}: {_first_line(e)}") from None
+    if not tok.is_fast:
+        raise StrataError(f"--model: {name!r} has no fast tokenizer; strata needs one to map subwords to words")
+    return tok
+
+
+def load_model(name: str, device: str):
+    """The model in eval mode on ``device``, with hidden states of every layer."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # strata shows its own progress bar
+    try:
+        model = AutoModel.from_pretrained(name, trust_remote_code=False, dtype=torch.float32)
+    except Exception as e:
+        raise StrataError(f"--model: cannot load {name!r}: {_first_line(e)}") from None
+    return model.eval().to(device)
+
+
+def n_layers(config) -> int:
+    """Number of transformer layers (hidden states = this + 1 for the embeddings)."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise StrataError(f"--model: cannot tell how many layers {config.model_type!r} has")
+
+
+def hidden_size(config) -> int:
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise StrataError(f"--model: cannot tell the hidden size of {config.model_type!r}")
+
+
+def max_positions(config, tokenizer) -> int | None:
+    """Longest input (special tokens included) the model accepts, or None."""
+    limits = []
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            if config.model_type in PADDING_OFFSET_FAMILIES:
+                value -= (getattr(config, "pad_token_id", 1) or 1) + 1
+            limits.append(value)
+            break
+    if 0 < tokenizer.model_max_length < _NO_LIMIT:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
+def config_sha256(config) -> str:
+    """Hash of the config's JSON with sorted keys (the architecture's identity)."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,391 @@
+"""Readers for the corpus formats strata accepts.
+
+Every reader turns one corpus file (plus, for NeuroX, its parallel labels
+file) into the same in-memory :class:`Corpus`: the words of each sentence and
+any labels attached to words or to whole sentences. The rest of strata only
+ever sees a ``Corpus``, so adding a format means adding one reader here.
+
+Formats (``fmt`` argument of :func:`read_corpus`):
+
+``conllu``
+    Universal Dependencies CoNLL-U. ``#`` lines are comments, a blank line
+    ends a sentence, token lines have exactly 10 tab-separated columns.
+    Multiword-token ranges (ID ``3-4``) and empty nodes (ID ``8.1``) are
+    skipped so that words line up with the syntactic tokens. Words are FORM;
+    token label sets ``upos``, ``xpos`` and ``deprel``.
+``conll``
+    Whitespace-separated columns, blank line between sentences. ``columns``
+    names the columns; exactly one must be ``word``, every other becomes a
+    token label set. Lines whose first column is ``-DOCSTART-`` (CoNLL-2003
+    document markers) are skipped, since they are not sentences.
+``neurox``
+    NeuroX parallel files: one sentence per line in ``path`` and one line of
+    labels per sentence in ``labels_path``. If every labels line holds one
+    label while some sentence has several tokens, the labels belong to
+    sentences; otherwise there is one label per token.
+``senteval``
+    SentEval probing TSV: ``split<TAB>label<TAB>sentence`` with split one of
+    ``tr``, ``va``, ``te``. Sentence label sets ``label`` and ``split``.
+``text``
+    Plain text, one sentence per line, no labels.
+
+Line rules shared by all formats:
+
+* Files are UTF-8 (a leading byte-order mark is ignored); ``\\n`` and
+  ``\\r\\n`` line endings are both accepted.
+* "Whitespace" means what :meth:`str.split` splits on.
+* In the line-per-sentence formats (``neurox``, ``senteval``, ``text``) every
+  line is a sentence, so any blank or whitespace-only line is an error, even
+  at the end of the file. The newline that ends the last line does not make
+  an extra line, so a normal trailing newline is fine.
+* In the block formats (``conllu``, ``conll``) blank or whitespace-only lines
+  separate sentences; any number of them may appear anywhere.
+
+Every problem is reported as a :class:`StrataError` whose one-line message
+starts with the file path (``PATH:LINE: ...`` when a line is at fault) or
+with the command-line parameter at fault (``--columns: ...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import BinaryIO
+
+from store.errors import StrataError
+
+FORMATS = ("conllu", "conll", "neurox", "senteval", "text")
+
+# CoNLL-U column names, used to say which column is empty in error messages.
+_CONLLU_COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DEPS", "MISC")
+# Token label sets taken from CoNLL-U, by column index, in the order shown to users.
+_CONLLU_LABEL_COLUMNS = {"upos": 3, "xpos": 4, "deprel": 7}
+
+_SENTEVAL_SPLITS = ("tr", "va", "te")
+
+# CoNLL-2003 style files start each document with this pseudo-token line.
+_DOCSTART = "-DOCSTART-"
+
+
+@dataclass
+class Corpus:
+    """A corpus held in memory, whatever format it was read from.
+
+    ``token_labels[name][i][j]`` is the label of word ``j`` of sentence ``i``
+    in label set ``name``; ``sentence_labels[name][i]`` is the label of
+    sentence ``i``. Both dicts keep the order the label sets were found in.
+    ``sha256`` covers the input file's bytes followed by the labels file's
+    bytes (NeuroX only), so it identifies exactly what was read.
+    """
+
+    sentences: list[list[str]]
+    token_labels: dict[str, list[list[str]]]
+    sentence_labels: dict[str, list[str]]
+    sha256: str
+    path: str
+
+
+def read_corpus(path, fmt, *, columns=None, labels_path=None, max_sentences=None) -> Corpus:
+    """Read the corpus at ``path`` in format ``fmt`` (one of :data:`FORMATS`).
+
+    ``columns`` (conll only) lists the column names, as a list or a
+    comma-separated string. ``labels_path`` (neurox only) is the parallel
+    labels file. ``max_sentences``, if given, keeps only the first that many
+    sentences (and their labels). The CoNLL and SentEval readers stop
+    reading there; the line-per-sentence readers (text, neurox) still scan
+    the rest to count lines, which NeuroX needs to check that its two files
+    are parallel.
+
+    Raises :class:`StrataError` for any bad parameter or malformed input.
+    """
+    path = os.fspath(path)
+    if labels_path is not None:
+        labels_path = os.fspath(labels_path)
+    _check_parameters(fmt, columns, labels_path, max_sentences)
+
+    if fmt == "conllu":
+        sentences, token_labels, sentence_labels = _read_conllu(path, max_sentences)
+    elif fmt == "conll":
+        sentences, token_labels, sentence_labels = _read_conll(path, _parse_columns(columns), max_sentences)
+    elif fmt == "neurox":
+        sentences, token_labels, sentence_labels = _read_neurox(path, labels_path, max_sentences)
+    elif fmt == "senteval":
+        sentences, token_labels, sentence_labels = _read_senteval(path, max_sentences)
+    else:  # "text"
+        sentences, _ = _read_line_rows(path, "input file", max_sentences, "empty sentence")
+        token_labels, sentence_labels = {}, {}
+
+    if not sentences:
+        raise StrataError(f"{path}: empty file, no sentences found")
+
+    # Hash in a separate chunked pass rather than while parsing: the parse may
+    # stop early (max_sentences), yet the hash must cover the whole input file
+    # and then the whole labels file. Re-reading costs one sequential read.
+    hashed = [path] if labels_path is None else [path, labels_path]
+    return Corpus(
+        sentences=sentences,
+        token_labels=token_labels,
+        sentence_labels=sentence_labels,
+        sha256=_sha256_of_files(hashed),
+        path=path,
+    )
+
+
+# --- parameters -------------------------------------------------------------
+
+
+def _check_parameters(fmt, columns, labels_path, max_sentences) -> None:
+    """Reject parameters that are wrong before any file is opened."""
+    if fmt not in FORMATS:
+        raise StrataError(f"--format: unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
+    if fmt == "conll" and columns is None:
+        raise StrataError("--columns: required for the conll format (e.g. --columns word,pos,chunk)")
+    if fmt != "conll" and columns is not None:
+        raise StrataError(f"--columns: only used by the conll format, not {fmt}")
+    if fmt == "neurox" and labels_path is None:
+        raise StrataError(
+            "--labels: required for the neurox format (the file of labels parallel to the input)"
+        )
+    if fmt != "neurox" and labels_path is not None:
+        raise StrataError(f"--labels: only used by the neurox format, not {fmt}")
+    if max_sentences is not None:
+        # bool is an int subclass; True must not silently mean "1 sentence".
+        if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences <= 0:
+            raise StrataError(f"--max-sentences: must be a positive integer, got {max_sentences!r}")
+
+
+def _parse_columns(columns) -> list[str]:
+    """Validate the conll column names; accept a list or ``"word,pos"``."""
+    if isinstance(columns, str):
+        names = [name.strip() for name in columns.split(",")]
+    else:
+        names = list(columns)
+    shown = ",".join(names)
+    if not all(names):
+        raise StrataError(f"--columns: empty column name in {shown!r}")
+    if names.count("word") != 1:
+        raise StrataError(f"--columns: must name exactly one 'word' column, got {shown!r}")
+    for name in names:
+        if names.count(name) > 1:
+            raise StrataError(f"--columns: duplicate column name {name!r}")
+    return names
+
+
+# --- low-level file access --------------------------------------------------
+
+
+def _open_binary(path: str, role: str) -> BinaryIO:
+    """Open ``path`` for reading bytes, turning OS errors into one-liners.
+
+    ``role`` ("input file" or "labels file") tells the user which of the
+    files given on the command line is at fault.
+    """
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise StrataError(f"{role} not found: {path}") from None
+    except IsADirectoryError:
+        raise StrataError(f"{role} is a directory: {path}") from None
+    except OSError as e:
+        raise StrataError(f"{role} not readable: {path} ({e.strerror or e})") from None
+
+
+def _iter_lines(path: str, role: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each line, without its line ending.
+
+    The file is read in binary and each line decoded on its own, so that a
+    bad byte can be reported with its line number, and only one line is held
+    at a time. Splitting bytes on ``\\n`` is safe because that byte never
+    occurs inside a multi-byte UTF-8 character.
+    """
+    with _open_binary(path, role) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise StrataError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                ) from None
+            if lineno == 1 and text.startswith("\ufeff"):
+                text = text[1:]  # a byte-order mark is not part of the first word
+            yield lineno, text.rstrip("\r\n")
+
+
+def _iter_blocks(path: str) -> Iterator[list[tuple[int, str]]]:
+    """Yield the blank-line-separated blocks of a file as lists of numbered lines.
+
+    Used by the CoNLL formats, where a block is one sentence. Runs of blank
+    lines and a missing final blank line both need no special handling.
+    """
+    block: list[tuple[int, str]] = []
+    for lineno, line in _iter_lines(path, "input file"):
+        if line.strip():
+            block.append((lineno, line))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _read_line_rows(path: str, role: str, max_rows, empty_message: str) -> tuple[list[list[str]], int]:
+    """Read a one-row-per-line file, each row split on whitespace.
+
+    Returns the first ``max_rows`` rows (all if None) and the total number of
+    lines in the file, which NeuroX needs to check that its two files are
+    parallel even when only a prefix is kept. A blank line is an error with
+    ``empty_message``.
+    """
+    rows: list[list[str]] = []
+    lines = _iter_lines(path, role)
+    for lineno, line in islice(lines, max_rows):
+        words = line.split()
+        if not words:
+            raise StrataError(f"{path}:{lineno}: {empty_message}")
+        rows.append(words)
+    total_lines = len(rows) + sum(1 for _ in lines)
+    return rows, total_lines
+
+
+def _sha256_of_files(paths: list[str]) -> str:
+    """sha256 of the concatenated bytes of ``paths``, read in chunks."""
+    hasher = hashlib.sha256()
+    for path, role in zip(paths, ("input file", "labels file")):
+        with _open_binary(path, role) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+# --- format readers ---------------------------------------------------------
+# Each returns (sentences, token_labels, sentence_labels).
+
+
+def _read_conllu(path: str, max_sentences):
+    """Read CoNLL-U: words are FORM, token labels UPOS, XPOS and DEPREL."""
+    sentences: list[list[str]] = []
+    token_labels: dict[str, list[list[str]]] = {name: [] for name in _CONLLU_LABEL_COLUMNS}
+    for block in _iter_blocks(path):
+        words: list[str] = []
+        labels: dict[str, list[str]] = {name: [] for name in _CONLLU_LABEL_COLUMNS}
+        for lineno, line in block:
+            if line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) != 10:
+                raise StrataError(f"{path}:{lineno}: expected 10 tab-separated columns, found {len(fields)}")
+            for name, value in zip(_CONLLU_COLUMNS, fields):
+                if not value:
+                    raise StrataError(f"{path}:{lineno}: empty {name} column")
+            # Multiword ranges repeat words that the following lines spell out,
+            # and empty nodes are not in the text at all; keeping either would
+            # put words in the sentence that the model never sees.
+            if "-" in fields[0] or "." in fields[0]:
+                continue
+            words.append(fields[1])
+            for name, column in _CONLLU_LABEL_COLUMNS.items():
+                labels[name].append(fields[column])
+        if not words:
+            # A block of comments only: point at where it starts.
+            raise StrataError(f"{path}:{block[0][0]}: empty sentence")
+        sentences.append(words)
+        for name, values in labels.items():
+            token_labels[name].append(values)
+        if len(sentences) == max_sentences:
+            break
+    return sentences, token_labels, {}
+
+
+def _read_conll(path: str, columns: list[str], max_sentences):
+    """Read whitespace-separated CoNLL columns named by ``columns``."""
+    word_index = columns.index("word")
+    label_columns = {name: i for i, name in enumerate(columns) if name != "word"}
+    sentences: list[list[str]] = []
+    token_labels: dict[str, list[list[str]]] = {name: [] for name in label_columns}
+    for block in _iter_blocks(path):
+        words: list[str] = []
+        labels: dict[str, list[str]] = {name: [] for name in label_columns}
+        for lineno, line in block:
+            fields = line.split()
+            if len(fields) != len(columns):
+                raise StrataError(
+                    f"{path}:{lineno}: expected {len(columns)} whitespace-separated columns "
+                    f"({' '.join(columns)}), found {len(fields)}"
+                )
+            if fields[0] == _DOCSTART:
+                continue
+            words.append(fields[word_index])
+            for name, column in label_columns.items():
+                labels[name].append(fields[column])
+        if not words:
+            continue  # the block held only a -DOCSTART- marker
+        sentences.append(words)
+        for name, values in labels.items():
+            token_labels[name].append(values)
+        if len(sentences) == max_sentences:
+            break
+    return sentences, token_labels, {}
+
+
+def _read_neurox(path: str, labels_path: str, max_sentences):
+    """Read NeuroX parallel sentence and label files.
+
+    Whether labels are per sentence or per token is decided from the
+    sentences actually kept (the ``max_sentences`` prefix).
+    """
+    sentences, sentence_lines = _read_line_rows(path, "input file", max_sentences, "empty sentence")
+    label_rows, label_lines = _read_line_rows(
+        labels_path, "labels file", max_sentences, "empty line, expected labels"
+    )
+    # Check whole-file line counts first: if the files are not parallel, the
+    # per-line token counts below would only report a symptom.
+    if sentence_lines != label_lines:
+        raise StrataError(
+            f"{labels_path}: {label_lines} lines, but {path} has {sentence_lines}; "
+            "expected one labels line per sentence line"
+        )
+
+    # One label per line could mean one label per sentence or a corpus of
+    # one-word sentences; only a longer sentence tells them apart.
+    one_label_each = all(len(row) == 1 for row in label_rows)
+    some_long_sentence = any(len(words) > 1 for words in sentences)
+    if one_label_each and some_long_sentence:
+        return sentences, {}, {"label": [row[0] for row in label_rows]}
+
+    for lineno, (words, row) in enumerate(zip(sentences, label_rows), start=1):
+        if len(row) != len(words):
+            raise StrataError(
+                f"{labels_path}:{lineno}: found {len(row)} labels but the sentence has {len(words)} tokens"
+            )
+    return sentences, {"label": label_rows}, {}
+
+
+def _read_senteval(path: str, max_sentences):
+    """Read a SentEval probing TSV: ``split<TAB>label<TAB>sentence``."""
+    sentences: list[list[str]] = []
+    labels: list[str] = []
+    splits: list[str] = []
+    for lineno, line in _iter_lines(path, "input file"):
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise StrataError(
+                f"{path}:{lineno}: expected 3 tab-separated fields (split, label, sentence), "
+                f"found {len(fields)}"
+            )
+        split, label, sentence = fields
+        if split not in _SENTEVAL_SPLITS:
+            raise StrataError(f"{path}:{lineno}: unknown split {split!r}, expected one of tr, va, te")
+        if not label:
+            raise StrataError(f"{path}:{lineno}: empty label")
+        words = sentence.split()
+        if not words:
+            raise StrataError(f"{path}:{lineno}: empty sentence")
+        sentences.append(words)
+        labels.append(label)
+        splits.append(split)
+        if len(sentences) == max_sentences:
+            break
+    return sentences, {}, {"label": labels, "split": splits}

@@ -1,0 +1,367 @@
+"""``strata extract``: corpus + model -> a complete store, resumable, in one or many processes.
+
+Work is split by unit (= activation shard, see store/layout.py).  Every
+process reads and tokenizes the corpus itself (cheap and deterministic), so
+they all agree on the layout without exchanging data.  Process 0 creates the
+store; then each process takes every P-th unfinished unit, so a resume may
+use a different number of processes.  A unit's batches are a function of the
+unit alone, which is why one process and many write the same bytes.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from extractor import alignment, model as hf
+from extractor.batching import token_budget_batches
+from extractor.forward import FLOAT16_MAX, OutOfRange, forward_batch, to_stored
+from extractor.readers import read_corpus
+from store import schema
+from store.errors import StrataError
+from store.layout import Layout, default_geometry
+from store.writer import StoreWriter, check_parameters, create_store, store_state
+
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class ExtractOptions:
+    model: str
+    input: str
+    format: str
+    out: str
+    columns: list[str] | None = None
+    labels: str | None = None
+    layers: str = "all"
+    word_vector: str = "last"
+    pool: tuple[str, ...] = ("cls", "mean")
+    dtype: str = "float16"
+    codec: str = "lossless"
+    batch_tokens: int = 2048
+    device: str = "cpu"
+    max_sentences: int | None = None
+    shard_tokens: int | None = None
+    chunk_tokens: int | None = None
+
+
+def parse_layers(spec: str, n_hidden_states: int, model: str) -> list[int]:
+    """``all`` or a comma list of hidden-state indices (0 = embedding output)."""
+    if spec == "all":
+        return list(range(n_hidden_states))
+    try:
+        layers = sorted({int(x) for x in spec.split(",")})
+    except ValueError:
+        raise StrataError(f"--layers: expected 'all' or comma-separated integers, got {spec!r}") from None
+    bad = [x for x in layers if not 0 <= x < n_hidden_states]
+    if bad:
+        raise StrataError(f"--layers: layer {bad[0]} is out of range for {model} "
+                          f"(0..{n_hidden_states - 1}, 0 = embedding output)")
+    return layers
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("strata", "torch", "transformers", "accelerate", "zarr", "numcodecs", "numpy", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Label strings -> int16 codes over the sorted class names."""
+    classes = sorted(set(values))
+    if len(classes) > np.iinfo(np.int16).max:
+        raise StrataError(f"a label set has {len(classes)} classes; at most {np.iinfo(np.int16).max} are supported")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.fromiter((index[v] for v in values), dtype=np.int16, count=len(values)), classes
+
+
+def corpus_arrays(corpus, enc: alignment.Encoded, counts: np.ndarray, word_vector: str, tokenizer) -> dict:
+    """Per-token and per-sentence arrays that need no forward pass."""
+    token_sentence, token_word, token_text = [], [], []
+    token_labels = {name: [] for name in corpus.token_labels}
+    for i, words in enumerate(corpus.sentences):
+        if counts[i] == 0:
+            continue
+        if word_vector == "subword":
+            positions = np.flatnonzero(enc.word_ids[i] >= 0)
+            word_of = enc.word_ids[i][positions]
+            text = tokenizer.convert_ids_to_tokens(enc.input_ids[i][positions].tolist())
+        else:
+            word_of = np.arange(len(words))
+            text = words
+        token_sentence.append(np.full(len(word_of), i, dtype=np.int32))
+        token_word.append(word_of.astype(np.int32))
+        token_text.extend(text)
+        for name, labels in corpus.token_labels.items():
+            token_labels[name].extend(labels[i][w] for w in word_of)
+    empty = np.zeros(0, dtype=np.int32)
+    return {
+        "token_sentence": np.concatenate(token_sentence) if token_sentence else empty,
+        "token_word": np.concatenate(token_word) if token_word else empty,
+        "token_text": token_text,
+        "sentence_skipped": enc.skipped,
+        "token_labels": {name: _codes(v) for name, v in token_labels.items()},
+        "sentence_labels": {name: _codes(v) for name, v in corpus.sentence_labels.items()},
+    }
+
+
+class Extraction:
+    """Everything one process needs to extract its share of the units."""
+
+    def __init__(self, opts: ExtractOptions, argv: list[str] | None = None):
+        self.opts = opts
+        opts.model, opts.input, opts.out = str(opts.model), str(opts.input), str(opts.out)
+        self.argv = list(sys.argv if argv is None else argv)
+        self.out = Path(opts.out)
+        if opts.batch_tokens < 1:
+            raise StrataError(f"--batch-tokens: must be a positive integer, got {opts.batch_tokens}")
+        if opts.word_vector not in alignment.WORD_VECTORS:
+            raise StrataError(f"--word-vector: choose from {', '.join(alignment.WORD_VECTORS)}")
+        bad_pool = [p for p in opts.pool if p not in schema.POOL_KINDS]
+        if bad_pool:
+            raise StrataError(f"--pool: unknown pooling {bad_pool[0]!r}; choose from cls, mean, none")
+        if opts.dtype not in ("float16", "float32"):
+            raise StrataError(f"--dtype: choose float16 or float32, got {opts.dtype!r}")
+        self.corpus = read_corpus(opts.input, opts.format, columns=opts.columns, labels_path=opts.labels,
+                                  max_sentences=opts.max_sentences)
+        self.config = hf.load_config(opts.model)
+        self.tokenizer = hf.load_tokenizer(opts.model)
+        self.layer_ids = parse_layers(opts.layers, hf.n_layers(self.config) + 1, opts.model)
+        self.hidden = hf.hidden_size(self.config)
+        self.max_len = hf.max_positions(self.config, self.tokenizer)
+        self.enc = alignment.tokenize_corpus(self.tokenizer, self.corpus.sentences, self.max_len)
+        self.counts = alignment.tokens_per_sentence(self.enc, self.corpus.sentences, opts.word_vector)
+        if self.counts.sum() == 0:
+            raise StrataError(f"{opts.input}: every sentence is longer than the model's {self.max_len} positions")
+        chunk, shard = default_geometry(len(self.layer_ids), self.hidden, np.dtype(opts.dtype).itemsize)
+        chunk = opts.chunk_tokens or min(chunk, opts.shard_tokens or chunk)
+        shard = opts.shard_tokens or shard
+        if shard % chunk:
+            raise StrataError(f"--shard-tokens: {shard} is not a multiple of the chunk size {chunk}")
+        self.layout = Layout(np.r_[0, np.cumsum(self.counts)].astype(np.int64), shard, chunk)
+
+    # -- what is recorded --------------------------------------------------
+    def parameters(self) -> dict:
+        """Everything that changes the stored bytes; a resume must match it."""
+        o = self.opts
+        return {
+            "model": o.model, "config_sha256": hf.config_sha256(self.config),
+            "tokenizer": type(self.tokenizer).__name__, "vocab_size": len(self.tokenizer),
+            "layers": self.layer_ids, "word_vector": o.word_vector, "pool": list(o.pool),
+            "dtype": o.dtype, "codec": o.codec, "batch_tokens": o.batch_tokens,
+            "shard_tokens": self.layout.shard_tokens, "chunk_tokens": self.layout.chunk_tokens,
+            "max_positions": self.max_len, "device": o.device.split(":")[0],
+            "dataset_sha256": self.corpus.sha256, "format": o.format, "columns": o.columns,
+            "max_sentences": o.max_sentences,
+        }
+
+    def provenance(self) -> dict:
+        return {
+            "model": self.opts.model, "model_type": self.config.model_type,
+            "config_sha256": hf.config_sha256(self.config),
+            "tokenizer": {"class": type(self.tokenizer).__name__, "name": self.tokenizer.name_or_path},
+            "aggregation": {"word_vector": self.opts.word_vector, "pool": list(self.opts.pool),
+                            "special_tokens": "excluded from token arrays and from mean pooling"},
+            "dataset": {"path": str(self.corpus.path), "labels_path": self.opts.labels,
+                        "format": self.opts.format, "sha256": self.corpus.sha256,
+                        "sentences": len(self.corpus.sentences)},
+            "versions": _versions(),
+            "command": self.argv,
+            "options": asdict(self.opts),
+        }
+
+    # -- the store ---------------------------------------------------------
+    def check_store(self) -> str:
+        """Refuse foreign paths and mismatched parameters (read-only, every process)."""
+        state = store_state(self.out)
+        if state == "planned":
+            import zarr
+
+            existing = zarr.open_group(self.out, mode="r").attrs[schema.ROOT_ATTR]["parameters"]
+            check_parameters(self.out, existing, self.parameters())
+        return state
+
+    def create(self) -> None:
+        create_store(self.out, layout=self.layout, layer_ids=self.layer_ids, hidden=self.hidden,
+                     dtype=self.opts.dtype, codec=self.opts.codec, pool=list(self.opts.pool),
+                     parameters=self.parameters(), provenance=self.provenance(),
+                     corpus=corpus_arrays(self.corpus, self.enc, self.counts, self.opts.word_vector,
+                                          self.tokenizer))
+
+    def summary(self) -> dict:
+        return {"sentences": len(self.corpus.sentences), "tokens": self.layout.n_tokens,
+                "sentences_skipped": int(self.enc.skipped.sum()), "max_positions": self.max_len,
+                "words_replaced_by_unk": self.enc.replaced_words}
+
+    # -- the work ----------------------------------------------------------
+    def load_model(self, device: str):
+        model = hf.load_model(self.opts.model, device)
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False  # no key/value cache: we never generate
+        return model
+
+    def run_units(self, units: list[int], writer: StoreWriter, model, device: str, show_progress: bool) -> None:
+        """Compute and write the given units in order.
+
+        Unit k is compressed and written on a background thread while unit
+        k+1 is computed (at most one write in flight, so memory stays at two
+        shards); a write error stops the run before the next unit starts.
+        """
+        total = int(sum(stop - start for start, stop in map(self.layout.unit_tokens, units)))
+        with tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not show_progress,
+                  mininterval=1.0, smoothing=0.1) as bar, ThreadPoolExecutor(1, "strata-writer") as pool:
+            in_flight = None
+            for unit in units:
+                started = time.perf_counter()
+                block, pooled = self._compute_unit(unit, model, device, bar)
+                if in_flight is not None:
+                    in_flight.result()
+                stats = {"seconds": round(time.perf_counter() - started, 3)}
+                in_flight = pool.submit(writer.write_unit, unit, block, pooled, stats)
+            if in_flight is not None:
+                in_flight.result()
+
+    def _compute_unit(self, unit: int, model, device: str, bar):
+        """The unit's activation shard and the pooled rows of the sentences it owns."""
+        start, stop = self.layout.unit_tokens(unit)
+        offsets = self.layout.offsets
+        n_layers = len(self.layer_ids)
+        block = np.empty((n_layers, stop - start, self.hidden), dtype=self.opts.dtype)
+        a, b = self.layout.owned_sentences(unit)
+        pooled = {k: np.full((n_layers, b - a, self.hidden), np.nan, dtype=self.opts.dtype) for k in self.opts.pool}
+        sentences = np.union1d(self.layout.unit_sentences(unit),
+                               np.arange(a, b)[~self.enc.skipped[a:b]]).astype(np.int64)
+        lengths = np.array([len(self.enc.input_ids[i]) for i in sentences], dtype=np.int64)
+        for batch in token_budget_batches(sentences, lengths, self.opts.batch_tokens):
+            out = forward_batch(model, [self.enc.input_ids[i] for i in batch],
+                                [self.enc.word_ids[i] for i in batch], layer_ids=self.layer_ids,
+                                word_vector=self.opts.word_vector, pool=list(self.opts.pool),
+                                pad_id=self.pad_id, cls_id=self.tokenizer.cls_token_id, device=device)
+            # Global token index of every row the batch produced; keep this unit's.
+            firsts = np.cumsum(out.sizes) - out.sizes
+            rows = np.arange(out.sizes.sum()) + np.repeat(offsets[batch] - firsts, out.sizes)
+            keep = (rows >= start) & (rows < stop)
+            sentence_of_row = np.repeat(batch, out.sizes)
+            _place(block, rows[keep] - start, self._stored(_rows(out.tokens, keep), sentence_of_row[keep]))
+            owned = (batch >= a) & (batch < b)
+            for kind, values in out.pooled.items():
+                _place(pooled[kind], batch[owned] - a, self._stored(_rows(values, owned), batch[owned]))
+            bar.update(int(keep.sum()))
+        return block, pooled
+
+    @property
+    def pad_id(self) -> int:
+        """Padding is masked out, so any id works when the tokenizer has none (GPT-2)."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return candidate
+        return 0
+
+    def _stored(self, values, sentence_of_row: np.ndarray) -> np.ndarray:
+        """Cast for storage; never store inf, NaN or a float16 overflow silently."""
+        try:
+            return to_stored(values, TORCH_DTYPES[self.opts.dtype])
+        except OutOfRange as e:
+            where = f"layer {self.layer_ids[e.layer]}, sentence {int(sentence_of_row[e.row])} of {self.opts.input}"
+            if e.what == "non-finite":
+                raise StrataError(f"the model produced non-finite activations at {where}") from None
+            raise StrataError(f"activations exceed the float16 range (|x| = {e.value:.6g} > {FLOAT16_MAX:g}) "
+                              f"at {where}; rerun with --dtype float32") from None
+
+
+def _rows(values: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
+    """``values[:, keep]``, without a copy when every row is kept (the usual case)."""
+    return values if keep.all() else values[:, torch.from_numpy(np.flatnonzero(keep))]
+
+
+def _place(target: np.ndarray, rows: np.ndarray, values: torch.Tensor) -> None:
+    """``target[:, rows] = values``, scattered by torch straight into numpy's memory."""
+    torch.from_numpy(target)[:, torch.from_numpy(rows)] = values
+
+
+def extract(opts: ExtractOptions, argv: list[str] | None = None) -> dict:
+    """Run (or resume) an extraction in this process's share; returns the summary.
+
+    Under ``accelerate launch`` every process calls this; errors found by any
+    process are shared so that all of them stop with the same message instead
+    of waiting on each other.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=opts.device == "cpu")
+    device = _device(opts.device, state)
+    ex = Extraction(opts, argv)
+    store_status = ex.check_store()  # read-only; every process gets the same answer
+    _all_ok(state, None)  # nobody creates before everyone has looked
+    if store_status != "planned":
+        _all_ok(state, _attempt(ex.create) if state.is_main_process else None)
+    writer = StoreWriter(ex.out, ex.layout)
+    if writer.complete:
+        return {**ex.summary(), "status": "already complete", "path": str(ex.out)}
+    pending = writer.pending_units()
+    _all_ok(state, None)  # everyone has listed the same pending units
+    if state.is_main_process:
+        writer.remove_partial_files()
+    _all_ok(state, None)
+    mine = pending[state.process_index::state.num_processes]
+    model = ex.load_model(device) if mine else None
+    started = time.perf_counter()
+    _all_ok(state, _attempt(lambda: ex.run_units(mine, writer, model, device, show_progress=state.is_main_process)))
+    if state.is_main_process:
+        if writer.pending_units():
+            failure = f"{ex.out}: units still missing after the run; rerun the same command"
+        else:
+            failure = _attempt(lambda: writer.finalize(ex.summary()))
+    _all_ok(state, failure if state.is_main_process else None)
+    seconds = time.perf_counter() - started
+    tokens = int(sum(stop - start for start, stop in map(ex.layout.unit_tokens, mine)))
+    return {**ex.summary(), "status": "complete", "path": str(ex.out), "seconds": round(seconds, 2),
+            "tokens_per_second_this_process": round(tokens / seconds, 1) if seconds else None,
+            "processes": state.num_processes}
+
+
+def _device(requested: str, state) -> str:
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise StrataError("--device: cuda requested but no CUDA device is available")
+        return str(state.device) if state.num_processes > 1 else requested
+    raise StrataError(f"--device: choose cpu or cuda, got {requested!r}")
+
+
+def _attempt(step) -> str | None:
+    """Run ``step``; return its error message instead of raising."""
+    try:
+        step()
+    except StrataError as e:
+        return str(e)
+    return None
+
+
+def _all_ok(state, failure: str | None) -> None:
+    """A barrier that also shares failures: raise everywhere if anyone failed."""
+    if state.num_processes == 1:
+        if failure:
+            raise StrataError(failure)
+        return
+    from accelerate.utils import gather_object
+
+    failures = [f for f in gather_object([failure]) if f]
+    if failures:
+        raise StrataError(failures[0])

@@ -1,0 +1,70 @@
+"""The resume manifest: one small Zarr group per finished piece of work.
+
+Each record is its own ``zarr.json`` (``manifest/unit_0000003`` and so on), so
+processes finishing different units never write the same file, and zarr's
+LocalStore writes it atomically (temp file + rename).  A record is written only
+after the files it vouches for are on disk, and it carries their sha256, which
+``strata verify`` checks.  Plain zarr sees ordinary, empty groups with
+attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import zarr
+
+from store import schema
+
+_HASH_BLOCK = 8 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def array_files(root: Path, array: str) -> list[str]:
+    """Relative paths of every chunk or shard file of an array (sorted)."""
+    chunk_dir = root / array / "c"
+    if not chunk_dir.exists():
+        return []
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in chunk_dir.rglob("*")
+        if p.is_file() and not p.name.endswith(".partial")
+    )
+
+
+def checksums(root: Path, files: list[str]) -> dict[str, str]:
+    return {rel: sha256_file(root / rel) for rel in files}
+
+
+def write_record(group: zarr.Group, name: str, record: dict) -> None:
+    """Write (or overwrite) one manifest record atomically."""
+    manifest = group.require_group(schema.MANIFEST)
+    manifest.create_group(name, attributes=record, overwrite=True)
+
+
+def read_record(group: zarr.Group, name: str) -> dict | None:
+    try:
+        node = group[f"{schema.MANIFEST}/{name}"]
+    except KeyError:
+        return None
+    return dict(node.attrs)
+
+
+def finished_units(root: Path) -> set[int]:
+    """Units whose record is on disk (listed from the directory: cheap)."""
+    manifest = root / schema.MANIFEST
+    if not manifest.exists():
+        return set()
+    done = set()
+    for entry in manifest.iterdir():
+        if entry.name.startswith("unit_") and (entry / "zarr.json").exists():
+            done.add(int(entry.name[len("unit_"):]))
+    return done

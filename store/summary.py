@@ -1,0 +1,112 @@
+"""What ``strata inspect`` reports about a store, read with plain zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from store import manifest, schema
+from store.errors import StrataError
+from store.writer import quiet_codec_warnings
+
+
+def open_store(path: Path) -> zarr.Group:
+    """Open a strata store read-only, or raise a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise StrataError(f"{path}: no such store")
+    try:
+        with quiet_codec_warnings():
+            group = zarr.open_group(path, mode="r")
+        attrs = group.attrs[schema.ROOT_ATTR]
+    except Exception:
+        raise StrataError(f"{path}: not a strata store") from None
+    version = attrs.get("schema_version")
+    if version != schema.SCHEMA_VERSION:
+        raise StrataError(f"{path}: store schema version {version} is not supported "
+                          f"(this strata reads version {schema.SCHEMA_VERSION})")
+    return group
+
+
+def _bytes_on_disk(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _label_sets(group: zarr.Group) -> dict:
+    sets = {}
+    for name in sorted(group.array_keys()):
+        for prefix in (schema.TOKEN_LABEL_PREFIX, schema.SENTENCE_LABEL_PREFIX):
+            if name.startswith(prefix):
+                arr = group[name]
+                classes = list(arr.attrs["classes"])
+                counts = np.bincount(arr[...], minlength=len(classes)) if arr.shape[0] else np.zeros(len(classes), int)
+                sets[name[len(prefix):]] = {
+                    "level": arr.attrs["level"], "array": name,
+                    "classes": {c: int(n) for c, n in zip(classes, counts)},
+                }
+    return sets
+
+
+def summarize(path: Path) -> dict:
+    """Everything inspect shows, as plain JSON-able values."""
+    path = Path(path)
+    group = open_store(path)
+    attrs = dict(group.attrs[schema.ROOT_ATTR])
+    params = attrs["parameters"]
+    plan = manifest.read_record(group, schema.PLAN_RECORD) or {}
+    n_units = plan.get("n_units")
+    done = len(manifest.finished_units(path))
+    skipped = group[schema.SENTENCE_SKIPPED]
+    acts = group[schema.ACTIVATIONS]
+    with quiet_codec_warnings():
+        arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                         "dims": list(arr.metadata.dimension_names or ())}
+                  for name, arr in sorted(group.arrays())}
+    return {
+        "path": str(path),
+        "schema_version": attrs["schema_version"],
+        "complete": bool(attrs.get("complete")),
+        "units_done": done,
+        "units_total": n_units,
+        "sentences": int(skipped.shape[0]),
+        "sentences_skipped": int(np.count_nonzero(skipped[...])),
+        "tokens": int(acts.shape[1]),
+        "layers": [int(x) for x in group[schema.LAYER][...]],
+        "hidden_size": int(acts.shape[2]),
+        "dtype": str(acts.dtype),
+        "codec": params.get("codec"),
+        "word_vector": params.get("word_vector"),
+        "pool": params.get("pool"),
+        "model": params.get("model"),
+        "label_sets": _label_sets(group),
+        "bytes_on_disk": _bytes_on_disk(path),
+        "arrays": arrays,
+        "summary": attrs.get("summary", {}),
+        "provenance": attrs.get("provenance", {}),
+    }
+
+
+def format_summary(info: dict) -> str:
+    """Human-readable inspect output."""
+    status = "complete" if info["complete"] else f"INCOMPLETE ({info['units_done']}/{info['units_total']} units done)"
+    lines = [
+        f"store       {info['path']}  ({status}, schema v{info['schema_version']})",
+        f"model       {info['model']}",
+        f"sentences   {info['sentences']:,} ({info['sentences_skipped']:,} skipped: longer than the model's positions)",
+        f"tokens      {info['tokens']:,} ({info['word_vector']} vectors)",
+        f"layers      {', '.join(map(str, info['layers']))}  (0 = embedding output)",
+        f"hidden      {info['hidden_size']}",
+        f"dtype       {info['dtype']}   codec {info['codec']}   pool {','.join(info['pool']) or 'none'}",
+        f"on disk     {info['bytes_on_disk']:,} bytes"
+        + (f" ({info['bytes_on_disk'] / info['tokens']:.0f} bytes/token)" if info["tokens"] else ""),
+    ]
+    for name, ls in info["label_sets"].items():
+        classes = ", ".join(f"{c}:{n}" for c, n in sorted(ls["classes"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"labels      {name} ({ls['level']}, {len(ls['classes'])} classes): {classes}")
+    lines.append("arrays")
+    for name, a in info["arrays"].items():
+        dims = ",".join(a["dims"])
+        lines.append(f"  {name:<24} {a['dtype']:<10} {tuple(a['shape'])}  ({dims})")
+    return "\n".join(lines)

@@ -1,0 +1,257 @@
+"""Creating, filling, resuming and finishing a store.
+
+Life of a store:
+1. ``create_store`` (one process): root attributes with the parameters first,
+   then every array preallocated to its final shape (no writer ever resizes),
+   corpus-derived arrays written, and last the ``manifest/plan`` record.  A
+   store without that record is an interrupted creation and is created again.
+2. ``StoreWriter.write_unit`` (any process, one per unit): the unit's whole
+   activation shard, its sentence-pooled rows into ``staging``, then its
+   manifest record with the shard's sha256.
+3. ``StoreWriter.finalize`` (one process, once every unit is recorded): pooled
+   arrays assembled from staging and checksummed (``manifest/final``), staging
+   removed, and only then ``complete: true`` in the root attributes.
+Every step can be killed and repeated; repeating it writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from store import manifest, schema
+from store.codecs import parse_codec
+from store.errors import StrataError
+from store.layout import Layout, default_geometry
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Crash here if ``STRATA_FAULT=name:N`` and this is the N-th time (tests).
+
+    Simulates a kill at the worst moments: after a shard is on disk but before
+    its record, and after pooled arrays are written but before they are
+    recorded.  ``os._exit`` skips every cleanup, like SIGKILL.
+    """
+    spec = os.environ.get("STRATA_FAULT", "")
+    if not spec.startswith(name + ":"):
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(spec.split(":")[1]):
+        os._exit(137)
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path):
+    """Turn OS write failures into one-line errors naming the store."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise StrataError(f"disk error writing {path}: {reason}") from e
+
+
+@contextlib.contextmanager
+def quiet_codec_warnings():
+    """BitRound is a numcodecs codec outside the Zarr v3 spec and zarr warns on
+    every construction; the README says it once instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
+        yield
+
+
+def store_state(path: Path) -> str:
+    """``"new"``, ``"planned"`` (creation finished) or ``"unplanned"``.
+
+    Raises when the path exists but is not a strata store, so a typo in
+    ``--out`` can never overwrite somebody's data.
+    """
+    if not path.exists():
+        return "new"
+    if not path.is_dir():
+        raise StrataError(f"--out: {path} exists and is not a strata store (it is a file)")
+    if not any(path.iterdir()):
+        return "new"
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = group.attrs.get(schema.ROOT_ATTR)
+    except Exception:
+        attrs = None
+    if not isinstance(attrs, dict) or "parameters" not in attrs:
+        raise StrataError(f"--out: {path} exists and is not a strata store; choose a new path")
+    return "planned" if manifest.read_record(group, schema.PLAN_RECORD) else "unplanned"
+
+
+def check_parameters(path: Path, existing: dict, requested: dict) -> None:
+    """Refuse to resume a store with different extraction parameters."""
+    keys = sorted(set(existing) | set(requested))
+    differ = [k for k in keys if existing.get(k) != requested.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: store has {existing.get(k)!r}, command has {requested.get(k)!r}" for k in differ)
+        raise StrataError(f"--out: {path} was extracted with different parameters ({shown}); use a new --out")
+
+
+def _array(group, name, data=None, *, shape=None, dtype=None, chunks=None, dims, **kwargs):
+    """Create one array; write ``data`` when given."""
+    shape = data.shape if data is not None else shape
+    dtype = data.dtype if data is not None and dtype is None else dtype
+    if chunks is None:
+        chunks = tuple(max(1, min(s, 1 << 16)) for s in shape)
+    arr = group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=dims,
+                             overwrite=True, **kwargs)
+    if data is not None and data.size:
+        arr[...] = data
+    return arr
+
+
+def create_store(path: Path, *, layout: Layout, layer_ids: list[int], hidden: int, dtype: str, codec: str,
+                 pool: list[str], parameters: dict, provenance: dict, corpus: dict) -> None:
+    """Create a store and write everything that does not need the model.
+
+    ``corpus`` holds ``token_sentence``, ``token_word``, ``token_text``,
+    ``sentence_skipped`` (arrays) and ``token_labels`` / ``sentence_labels``
+    (name -> (int16 codes, class names)).
+    """
+    with disk_errors(path), quiet_codec_warnings():
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        group.attrs[schema.ROOT_ATTR] = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "complete": False,
+            "parameters": parameters,
+            "provenance": provenance,
+        }
+        filters, compressors = parse_codec(codec, np.dtype(dtype))
+        n_layers = len(layer_ids)
+        float_kwargs = dict(filters=filters, compressors=compressors, fill_value=np.nan,
+                            config={"write_empty_chunks": True})
+        group.create_array(
+            schema.ACTIVATIONS, shape=(n_layers, max(layout.n_tokens, 0), hidden), dtype=dtype,
+            chunks=(1, layout.chunk_tokens, hidden), shards=(n_layers, layout.shard_tokens, hidden),
+            dimension_names=schema.ACTIVATION_DIMS, **float_kwargs)
+        sent_chunk, sent_shard = default_geometry(n_layers, hidden, np.dtype(dtype).itemsize)
+        sent_chunk = min(sent_chunk, layout.n_sentences)
+        sent_shard = min(sent_shard, -(-layout.n_sentences // sent_chunk) * sent_chunk)
+        for kind in pool:
+            group.create_array(
+                schema.pooled_name(kind), shape=(n_layers, layout.n_sentences, hidden), dtype=dtype,
+                chunks=(1, sent_chunk, hidden), shards=(n_layers, sent_shard, hidden),
+                dimension_names=schema.POOLED_DIMS, **float_kwargs)
+        _array(group, schema.LAYER, np.asarray(layer_ids, dtype=np.int16), dims=("layer",))
+        _array(group, schema.SENTENCE_OFFSETS, layout.offsets.astype(np.int64), dims=("sentence_edge",))
+        _array(group, schema.SENTENCE_SKIPPED, corpus["sentence_skipped"].astype(bool), dims=("sentence",))
+        _array(group, schema.TOKEN_SENTENCE, corpus["token_sentence"].astype(np.int32), dims=("token",))
+        _array(group, schema.TOKEN_WORD, corpus["token_word"].astype(np.int32), dims=("token",))
+        _array(group, schema.TOKEN_TEXT, shape=(layout.n_tokens,), dtype=str, dims=("token",),
+               data=np.asarray(corpus["token_text"], dtype=np.dtypes.StringDType()))
+        label_arrays = []
+        for prefix, dim, labels in ((schema.TOKEN_LABEL_PREFIX, "token", corpus["token_labels"]),
+                                    (schema.SENTENCE_LABEL_PREFIX, "sentence", corpus["sentence_labels"])):
+            for name, (codes, classes) in labels.items():
+                arr = _array(group, prefix + name, np.asarray(codes, dtype=np.int16), dims=(dim,),
+                             fill_value=-1, attributes={"classes": list(classes), "level": dim})
+                label_arrays.append(arr.basename)
+        written = [schema.LAYER, schema.SENTENCE_OFFSETS, schema.SENTENCE_SKIPPED, schema.TOKEN_SENTENCE,
+                   schema.TOKEN_WORD, schema.TOKEN_TEXT, *label_arrays]
+        files = [f for name in written for f in manifest.array_files(path, name)]
+        manifest.write_record(group, schema.PLAN_RECORD, {
+            "n_units": layout.n_units,
+            "shard_tokens": layout.shard_tokens,
+            "checksums": manifest.checksums(path, files),
+        })
+
+
+class StoreWriter:
+    """Writes units into a created store and finishes it."""
+
+    def __init__(self, path: Path, layout: Layout):
+        self.path = Path(path)
+        self.layout = layout
+        with quiet_codec_warnings():
+            self.group = zarr.open_group(self.path, mode="r+")
+            self.activations = self.group[schema.ACTIVATIONS]
+        self.pool = [k for k in schema.POOL_KINDS if schema.pooled_name(k) in self.group]
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs[schema.ROOT_ATTR])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    def pending_units(self) -> list[int]:
+        done = manifest.finished_units(self.path)
+        return [u for u in range(self.layout.n_units) if u not in done]
+
+    def remove_partial_files(self) -> None:
+        """Delete temp files left by a write that was killed mid-way."""
+        for partial in self.path.rglob("*.partial"):
+            partial.unlink(missing_ok=True)
+
+    def write_unit(self, unit: int, activations: np.ndarray, pooled: dict[str, np.ndarray], stats: dict) -> None:
+        """Write one unit's shard and pooled rows, then record it as done."""
+        start, stop = self.layout.unit_tokens(unit)
+        assert activations.shape[1] == stop - start, (activations.shape, start, stop)
+        with disk_errors(self.path), quiet_codec_warnings():
+            files = []
+            if stop > start:
+                self.activations[:, start:stop] = activations
+                files.append(f"{schema.ACTIVATIONS}/c/0/{unit}/0")
+            staging = self.group.require_group(schema.STAGING)
+            for kind in self.pool:
+                rows = pooled[kind]
+                if rows.shape[1] == 0:
+                    continue
+                name = f"{kind}_{unit:07d}"
+                # Staged rows are consumed (and deleted) by finalize, so only
+                # the shard's checksum goes into the permanent record.
+                staging.create_array(name, shape=rows.shape, dtype=rows.dtype, chunks=rows.shape,
+                                     compressors=self.activations.compressors, overwrite=True)[...] = rows
+            fault_point("unit-written")
+            manifest.write_record(self.group, schema.unit_record(unit), {
+                "unit": unit, "tokens": [start, stop], "sentences": list(self.layout.owned_sentences(unit)),
+                "checksums": manifest.checksums(self.path, files), **stats,
+            })
+
+    def finalize(self, summary: dict) -> None:
+        """Assemble pooled arrays, record their checksums, mark complete.
+
+        Only call once every unit is recorded.  Safe to repeat after a kill.
+        """
+        with disk_errors(self.path), quiet_codec_warnings():
+            if manifest.read_record(self.group, schema.FINAL_RECORD) is None:
+                files = []
+                for kind in self.pool:
+                    self._assemble_pooled(kind)
+                    files += manifest.array_files(self.path, schema.pooled_name(kind))
+                fault_point("pooled-written")
+                manifest.write_record(self.group, schema.FINAL_RECORD,
+                                      {"checksums": manifest.checksums(self.path, files)})
+            shutil.rmtree(self.path / schema.STAGING, ignore_errors=True)
+            attrs = self.attrs
+            attrs.update(complete=True, summary=summary)
+            self.group.attrs[schema.ROOT_ATTR] = attrs
+
+    def _assemble_pooled(self, kind: str) -> None:
+        """Copy each unit's staged rows into the pooled array, shard by shard."""
+        target = self.group[schema.pooled_name(kind)]
+        staging = self.group[schema.STAGING]
+        shard = target.shards[1]
+        owners = [(u, *self.layout.owned_sentences(u)) for u in range(self.layout.n_units)]
+        for lo in range(0, self.layout.n_sentences, shard):
+            hi = min(lo + shard, self.layout.n_sentences)
+            block = np.full((target.shape[0], hi - lo, target.shape[2]), np.nan, dtype=target.dtype)
+            for unit, a, b in owners:
+                if b <= lo or a >= hi or a == b:
+                    continue
+                rows = staging[f"{kind}_{unit:07d}"]
+                s, e = max(a, lo), min(b, hi)
+                block[:, s - lo:e - lo] = rows[:, s - a:e - a]
+            target[:, lo:hi] = block

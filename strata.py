@@ -1,0 +1,40 @@
+"""The ``strata`` command: one program, one subcommand per job.
+
+Subcommands live next to the code they drive:
+``extract`` in extractor/cli.py, ``inspect`` and ``verify`` in store/cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from store.errors import StrataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from extractor import cli as extract_cli
+    from store import cli as store_cli
+
+    parser = argparse.ArgumentParser(prog="strata", description="Activation store and probe engine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    extract_cli.add_parser(sub)
+    store_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except StrataError as e:
+        print(f"strata {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"strata {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

