@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line as the user typed it, recorded in provenance.
+    args.argv = ["strata", *(sys.argv[1:] if argv is None else argv)]
     try:
         return args.run(args)
     except StrataError as e:

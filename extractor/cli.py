@@ -52,7 +52,7 @@ def run(args) -> int:
     from extractor.run import extract
     from store.summary import format_summary, summarize
 
-    result = extract(options_from_args(args))
+    result = extract(options_from_args(args), args.argv)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:

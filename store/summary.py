@@ -51,7 +51,11 @@ def _label_sets(group: zarr.Group) -> dict:
 
 def summarize(path: Path) -> dict:
     """Everything inspect shows, as plain JSON-able values."""
-    path = Path(path)
+    with quiet_codec_warnings():
+        return _summarize(Path(path))
+
+
+def _summarize(path: Path) -> dict:
     group = open_store(path)
     attrs = dict(group.attrs[schema.ROOT_ATTR])
     params = attrs["parameters"]
@@ -60,10 +64,9 @@ def summarize(path: Path) -> dict:
     done = len(manifest.finished_units(path))
     skipped = group[schema.SENTENCE_SKIPPED]
     acts = group[schema.ACTIVATIONS]
-    with quiet_codec_warnings():
-        arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),
-                         "dims": list(arr.metadata.dimension_names or ())}
-                  for name, arr in sorted(group.arrays())}
+    arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                     "dims": list(arr.metadata.dimension_names or ())}
+              for name, arr in sorted(group.arrays())}
     return {
         "path": str(path),
         "schema_version": attrs["schema_version"],

@@ -1,0 +1,166 @@
+"""Every bad input gets a one-line error, a non-zero exit, and no store claiming completeness."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+import pytest
+import torch
+import zarr
+from transformers import AutoModel
+
+import zarr.storage._local as zarr_local
+
+from tests.test_resume import run_subprocess
+
+
+def extract(strata, model, corpus, out, fmt="text", *extra):
+    return strata("extract", "--model", model, "--input", corpus, "--format", fmt, "--out", out, *extra)
+
+
+def one_line_error(err: str) -> str:
+    """The single error line (a progress bar may precede it on stderr)."""
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert err.rstrip().endswith(lines[0]), err
+    return lines[0][lines[0].index("strata "):]
+
+
+def test_missing_input(strata, tiny_bert, tmp_path):
+    code, _, err = extract(strata, tiny_bert, tmp_path / "nope.txt", tmp_path / "s.zarr")
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: input file not found: {tmp_path / 'nope.txt'}"
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_malformed_conllu_names_the_line(strata, tiny_bert, tmp_path):
+    bad = tmp_path / "bad.conllu"
+    bad.write_text("# sent_id = 1\n1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n2\tcat\tcat\tNOUN\n\n")
+    code, _, err = extract(strata, tiny_bert, bad, tmp_path / "s.zarr", "conllu")
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: {bad}:3: expected 10 tab-separated columns, found 4"
+
+
+def test_malformed_conll_names_the_line(strata, tiny_bert, tmp_path):
+    bad = tmp_path / "bad.conll"
+    bad.write_text("The DT B-NP\ncat NN\n")
+    code, _, err = extract(strata, tiny_bert, bad, tmp_path / "s.zarr", "conll", "--columns", "word,pos,chunk")
+    assert code == 1
+    assert one_line_error(err) == ("strata extract: error: "
+                                   f"{bad}:2: expected 3 whitespace-separated columns (word pos chunk), found 2")
+
+
+def test_neurox_token_label_mismatch(strata, tiny_bert, tmp_path):
+    words, labels = tmp_path / "w.txt", tmp_path / "l.txt"
+    words.write_text("a cat sat\nthe dog\n")
+    labels.write_text("DT NN VB\nDT\n")
+    code, _, err = extract(strata, tiny_bert, words, tmp_path / "s.zarr", "neurox", "--labels", labels)
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: {labels}:2: found 1 labels but the sentence has 2 tokens"
+
+
+def test_empty_file(strata, tiny_bert, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, _, err = extract(strata, tiny_bert, empty, tmp_path / "s.zarr")
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: {empty}: empty file, no sentences found"
+
+
+def test_empty_sentence(strata, tiny_bert, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a cat sat\n\nthe dog ran\n")
+    code, _, err = extract(strata, tiny_bert, corpus, tmp_path / "s.zarr")
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: {corpus}:2: empty sentence"
+
+
+def test_unknown_format(strata, tiny_bert, text_corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "csv")
+    assert exit_info.value.code == 2
+    assert "argument --format: invalid choice: 'csv'" in capsys.readouterr().err
+
+
+def test_model_path_missing(strata, text_corpus, tmp_path):
+    code, _, err = extract(strata, tmp_path / "no-model", text_corpus, tmp_path / "s.zarr")
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: --model: no such directory: {tmp_path / 'no-model'}"
+
+
+def test_model_that_does_not_load(strata, text_corpus, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    code, _, err = extract(strata, broken, text_corpus, tmp_path / "s.zarr")
+    assert code == 1
+    assert one_line_error(err).startswith(f"strata extract: error: --model: cannot load '{broken}': ")
+
+
+def test_layer_out_of_range(strata, tiny_bert, text_corpus, tmp_path):
+    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--layers", "0,3")
+    assert code == 1
+    assert one_line_error(err) == ("strata extract: error: --layers: layer 3 is out of range for "
+                                   f"{tiny_bert} (0..2, 0 = embedding output)")
+
+
+def test_output_that_is_not_a_store(strata, tiny_bert, text_corpus, tmp_path):
+    somebody = tmp_path / "theirs"
+    somebody.mkdir()
+    (somebody / "notes.txt").write_text("precious")
+    code, _, err = extract(strata, tiny_bert, text_corpus, somebody)
+    assert code == 1
+    assert one_line_error(err) == (f"strata extract: error: --out: {somebody} exists and is not a strata store; "
+                                   "choose a new path")
+    assert (somebody / "notes.txt").read_text() == "precious"
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("x")
+    code, _, err = extract(strata, tiny_bert, text_corpus, a_file)
+    assert one_line_error(err) == f"strata extract: error: --out: {a_file} exists and is not a strata store (it is a file)"
+
+
+def test_disk_error_while_writing(strata, tiny_bert, text_corpus, tmp_path, monkeypatch):
+    out = tmp_path / "s.zarr"
+    real_put = zarr_local._put
+
+    def full_disk(path, value, exclusive=False):
+        if "activations/c" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(zarr_local, "_put", full_disk)
+    code, _, err = extract(strata, tiny_bert, text_corpus, out)
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: disk error writing {out}: No space left on device"
+    assert not zarr.open_group(out, mode="r").attrs["strata"]["complete"]
+    monkeypatch.setattr(zarr_local, "_put", real_put)
+    assert strata("verify", out)[0] == 1
+    assert extract(strata, tiny_bert, text_corpus, out)[0] == 0  # the space is back: resume completes
+    assert strata("verify", out)[0] == 0
+
+
+def test_float16_overflow_is_reported_not_stored(strata, tiny_bert, text_corpus, tmp_path):
+    loud = tmp_path / "loud"
+    model = AutoModel.from_pretrained(tiny_bert)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.fill_(1e6)  # embedding output far beyond 65504
+    model.save_pretrained(loud)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (loud / name).write_bytes((tiny_bert / name).read_bytes())
+    out = tmp_path / "s.zarr"
+    code, _, err = extract(strata, loud, text_corpus, out)
+    assert code == 1
+    line = one_line_error(err)
+    assert line.startswith("strata extract: error: activations exceed the float16 range (|x| = ")
+    assert re.search(rf"> 65504\) at layer 0, sentence \d+ of {re.escape(str(text_corpus))}; "
+                     r"rerun with --dtype float32$", line)
+    assert strata("verify", out)[0] == 1
+    assert extract(strata, loud, text_corpus, tmp_path / "f32.zarr", "text", "--dtype", "float32")[0] == 0
+
+
+def test_errors_exit_nonzero_as_a_process(tiny_bert, tmp_path):
+    result = run_subprocess(["extract", "--model", str(tiny_bert), "--input", str(tmp_path / "x"), "--format",
+                             "text", "--out", str(tmp_path / "s.zarr")])
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"strata extract: error: input file not found: {tmp_path / 'x'}"

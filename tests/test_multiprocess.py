@@ -1,0 +1,61 @@
+"""Several processes under Accelerate write the same store as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.store_compare import assert_stores_identical
+from tests.test_resume import extract_args, run_subprocess
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(n_processes: int, args: list[str], env_extra=None):
+    """``accelerate launch --multi_gpu -m extractor ARGS`` with n processes.
+
+    On a machine without GPUs ``--multi_gpu`` starts n torchrun workers that
+    talk over gloo (``--cpu`` would start a single process).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extractor", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_bert, ud_dev):
+    out = tmp_path_factory.mktemp("single") / "one.zarr"
+    result = run_subprocess(extract_args(tiny_bert, ud_dev, out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_two_processes_equal_one(single, tiny_bert, ud_dev, tmp_path):
+    out = tmp_path / "two.zarr"
+    result = launch(2, [*extract_args(tiny_bert, ud_dev, out)[1:], "--json"])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["processes"] == 2 and summary["status"] == "complete"
+    assert_stores_identical(single, out)
+
+
+def test_crash_with_one_process_resume_with_two(single, tiny_bert, ud_dev, tmp_path):
+    out = tmp_path / "mixed.zarr"
+    crashed = run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "unit-written:4"})
+    assert crashed.returncode == 137
+    result = launch(2, extract_args(tiny_bert, ud_dev, out)[1:])
+    assert result.returncode == 0, result.stderr
+    assert_stores_identical(single, out)
+
+
+def test_error_in_one_process_stops_all(tiny_bert, ud_dev, tmp_path):
+    """A bad --layers is found by every process; none hangs waiting for another."""
+    result = launch(2, extract_args(tiny_bert, ud_dev, tmp_path / "x.zarr", "--layers", "0,9")[1:])
+    assert result.returncode != 0
+    assert "--layers: layer 9 is out of range" in result.stderr
