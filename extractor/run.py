@@ -47,7 +47,7 @@ class ExtractOptions:
     pool: tuple[str, ...] = ("cls", "mean")
     dtype: str = "float16"
     codec: str = "lossless"
-    batch_tokens: int = 2048
+    batch_tokens: int = 1024
     device: str = "cpu"
     max_sentences: int | None = None
     shard_tokens: int | None = None

