@@ -1,0 +1,49 @@
+"""Row blocks of a feature matrix, as the solver reads them.
+
+The solver sees any iterable of ``(X, y)`` device arrays with ``n_rows`` and
+``n_features``.  Two kinds: blocks held in memory, and blocks streamed from
+their source on every pass with the next block read in the background while the
+current one is computed on.  Both cut the rows at the same places and
+standardize each block with the same arithmetic, so a probe trained either way
+is bitwise the same.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+def standardize(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 ``(X - mean) / scale``; the one place features are standardized."""
+    return (X.astype(np.float32) - mean) / scale
+
+
+class InMemoryBlocks:
+    """Blocks kept on the device (host RAM for NumPy, GPU memory for CuPy)."""
+
+    def __init__(self, pairs, n_features: int):
+        self.pairs = list(pairs)
+        self.n_rows = sum(len(y) for _, y in self.pairs)
+        self.n_features = n_features
+
+    def __iter__(self):
+        return iter(self.pairs)
+
+
+class StreamedBlocks:
+    """Blocks produced by ``read(i)`` on every pass; block ``i + 1`` is read in a
+    background thread while block ``i`` is used (decompression releases the GIL)."""
+
+    def __init__(self, read, n_blocks: int, n_rows: int, n_features: int):
+        self.read, self.n_blocks = read, n_blocks
+        self.n_rows, self.n_features = n_rows, n_features
+
+    def __iter__(self):
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-prefetch") as pool:
+            pending = pool.submit(self.read, 0) if self.n_blocks else None
+            for i in range(self.n_blocks):
+                current = pending.result()
+                pending = pool.submit(self.read, i + 1) if i + 1 < self.n_blocks else None
+                yield current

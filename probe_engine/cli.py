@@ -1,0 +1,81 @@
+"""``strata probe``: layer-wise and neuron-level elastic-net probes over a λ grid."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from store.errors import StrataError
+
+DEFAULT_GRID = "0,1e-5,1e-4,1e-3"
+
+
+def add_parser(subparsers) -> None:
+    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL
+
+    p = subparsers.add_parser(
+        "probe", help="train elastic-net probes on a store, many at once",
+        description="Multinomial logistic-regression probes with an elastic-net penalty "
+                    "(mean CE + l1*sum|W| + l2*sum W^2 on standardized features), one per feature set, "
+                    "label set and (l1, l2) grid point, chosen on dev and scored on test.")
+    p.add_argument("--train", required=True, help="store of the training corpus")
+    p.add_argument("--dev", required=True, help="store used to choose l1, l2 per feature set")
+    p.add_argument("--test", help="store for the final numbers")
+    p.add_argument("--labels", required=True, help="token-level label set(s), comma-separated (e.g. upos,xpos)")
+    p.add_argument("--layers", default="each",
+                   help="feature sets: each (every layer alone), all (all layers concatenated), layer ids, "
+                        "ids joined by + (concatenated); comma-separated (default: each)")
+    p.add_argument("--l1", default=DEFAULT_GRID, help=f"l1 grid (default {DEFAULT_GRID})")
+    p.add_argument("--l2", default=DEFAULT_GRID, help=f"l2 grid (default {DEFAULT_GRID})")
+    p.add_argument("--tol", type=float, default=DEFAULT_TOL,
+                   help=f"stop a probe when its distance to optimality is at most this (default {DEFAULT_TOL})")
+    p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
+                   help=f"data passes per group at most (default {DEFAULT_MAX_ITER})")
+    p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
+    p.add_argument("--scheduler", default="threads",
+                   help="threads (this process) or the address of a dask.distributed scheduler")
+    p.add_argument("--max-memory", default="4GB",
+                   help="hold training features in memory up to this size, else stream them (default 4GB)")
+    p.add_argument("--seed", type=int, default=0, help="recorded with the results (the solver draws nothing)")
+    p.add_argument("--out", required=True, help="output directory (results.json, weights/, plot)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=probe)
+
+
+def options_from_args(args) -> dict:
+    from dask.utils import parse_bytes
+
+    from probe_engine.grid import parse_floats
+
+    if args.tol <= 0:
+        raise StrataError(f"--tol: must be > 0, got {args.tol}")
+    if args.max_iter < 1:
+        raise StrataError(f"--max-iter: must be >= 1, got {args.max_iter}")
+    try:
+        max_memory = parse_bytes(args.max_memory)
+    except (ValueError, TypeError):
+        raise StrataError(f"--max-memory: {args.max_memory!r} is not a size such as 4GB or 512MiB") from None
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if not labels:
+        raise StrataError("--labels: no label set given")
+    return {"train": str(Path(args.train).resolve()), "dev": str(Path(args.dev).resolve()),
+            "test": str(Path(args.test).resolve()) if args.test else None, "labels": labels,
+            "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
+            "tol": args.tol, "max_iter": args.max_iter, "device": args.device, "max_memory": int(max_memory),
+            "seed": args.seed, "command": getattr(args, "argv", None)}
+
+
+def probe(args) -> int:
+    from probe_engine.backend import array_module
+    from probe_engine.report import format_table
+    from probe_engine.run import run_probe
+
+    options = options_from_args(args)
+    array_module(options["device"])  # fail now, not inside the first group
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise StrataError(f"--out: {out} exists and is not a directory")
+    document = run_probe(options, out, scheduler=args.scheduler, quiet=args.quiet)
+    print(format_table(document))
+    print(f"results: {out / 'results.json'}   plot: {out / 'accuracy_per_layer.png'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,80 @@
+"""The multinomial logistic loss of many probes, one pass over the data.
+
+A probe's datafit is the mean cross-entropy of ``softmax(x W + b)`` over the
+training rows.  Probes that read the same features share every data pass: their
+weights sit side by side, ``W`` of shape ``(d, P, C)`` seen as ``(d, P*C)``, so per
+block of rows one GEMM gives all logits and one more gives all gradients (the
+batching argument of the strata guide; the loss itself is as in Durrani et al.).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probe_engine.backend import module_of
+
+
+class MultinomialLogistic:
+    """Mean cross-entropy of a softmax over ``C`` classes, for ``P`` probes at once."""
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+
+    def value_and_gradient(self, blocks, W, b):
+        """One pass over ``blocks`` (pairs ``(X, y)``, class indices ``y``).
+
+        Returns ``(loss (P,), grad_W (d, P, C), grad_b (P, C))``, every term
+        divided by the number of rows.
+        """
+        xp = module_of(W)
+        d, P, C = W.shape
+        W2 = W.reshape(d, P * C)
+        loss = xp.zeros(P, dtype=np.float64)
+        grad_W = xp.zeros((d, P * C), dtype=W.dtype)
+        grad_b = xp.zeros((P, C), dtype=np.float64)
+        for X, y in blocks:
+            Z = self._log_softmax_residual(X @ W2, b, y, loss)
+            grad_W += X.T @ Z.reshape(len(y), P * C)
+            grad_b += Z.sum(axis=0, dtype=np.float64)
+        n = blocks.n_rows
+        return loss / n, grad_W.reshape(d, P, C) / n, (grad_b / n).astype(W.dtype)
+
+    def _log_softmax_residual(self, logits, b, y, loss_acc):
+        """Turn logits (rows, P*C) into ``softmax - onehot(y)`` in place, adding each
+        probe's summed cross-entropy to ``loss_acc``."""
+        xp = module_of(logits)
+        n, P, C = len(y), *b.shape
+        Z = logits.reshape(n, P, C)
+        Z += b
+        Z -= Z.max(axis=2, keepdims=True)
+        rows = xp.arange(n)
+        z_true = Z[rows, :, y]  # (n, P), shifted logit of the true class
+        xp.exp(Z, out=Z)
+        total = Z.sum(axis=2)
+        loss_acc += (xp.log(total) - z_true).sum(axis=0, dtype=np.float64)
+        Z /= total[:, :, None]
+        Z[rows, :, y] -= 1.0
+        return Z
+
+    def lipschitz(self, blocks) -> float:
+        """A bound on the gradient's Lipschitz constant, shared by all probes.
+
+        The softmax cross-entropy Hessian in the logits is at most I/2 (Böhning
+        1992), so the bound is ``lambda_max([X 1]^T [X 1] / n) / 2``, the ones
+        column standing for the intercept.  One pass over the data.
+        """
+        xp, gram, col_sums = None, None, None
+        for X, _ in blocks:
+            xp = module_of(X)
+            g, s = (X.T @ X).astype(np.float64), X.sum(axis=0, dtype=np.float64)
+            gram, col_sums = (g, s) if gram is None else (gram + g, col_sums + s)
+        n = blocks.n_rows
+        d = gram.shape[0]
+        full = xp.empty((d + 1, d + 1), dtype=np.float64)
+        full[:d, :d], full[:d, d], full[d, :d], full[d, d] = gram, col_sums, col_sums, n
+        return 0.5 * float(xp.linalg.eigvalsh(full / n)[-1])
+
+    def initial_intercept(self, class_counts, xp, dtype):
+        """The exact optimum with all weights zero: log class frequencies."""
+        freq = np.asarray(class_counts, dtype=np.float64) / np.sum(class_counts)
+        return xp.asarray(np.log(freq), dtype=dtype)

@@ -1,0 +1,96 @@
+"""A scikit-learn estimator for one elastic-net probe.
+
+``ElasticNetProbe`` solves the same problem as ``strata probe`` (see
+probe_engine/train.py) and follows the scikit-learn contract (the constructor
+only stores parameters; learned attributes end in ``_``), so one probe drops into
+a ``Pipeline`` or ``GridSearchCV``.  It is the same problem scikit-learn's
+``LogisticRegression(l1_ratio=rho, C=C, solver='saga')`` solves (multinomial,
+three or more classes) with ``l1 = rho / (C n)`` and ``l2 = (1 - rho) / (2 C n)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from probe_engine.backend import array_module
+from probe_engine.blocks import InMemoryBlocks, standardize
+from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, train_probes
+
+BLOCK_ROWS = 8192
+
+
+class ElasticNetProbe(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression with an elastic-net penalty, solved exactly.
+
+    Parameters
+    ----------
+    l1, l2 : penalty strengths in ``mean CE + l1*sum|W| + l2*sum W**2``.
+    standardize : standardize features with the training mean and (population)
+        standard deviation before fitting, as strata does; ``coef_`` and
+        ``intercept_`` are always for the features as given.
+    tol : stop once the distance from 0 to the objective's subdifferential is at
+        most ``tol`` in every coordinate.
+    max_iter : data passes at most.
+    device : ``cpu`` (NumPy) or ``cuda`` (CuPy).
+
+    Attributes
+    ----------
+    coef_ (n_classes, n_features), intercept_ (n_classes,), classes_,
+    n_iter_, converged_, objective_ (on the standardized problem), optimality_,
+    n_nonzero_.
+    """
+
+    def __init__(self, l1=1e-4, l2=0.0, *, standardize=True, tol=DEFAULT_TOL,
+                 max_iter=DEFAULT_MAX_ITER, device="cpu"):
+        self.l1, self.l2 = l1, l2
+        self.standardize = standardize
+        self.tol, self.max_iter, self.device = tol, max_iter, device
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        if self.l1 < 0 or self.l2 < 0:
+            raise ValueError(f"l1 and l2 must be >= 0, got l1={self.l1}, l2={self.l2}")
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least two classes, got {len(self.classes_)}")
+        if self.standardize:
+            mean, std = X.mean(axis=0), X.std(axis=0)
+            self.mean_ = mean.astype(np.float32)
+            self.scale_ = np.where(std > 0, std, 1.0).astype(np.float32)
+        else:
+            self.mean_ = np.zeros(X.shape[1], np.float32)
+            self.scale_ = np.ones(X.shape[1], np.float32)
+        xp = array_module(self.device)
+        blocks = InMemoryBlocks(
+            ((xp.asarray(standardize(X[i:i + BLOCK_ROWS], self.mean_, self.scale_)),
+              xp.asarray(y_idx[i:i + BLOCK_ROWS])) for i in range(0, len(X), BLOCK_ROWS)),
+            X.shape[1])
+        sol = train_probes(blocks, len(self.classes_), [self.l1], [self.l2], xp=xp,
+                           tol=self.tol, max_iter=self.max_iter)
+        W, b = sol.W[:, 0, :], sol.b[0]  # (d, C), (C,) on standardized features
+        self.coef_standardized_ = W.T.copy()
+        self.coef_ = (W / self.scale_[:, None]).T.astype(np.float64)
+        self.intercept_ = (b - (self.mean_ / self.scale_) @ W).astype(np.float64)
+        self.n_iter_ = int(sol.iterations[0])
+        self.converged_ = bool(sol.converged[0])
+        self.objective_ = float(sol.objective[0])
+        self.optimality_ = float(sol.optimality[0])
+        self.n_nonzero_ = int(np.count_nonzero(W))
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        return X @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X):
+        Z = self.decision_function(X)
+        Z = np.exp(Z - Z.max(axis=1, keepdims=True))
+        return Z / Z.sum(axis=1, keepdims=True)
+
+    def predict(self, X):
+        return self.classes_[self.decision_function(X).argmax(axis=1)]

@@ -1,0 +1,92 @@
+"""The chunk reader: a feature set of a store as row blocks for the solver.
+
+A *feature set* is one layer, or several layers concatenated (neuron-level
+probes read all layers side by side).  Its rows are the store's tokens that
+carry a label.  Dask reads the store (``dask.array.from_zarr``) and cuts the
+token axis into blocks aligned with the store's chunks; the same ``read_block``
+feeds both the in-memory path (all blocks read once) and the streamed path
+(blocks read again on every pass), which is why both give the same bits.
+
+Features are standardized with the training rows' mean and population standard
+deviation (features that are constant in training are only centred).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from probe_engine.blocks import InMemoryBlocks, StreamedBlocks, standardize
+from probe_engine.stores import ProbeStore
+from store.errors import StrataError
+
+#: Largest block of rows (logits of a block are rows x probes x classes floats).
+MAX_BLOCK_TOKENS = 16384
+LOGIT_BUDGET_BYTES = 64 << 20
+
+
+def block_tokens_for(n_outputs: int, chunk_tokens: int) -> int:
+    """Rows per block for ``n_outputs`` = probes x classes: the logits buffer stays
+    near ``LOGIT_BUDGET_BYTES``; a multiple of the store's chunk so reads align."""
+    rows = min(MAX_BLOCK_TOKENS, max(1024, LOGIT_BUDGET_BYTES // (4 * max(1, n_outputs))))
+    return max(chunk_tokens, rows // chunk_tokens * chunk_tokens)
+
+
+@dataclass
+class Standardizer:
+    mean: np.ndarray  # float32 (d,)
+    scale: np.ndarray  # float32 (d,)
+
+
+class FeatureSet:
+    """Rows of ``store`` with a class index ``y >= 0`` (or ``-2``: unseen in training),
+    features = the store layers at ``positions`` side by side."""
+
+    def __init__(self, store: ProbeStore, positions: list[int], y_tokens: np.ndarray, block_tokens: int):
+        self.store, self.positions = store, list(positions)
+        self.y_tokens = y_tokens  # per token: class index, -1 missing (dropped), -2 unseen (kept)
+        acts = da.from_zarr(store.activations)
+        self.X = da.concatenate([acts[p] for p in self.positions], axis=1).rechunk((block_tokens, -1))
+        self.block_tokens = block_tokens
+        self.n_blocks = len(self.X.chunks[0])
+        self.n_rows = int(np.count_nonzero(y_tokens != -1))
+        self.n_features = int(self.X.shape[1])
+
+    def rows_in_block(self, i: int) -> tuple[slice, np.ndarray]:
+        start = i * self.block_tokens
+        stop = min(start + self.block_tokens, len(self.y_tokens))
+        return slice(start, stop), self.y_tokens[start:stop] != -1
+
+    def statistics(self) -> Standardizer:
+        """Training mean and standard deviation in float64 (one dask pass); refuses
+        non-finite activations, naming the store, layer and neuron."""
+        keep = self.y_tokens != -1
+        rows = self.X[keep].astype(np.float64)
+        mean, std, finite = dask.compute(rows.mean(axis=0), rows.std(axis=0),
+                                         da.isfinite(self.X[keep]).all(axis=0), scheduler="threads")
+        if not finite.all():
+            col = int(np.flatnonzero(~finite)[0])
+            hidden = self.store.activations.shape[2]
+            layer = self.store.layers[self.positions[col // hidden]]
+            raise StrataError(f"{self.store.option}: {self.store.path} has non-finite activations "
+                              f"(layer {layer}, neuron {col % hidden})")
+        return Standardizer(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
+
+    def read_block(self, i: int, stats: Standardizer, xp):
+        """Block ``i``: standardized float32 features and class indices, on the device."""
+        tokens, keep = self.rows_in_block(i)
+        raw = self.X.blocks[i].compute(scheduler="threads")[keep]
+        return xp.asarray(standardize(raw, stats.mean, stats.scale)), xp.asarray(self.y_tokens[tokens][keep])
+
+    def blocks(self, stats: Standardizer, xp, *, in_memory: bool):
+        read = lambda i: self.read_block(i, stats, xp)  # noqa: E731
+        if in_memory:
+            return InMemoryBlocks((read(i) for i in range(self.n_blocks)), self.n_features)
+        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features)
+
+    def memory_bytes(self) -> int:
+        """Bytes the standardized float32 rows take when held in memory."""
+        return self.n_rows * self.n_features * 4

@@ -1,0 +1,69 @@
+"""What a ``strata probe`` run trains: feature sets x label sets x the (l1, l2) grid.
+
+One *group* is one feature set and one label set with every grid point: those
+probes share every data pass (see datafit.py).  Groups are independent, which is
+what the scheduler distributes and what a resumed run skips when finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from store.errors import StrataError
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise StrataError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise StrataError(f"{option}: the grid is empty")
+    bad = [v for v in values if not v >= 0 or v == float("inf")]
+    if bad:
+        raise StrataError(f"{option}: penalties must be finite and >= 0, got {bad[0]}")
+    return sorted(set(values))
+
+
+def parse_layers(text: str, store_layers: list[int]) -> list[tuple[int, ...]]:
+    """Feature sets from ``--layers``: comma-separated items, each ``each`` (every
+    stored layer alone), ``all`` (all stored layers concatenated), a layer id, or
+    layer ids joined by ``+`` (concatenated).  Layer ids are the model's hidden-state
+    indices, 0 = embedding output.  Order kept, duplicates dropped."""
+    sets: list[tuple[int, ...]] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        if item == "each":
+            sets += [(layer,) for layer in store_layers]
+        elif item == "all":
+            sets.append(tuple(store_layers))
+        else:
+            try:
+                ids = tuple(int(x) for x in item.split("+"))
+            except ValueError:
+                raise StrataError(f"--layers: {item!r} is not each, all, a layer id or ids joined by +") from None
+            missing = [i for i in ids if i not in store_layers]
+            if missing:
+                raise StrataError(f"--layers: layer {missing[0]} is not in the store "
+                                  f"(stored: {', '.join(map(str, store_layers))})")
+            sets.append(ids)
+    unique = list(dict.fromkeys(sets))
+    if not unique:
+        raise StrataError("--layers: no feature set given")
+    return unique
+
+
+def feature_set_name(layers: tuple[int, ...], store_layers: list[int]) -> str:
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if list(layers) == list(store_layers):
+        return "all layers"
+    return "layers " + "+".join(map(str, layers))
+
+
+def group_id(spec: dict) -> str:
+    """Stable name of a group: a hash of everything that changes its results."""
+    text = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,103 @@
+"""Train and evaluate one probe group: one feature set, one label set, the whole grid.
+
+``run_group`` takes a plain JSON spec and opens the stores itself, so the same
+function runs in this process or on any ``dask.distributed`` worker that sees
+the stores' paths.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+
+from probe_engine.backend import array_module
+from probe_engine.features import FeatureSet, block_tokens_for
+from probe_engine.grid import feature_set_name
+from probe_engine.labels import mapped_classes, training_classes
+from probe_engine.stores import ProbeStore, check_same_model
+from probe_engine.train import predict, train_probes
+
+
+def open_stores(spec: dict) -> dict[str, ProbeStore]:
+    stores = {"train": ProbeStore(Path(spec["train"]), "--train")}
+    for split in ("dev", "test"):
+        if spec.get(split):
+            stores[split] = ProbeStore(Path(spec[split]), f"--{split}")
+            check_same_model(stores["train"], stores[split])
+    return stores
+
+
+def choose(records: list[dict]) -> int:
+    """The probe picked on dev: best dev accuracy; ties go to fewer non-zeros, then
+    the larger l1, then the larger l2 (the simpler probe)."""
+    return max(range(len(records)), key=lambda i: (records[i]["dev_accuracy"], -records[i]["nonzeros"],
+                                                   records[i]["l1"], records[i]["l2"]))
+
+
+def run_group(spec: dict, progress=None) -> dict:
+    """Returns ``{"summary": JSON-able dict, "arrays": {name: ndarray}}``.
+
+    ``progress(iteration, active)`` is called after every training pass.
+    """
+    xp = array_module(spec["device"])
+    stores = open_stores(spec)
+    train = stores["train"]
+    positions = [train.layers.index(layer) for layer in spec["layers"]]
+    y_train, classes, counts = training_classes(train, spec["label"])
+    grid = [(l1, l2) for l1 in spec["l1"] for l2 in spec["l2"]]
+    chunk = train.activations.chunks[1]
+    block = block_tokens_for(len(grid) * len(classes), chunk)
+    features = FeatureSet(train, positions, y_train, block)
+    stats = features.statistics()
+    in_memory = features.memory_bytes() <= spec["max_memory"]
+
+    started = time.perf_counter()
+    blocks = features.blocks(stats, xp, in_memory=in_memory)
+    sol = train_probes(blocks, len(classes), [g[0] for g in grid], [g[1] for g in grid], xp=xp,
+                       tol=spec["tol"], max_iter=spec["max_iter"], counts=counts, on_iteration=progress)
+    train_seconds = time.perf_counter() - started
+
+    predictions = {"train": predict(blocks, sol.W, sol.b, xp)}
+    unseen = {}
+    for split in ("dev", "test"):
+        if split in stores:
+            y, unseen[split] = mapped_classes(stores[split], spec["label"], classes)
+            fs = FeatureSet(stores[split], positions, y, block)
+            predictions[split] = predict(fs.blocks(stats, xp, in_memory=False), sol.W, sol.b, xp)
+    accuracy = {split: (pred == truth[:, None]).mean(axis=0) if len(truth) else np.full(len(grid), np.nan)
+                for split, (pred, truth) in predictions.items()}
+
+    name = feature_set_name(tuple(spec["layers"]), train.layers)
+    records = []
+    for p, (l1, l2) in enumerate(grid):
+        record = {"feature_set": name, "layers": spec["layers"], "label": spec["label"], "l1": l1, "l2": l2,
+                  "seed": spec["seed"]}
+        for split in ("train", "dev", "test"):
+            record[f"{split}_accuracy"] = float(accuracy[split][p]) if split in accuracy else None
+        record.update(objective=float(sol.objective[p]), loss=float(sol.loss[p]),
+                      converged=bool(sol.converged[p]), iterations=int(sol.iterations[p]),
+                      optimality=float(sol.optimality[p]), nonzeros=int(np.count_nonzero(sol.W[:, p])),
+                      seconds=train_seconds / len(grid))
+        records.append(record)
+    chosen = choose(records) if "dev" in accuracy else None
+    per_class = {}
+    if chosen is not None:
+        for split in ("dev", "test"):
+            if split in predictions:
+                pred, truth = predictions[split]
+                prec, rec, f1, support = precision_recall_fscore_support(
+                    truth, pred[:, chosen], labels=np.arange(len(classes)), zero_division=0)
+                per_class[split] = {c: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]),
+                                        "support": int(support[k])} for k, c in enumerate(classes)}
+    summary = {
+        "feature_set": name, "layers": spec["layers"], "label": spec["label"], "classes": classes,
+        "rows": {split: int(len(truth)) for split, (_, truth) in predictions.items()},
+        "unseen_label_tokens": unseen, "features": features.n_features, "probes": len(grid),
+        "in_memory": in_memory, "block_tokens": block, "train_seconds": train_seconds,
+        "records": records, "chosen": chosen, "per_class": per_class,
+    }
+    arrays = {"W": sol.W, "b": sol.b, "mean": stats.mean, "scale": stats.scale}
+    return {"summary": summary, "arrays": arrays}

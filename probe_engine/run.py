@@ -1,0 +1,188 @@
+"""A whole ``strata probe`` run: plan the groups, run the missing ones, write results.
+
+Each finished group is saved at once under ``DIR/groups/`` (arrays first, then
+the JSON that marks it finished, each written to a temporary name and renamed),
+so an interrupted run started again reuses every finished group and redoes only
+the others.  Groups run one after another in this process (``--scheduler
+threads``: the BLAS and Dask use the threads) or as tasks on a
+``dask.distributed`` cluster (``--scheduler ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from probe_engine.grid import feature_set_name, group_id, parse_layers
+from probe_engine.group import open_stores, run_group
+from probe_engine.labels import training_classes
+from store.errors import StrataError
+
+RESULTS_VERSION = 1
+
+
+def plan_groups(options: dict) -> list[dict]:
+    """One spec per (label set, feature set); validates stores and labels up front."""
+    stores = open_stores(options)
+    train = stores["train"]
+    for store in stores.values():
+        for label in options["labels"]:
+            store.labels(label)  # raises naming the missing label set
+    feature_sets = parse_layers(options["layers_spec"], train.layers)
+    common = {k: options[k] for k in ("train", "dev", "test", "l1", "l2", "tol", "max_iter", "device",
+                                      "max_memory", "seed")}
+    specs = []
+    for label in options["labels"]:
+        training_classes(train, label)  # at least two classes
+        for layers in feature_sets:
+            specs.append({**common, "label": label, "layers": list(layers)})
+    return specs
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_group(out: Path, gid: str, spec: dict, result: dict) -> None:
+    folder = out / "groups"
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / f"{gid}.npz", lambda f: np.savez(f, **result["arrays"]))
+    doc = {"spec": spec, **result["summary"]}
+    _atomic_write(folder / f"{gid}.json", lambda f: f.write(json.dumps(doc, indent=1).encode()))
+
+
+def load_group(out: Path, gid: str, spec: dict) -> dict | None:
+    path = out / "groups" / f"{gid}.json"
+    if not path.exists() or not (out / "groups" / f"{gid}.npz").exists():
+        return None
+    doc = json.loads(path.read_text())
+    return doc if doc.get("spec") == spec else None
+
+
+def load_group_arrays(out: Path, gid: str) -> dict:
+    with np.load(out / "groups" / f"{gid}.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bool = False) -> dict:
+    """Run every group of ``options`` into ``out``; returns the results document."""
+    specs = plan_groups(options)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [group_id(s) for s in specs]
+    done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
+    todo = [(gid, s) for gid, s in zip(ids, specs) if gid not in done]
+    if done and not quiet:
+        print(f"strata probe: reusing {len(done)} finished group(s) in {out / 'groups'}", file=sys.stderr)
+    started = time.perf_counter()
+    if scheduler == "threads":
+        _run_local(todo, out, done, quiet)
+    else:
+        _run_distributed(todo, out, done, scheduler, quiet)
+    return write_results(options, out, [(gid, done[gid]) for gid in ids], time.perf_counter() - started, scheduler)
+
+
+def _run_local(todo, out, done, quiet):
+    outer = tqdm(total=len(todo), desc="probe groups", unit="group", disable=quiet or not todo)
+    for gid, spec in todo:
+        probes = len(spec["l1"]) * len(spec["l2"])
+        inner = tqdm(total=spec["max_iter"], desc=f"  {spec['label']} layers {'+'.join(map(str, spec['layers']))}",
+                     unit="pass", leave=False, disable=quiet)
+
+        def progress(iteration, active, inner=inner, probes=probes):
+            inner.update(iteration - inner.n)
+            inner.set_postfix_str(f"{probes - active}/{probes} probes done", refresh=False)
+
+        result = run_group(spec, progress)
+        inner.close()
+        save_group(out, gid, spec, result)
+        done[gid] = {"spec": spec, **result["summary"]}
+        outer.update()
+    outer.close()
+
+
+def _run_distributed(todo, out, done, address, quiet):
+    from dask.distributed import Client, as_completed
+
+    try:
+        client = Client(address, timeout="20s")
+    except Exception as e:
+        raise StrataError(f"--scheduler: cannot reach a dask scheduler at {address} ({e})") from None
+    with client:
+        futures = {client.submit(run_group, spec, pure=False, key=f"strata-probe-{gid}"): (gid, spec)
+                   for gid, spec in todo}
+        bar = tqdm(total=len(todo), desc=f"probe groups on {address}", unit="group", disable=quiet or not todo)
+        for future in as_completed(futures):
+            gid, spec = futures[future]
+            result = future.result()
+            save_group(out, gid, spec, result)
+            done[gid] = {"spec": spec, **result["summary"]}
+            bar.update()
+        bar.close()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    found = {"python": sys.version.split()[0]}
+    for name in ("strata", "numpy", "dask", "zarr", "scikit-learn"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seconds: float, scheduler: str) -> dict:
+    """``results.json``, the chosen probes' weights (npz, no pickle) and the plot."""
+    from probe_engine.plot import plot_accuracy
+
+    (out / "weights").mkdir(exist_ok=True)
+    probes, chosen = [], []
+    for gid, doc in groups:
+        for record in doc["records"]:
+            probes.append({"group": gid, **record})
+        if doc["chosen"] is None:
+            continue
+        best = doc["records"][doc["chosen"]]
+        arrays = load_group_arrays(out, gid)
+        layers = "all" if doc["feature_set"] == "all layers" else "+".join(map(str, doc["layers"]))
+        stem = f"{doc['label']}_layer{layers}"
+        weights = {"W": arrays["W"][:, doc["chosen"]], "b": arrays["b"][doc["chosen"]],
+                   "mean": arrays["mean"], "scale": arrays["scale"],
+                   "classes": np.array(doc["classes"]), "layers": np.array(doc["layers"])}
+        _atomic_write(out / "weights" / f"{stem}.npz", lambda f: np.savez(f, **weights))
+        chosen.append({"feature_set": doc["feature_set"], "layers": doc["layers"], "label": doc["label"],
+                       **{k: best[k] for k in ("l1", "l2", "train_accuracy", "dev_accuracy", "test_accuracy",
+                                               "nonzeros", "converged")},
+                       "weights": f"weights/{stem}.npz", "per_class": doc["per_class"],
+                       "unseen_label_tokens": doc["unseen_label_tokens"], "rows": doc["rows"]})
+    document = {
+        "strata_probe": {"results_version": RESULTS_VERSION,
+                         "objective": "mean CE(softmax(xW+b), y) + l1*sum|W| + l2*sum W^2, standardized x, b free",
+                         "train": options["train"], "dev": options["dev"], "test": options["test"],
+                         "labels": options["labels"], "layers": options["layers_spec"],
+                         "l1": options["l1"], "l2": options["l2"], "tol": options["tol"],
+                         "max_iter": options["max_iter"], "device": options["device"],
+                         "scheduler": "threads" if scheduler == "threads" else "distributed",
+                         "seed": options["seed"], "command": options.get("command"),
+                         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "seconds_this_run": round(seconds, 3), "versions": _versions()},
+        "probes": probes,
+        "chosen": chosen,
+        "groups": [{"group": gid, **{k: v for k, v in doc.items() if k not in ("records", "per_class", "spec")}}
+                   for gid, doc in groups],
+    }
+    _atomic_write(out / "results.json", lambda f: f.write(json.dumps(document, indent=1).encode()))
+    plot_accuracy(chosen, out / "accuracy_per_layer.png")
+    return document
