@@ -63,7 +63,16 @@ def feature_set_name(layers: tuple[int, ...], store_layers: list[int]) -> str:
     return "layers " + "+".join(map(str, layers))
 
 
+#: Spec entries that never change a group's results (streamed = in memory, bitwise).
+RESULT_NEUTRAL = ("max_memory",)
+
+
+def result_identity(spec: dict) -> dict:
+    """The part of a spec that determines a group's results."""
+    return {k: v for k, v in spec.items() if k not in RESULT_NEUTRAL}
+
+
 def group_id(spec: dict) -> str:
     """Stable name of a group: a hash of everything that changes its results."""
-    text = json.dumps(spec, sort_keys=True)
+    text = json.dumps(result_identity(spec), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe_engine.grid import feature_set_name, group_id, parse_layers
+from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
 from store.errors import StrataError
@@ -68,7 +68,7 @@ def load_group(out: Path, gid: str, spec: dict) -> dict | None:
     if not path.exists() or not (out / "groups" / f"{gid}.npz").exists():
         return None
     doc = json.loads(path.read_text())
-    return doc if doc.get("spec") == spec else None
+    return doc if result_identity(doc.get("spec", {})) == result_identity(spec) else None
 
 
 def load_group_arrays(out: Path, gid: str) -> dict:
@@ -83,7 +83,7 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
     ids = [group_id(s) for s in specs]
     done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
     todo = [(gid, s) for gid, s in zip(ids, specs) if gid not in done]
-    if done and not quiet:
+    if done:
         print(f"strata probe: reusing {len(done)} finished group(s) in {out / 'groups'}", file=sys.stderr)
     started = time.perf_counter()
     if scheduler == "threads":

@@ -1,0 +1,173 @@
+"""``strata probe`` end to end on small stores: results against an independent
+computation, streamed = in memory, resume, distributed = local, and every error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from sklearn.metrics import precision_recall_fscore_support
+
+from probe_engine import run as probe_run
+
+UD_FILES = {"train": "en_ewt-ud-train.conllu", "dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
+GRID = ["--l1", "0,1e-3,1e-2", "--l2", "0,1e-3"]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, tiny_bert, ud_dev):
+    """Tiny-BERT stores (3 hidden states x 32) of the first UD sentences of each split."""
+    from strata import main
+
+    root = tmp_path_factory.mktemp("probe_stores")
+    paths = {}
+    for split, n in (("train", 400), ("dev", 150), ("test", 150)):
+        paths[split] = root / f"{split}.zarr"
+        assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev.parent / UD_FILES[split]),
+                     "--format", "conllu", "--out", str(paths[split]), "--max-sentences", str(n)]) == 0
+    return paths
+
+
+def probe_args(stores, out, *extra):
+    return ["probe", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"],
+            "--labels", "upos", *GRID, "--tol", "1e-5", "--quiet", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(stores, tmp_path_factory):
+    from strata import main
+
+    out = tmp_path_factory.mktemp("probe_out") / "run"
+    assert main([str(a) for a in probe_args(stores, out, "--layers", "each,all")]) == 0
+    return out
+
+
+def load(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def features(store, layers, mean, scale):
+    """Features read with plain zarr and standardized by hand, labelled tokens only."""
+    group = zarr.open_group(store, mode="r")
+    stored = group["layer"][...].tolist()
+    X = np.concatenate([group["activations"][stored.index(layer)] for layer in layers], axis=1).astype(np.float32)
+    codes = group["label_upos"][...]
+    names = np.array(group["label_upos"].attrs["classes"])
+    keep = codes >= 0
+    return (X[keep] - mean) / scale, names[codes[keep]]
+
+
+def test_results_match_an_independent_computation(first_run, stores):
+    doc = load(first_run)
+    assert {(p["feature_set"], p["l1"], p["l2"]) for p in doc["probes"]} == {
+        (fs, l1, l2) for fs in ("layer 0", "layer 1", "layer 2", "all layers") for l1 in (0, 1e-3, 1e-2) for l2 in (0, 1e-3)}
+    assert len(doc["chosen"]) == 4
+    for chosen in doc["chosen"]:
+        group = [p for p in doc["probes"] if p["feature_set"] == chosen["feature_set"]]
+        assert chosen["dev_accuracy"] == max(p["dev_accuracy"] for p in group)
+        w = np.load(first_run / chosen["weights"], allow_pickle=False)
+        assert w["layers"].tolist() == chosen["layers"]
+        classes = w["classes"]
+        for split in ("dev", "test"):
+            X, truth = features(stores[split], chosen["layers"], w["mean"], w["scale"])
+            pred = classes[(X @ w["W"] + w["b"]).argmax(axis=1)]
+            assert chosen[f"{split}_accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-9)
+            prec, rec, f1, support = precision_recall_fscore_support(truth, pred, labels=classes, zero_division=0)
+            for k, name in enumerate(classes):
+                assert chosen["per_class"][split][name]["f1"] == pytest.approx(f1[k])
+                assert chosen["per_class"][split][name]["support"] == support[k]
+        assert chosen["nonzeros"] == np.count_nonzero(w["W"])
+    # train statistics are the training rows' mean and population std
+    w = np.load(first_run / doc["chosen"][0]["weights"], allow_pickle=False)
+    raw, _ = features(stores["train"], doc["chosen"][0]["layers"], 0.0, 1.0)
+    np.testing.assert_allclose(w["mean"], raw.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(w["scale"], raw.std(axis=0), rtol=1e-4)
+
+
+def test_convergence_is_reported_truthfully_and_sparsity_follows_l1(first_run):
+    doc = load(first_run)
+    for p in doc["probes"]:
+        assert p["converged"] == (p["optimality"] <= 1e-5)
+        assert p["converged"] or p["iterations"] == 2000  # the default --max-iter
+        assert p["seed"] == 0 and p["seconds"] > 0
+    assert sum(p["converged"] for p in doc["probes"]) >= 20
+    layer2 = {(p["l1"], p["l2"]): p["nonzeros"] for p in doc["probes"] if p["feature_set"] == "layer 2"}
+    assert layer2[(1e-2, 0)] < layer2[(1e-3, 0)] < layer2[(0, 0)] == 32 * 17
+
+
+def test_plot_and_table(first_run, stores, strata, tmp_path):
+    assert (first_run / "accuracy_per_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.copytree(first_run, tmp_path / "again")
+    code, out, err = strata(*probe_args(stores, tmp_path / "again", "--layers", "each,all"))
+    assert code == 0
+    assert out.splitlines()[0].split() == ["label", "features", "l1", "l2", "train", "dev", "test", "nonzero",
+                                           "probes", "converged"]
+    assert "reusing 4 finished group(s)" in err
+
+
+def test_streamed_equals_in_memory_bitwise(first_run, stores, tmp_path, strata):
+    code, _, _ = strata(*probe_args(stores, tmp_path / "streamed", "--layers", "2", "--max-memory", "1kB"))
+    assert code == 0
+    streamed, in_memory = load(tmp_path / "streamed"), load(first_run)
+    assert not streamed["groups"][0]["in_memory"] and all(g["in_memory"] for g in in_memory["groups"])
+    assert strip_times(streamed["probes"]) == strip_times(p for p in in_memory["probes"] if p["layers"] == [2])
+    a, b = streamed["chosen"][0], next(c for c in in_memory["chosen"] if c["layers"] == [2])
+    wa, wb = np.load(tmp_path / "streamed" / a["weights"]), np.load(first_run / b["weights"])
+    assert np.array_equal(wa["W"], wb["W"]) and np.array_equal(wa["b"], wb["b"])
+
+
+def strip_times(probes):
+    return [{k: v for k, v in p.items() if k != "seconds"} for p in probes]
+
+
+def test_same_seed_is_bitwise_identical(first_run, stores, tmp_path, strata):
+    assert strata(*probe_args(stores, tmp_path / "rerun", "--layers", "each,all"))[0] == 0
+    assert strip_times(load(tmp_path / "rerun")["probes"]) == strip_times(load(first_run)["probes"])
+    for gid in {p["group"] for p in load(first_run)["probes"]}:
+        a = np.load(first_run / "groups" / f"{gid}.npz")
+        b = np.load(tmp_path / "rerun" / "groups" / f"{gid}.npz")
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_interrupted_run_resumes_from_finished_groups(first_run, stores, tmp_path, strata, monkeypatch):
+    calls = []
+    real = probe_run.run_group
+
+    def crash_on_third(spec, progress=None):
+        calls.append(spec["layers"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(spec, progress)
+
+    monkeypatch.setattr(probe_run, "run_group", crash_on_third)
+    code, _, err = strata(*probe_args(stores, tmp_path / "resumed", "--layers", "each,all"))
+    assert code == 130 and "rerun the same command to resume" in err
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    assert len(list((tmp_path / "resumed" / "groups").glob("*.json"))) == 2
+    calls.clear()
+    code, _, err = strata(*probe_args(stores, tmp_path / "resumed", "--layers", "each,all"))
+    assert code == 0 and "reusing 2 finished group(s)" in err
+    assert calls == [[2], [0, 1, 2]]  # only the groups that had not finished
+    assert strip_times(load(tmp_path / "resumed")["probes"]) == strip_times(load(first_run)["probes"])
+
+
+def test_distributed_equals_local(first_run, stores, tmp_path, strata):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        code, _, err = strata(*probe_args(stores, tmp_path / "dist", "--layers", "each,all",
+                                          "--scheduler", cluster.scheduler_address))
+    assert code == 0, err
+    dist, local = load(tmp_path / "dist"), load(first_run)
+    assert dist["strata_probe"]["scheduler"] == "distributed"
+    # Dask workers run single-threaded BLAS, which sums in another order than two threads:
+    # the same solutions up to float32 rounding, not bitwise.
+    for a, b in zip(dist["probes"], local["probes"]):
+        assert (a["feature_set"], a["l1"], a["l2"], a["converged"]) == (b["feature_set"], b["l1"], b["l2"], b["converged"])
+        assert abs(a["iterations"] - b["iterations"]) <= 2 + 0.02 * b["iterations"]
+        assert abs(a["nonzeros"] - b["nonzeros"]) <= 0.02 * b["nonzeros"]
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-5)
+        assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=1e-3)

@@ -1,0 +1,106 @@
+"""Every bad input to ``strata probe`` stops with one exact line and exit status 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.test_probe_command import GRID, stores  # noqa: F401  (module fixture reused)
+
+
+@pytest.fixture
+def run(stores, strata, tmp_path):  # noqa: F811
+    def go(*extra, train=None, dev=None):
+        args = ["probe", "--train", train or stores["train"], "--dev", dev or stores["dev"], "--labels", "upos",
+                "--layers", "2", *GRID, "--quiet", "--out", tmp_path / "out", *extra]
+        code, out, err = strata(*args)
+        return code, err.strip()
+    return go
+
+
+def copy_store(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_root_attrs(path, **changes):
+    group = zarr.open_group(path, mode="r+")
+    attrs = dict(group.attrs["strata"])
+    attrs.update(changes)
+    group.attrs["strata"] = attrs
+
+
+def test_incomplete_store(run, stores, tmp_path):  # noqa: F811
+    broken = copy_store(stores["train"], tmp_path / "half.zarr")
+    edit_root_attrs(broken, complete=False)
+    assert run(train=broken) == (1, f"strata probe: error: --train: {broken} is an incomplete store; "
+                                    "finish it by rerunning the same strata extract command")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_missing_label_set(run, stores):  # noqa: F811
+    assert run("--labels", "ner") == (1, f"strata probe: error: --labels: {stores['train'].resolve()} has no "
+                                         "token-level label set 'ner' (it has: deprel, upos, xpos)")
+
+
+def test_store_of_another_model(run, stores, strata, tiny_gpt2, tmp_path, ud_dev):  # noqa: F811
+    other = tmp_path / "gpt2.zarr"
+    assert strata(*["extract", "--model", str(tiny_gpt2), "--input", str(ud_dev), "--format", "conllu",
+                 "--out", str(other), "--max-sentences", "20"])[0] == 0
+    code, err = run(dev=other)
+    assert code == 1
+    assert err == (f"strata probe: error: --dev: {other.resolve()} differs from the train store "
+                   f"{stores['train'].resolve()} in model ('{tiny_gpt2}' vs '{zarr.open_group(stores['train']).attrs['strata']['parameters']['model']}'); "
+                   "probes need stores of the same model and layers")
+
+
+def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_dev):  # noqa: F811
+    other = tmp_path / "layers.zarr"
+    assert strata(*["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu",
+                 "--out", str(other), "--max-sentences", "20", "--layers", "0,2"])[0] == 0
+    code, err = run(dev=other)
+    assert code == 1 and err.endswith("in layers ([0, 2] vs [0, 1, 2]); probes need stores of the same model and layers")
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--l1", "", "--l1: the grid is empty"),
+    ("--l2", "0,-1", "--l2: penalties must be finite and >= 0, got -1.0"),
+    ("--l1", "1e-3,abc", "--l1: '1e-3,abc' is not a comma-separated list of numbers"),
+    ("--layers", "7", "--layers: layer 7 is not in the store (stored: 0, 1, 2)"),
+    ("--layers", "top", "--layers: 'top' is not each, all, a layer id or ids joined by +"),
+    ("--max-memory", "lots", "--max-memory: 'lots' is not a size such as 4GB or 512MiB"),
+    ("--tol", "0", "--tol: must be > 0, got 0.0"),
+    ("--device", "tpu", "--device: 'tpu' is not cpu or cuda"),
+])
+def test_bad_options(run, option, value, message):
+    assert run(option, value) == (1, f"strata probe: error: {message}")
+
+
+def test_non_finite_activations(run, stores, tmp_path):  # noqa: F811
+    broken = copy_store(stores["train"], tmp_path / "nan.zarr")
+    acts = zarr.open_group(broken, mode="r+")["activations"]
+    acts[2, 5, 3] = np.nan  # layer position 2 = hidden state 2
+    assert run(train=broken) == (1, f"strata probe: error: --train: {broken.resolve()} has non-finite "
+                                    "activations (layer 2, neuron 3)")
+
+
+def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):  # noqa: F811
+    dev = copy_store(stores["dev"], tmp_path / "dev.zarr")
+    labels = zarr.open_group(dev, mode="r+")["label_upos"]
+    classes = list(labels.attrs["classes"])
+    renamed = classes.index("NOUN")
+    classes[renamed] = "NEWTAG"
+    labels.attrs["classes"] = classes
+    code, err = run(dev=dev)
+    assert code == 0
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    unseen = int((labels[...] == renamed).sum())
+    assert doc["chosen"][0]["unseen_label_tokens"] == {"dev": unseen}
+    assert doc["chosen"][0]["rows"]["dev"] == int((labels[...] >= 0).sum())  # unseen tokens stay rows
+    assert "NEWTAG" not in doc["chosen"][0]["per_class"]["dev"]
+    rows = doc["chosen"][0]["rows"]["dev"]
+    assert doc["chosen"][0]["dev_accuracy"] <= (rows - unseen) / rows  # an unseen token is never right

@@ -1,0 +1,132 @@
+"""The probe solver against independent references (scikit-learn), on small problems."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from probe_engine import ElasticNetProbe
+from probe_engine.blocks import InMemoryBlocks
+from probe_engine.train import train_probes
+
+
+def objective(X, y, coef, intercept, l1, l2):
+    """The probe objective, computed directly: mean CE + l1*sum|W| + l2*sum W^2."""
+    Z = X @ coef.T + intercept
+    Z = Z - Z.max(axis=1, keepdims=True)
+    log_p = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(len(y)), y].mean() + l1 * np.abs(coef).sum() + l2 * (coef ** 2).sum()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """600 rows, 20 standardized features, 4 classes, a linear truth plus Gumbel noise."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 20)) * rng.uniform(0.5, 3, size=20) + rng.normal(size=20)
+    y = (X @ rng.normal(size=(20, 4)) + 2 * rng.gumbel(size=(600, 4))).argmax(axis=1)
+    return StandardScaler().fit_transform(X), y
+
+
+def sklearn_fit(X, y, l1, l2, **kw):
+    """scikit-learn's LogisticRegression on the same objective: C = 1/(n(l1+2 l2)), rho = l1/(l1+2 l2)."""
+    n = len(y)
+    C, rho = 1.0 / (n * (l1 + 2 * l2)), l1 / (l1 + 2 * l2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LogisticRegression(C=C, l1_ratio=rho, **kw).fit(X, y)
+
+
+@pytest.mark.parametrize("l1,l2", [(1e-3, 1e-3), (5e-3, 1e-4), (1e-4, 5e-3), (2e-2, 0.0)])
+def test_elastic_net_matches_sklearn_saga(problem, l1, l2):
+    X, y = problem
+    ours = ElasticNetProbe(l1, l2, standardize=False, tol=1e-7, max_iter=50000).fit(X, y)
+    ref = sklearn_fit(X, y, l1, l2, solver="saga", tol=1e-10, max_iter=200000)
+    ours_obj, ref_obj = objective(X, y, ours.coef_, ours.intercept_, l1, l2), objective(X, y, ref.coef_, ref.intercept_, l1, l2)
+    assert ours.converged_ and ours.optimality_ <= 1e-7
+    assert abs(ours_obj - ref_obj) <= 1e-4 * ref_obj
+    assert abs(ours.objective_ - ours_obj) <= 1e-5 * ours_obj  # reported objective = the objective of coef_
+    if l2 > 0:  # strictly convex in W: one minimizer (with l2 = 0 the softmax's shift freedom leaves several)
+        np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3)
+        # exact zeros where saga has them (saga's are exact too, from its own prox step)
+        assert ((ours.coef_ == 0) == (np.abs(ref.coef_) < 1e-6)).mean() > 0.98
+    if l1 >= 1e-3:
+        assert 0 < ours.n_nonzero_ < ours.coef_.size
+
+
+def test_l2_only_matches_sklearn_lbfgs(problem):
+    X, y = problem
+    l2 = 1e-3
+    ours = ElasticNetProbe(0.0, l2, standardize=False, tol=1e-7, max_iter=50000).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = LogisticRegression(C=1 / (2 * l2 * len(y)), solver="lbfgs", tol=1e-12, max_iter=10000).fit(X, y)
+    ours_obj, ref_obj = objective(X, y, ours.coef_, ours.intercept_, 0, l2), objective(X, y, ref.coef_, ref.intercept_, 0, l2)
+    assert abs(ours_obj - ref_obj) <= 1e-4 * ref_obj
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-3)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-4)
+    assert np.count_nonzero(ours.coef_) == ours.coef_.size  # no l1: no zeros
+
+
+def test_large_l1_gives_all_zero_weights_after_one_pass(problem):
+    X, y = problem
+    Y = np.eye(4)[y]
+    lambda_max = np.abs(X.T @ (Y.mean(axis=0) - Y)).max() / len(y)  # ||grad_W|| at W = 0, b = log priors
+    probe = ElasticNetProbe(1.01 * lambda_max, 1e-3, standardize=False, tol=1e-6).fit(X, y)
+    assert probe.n_nonzero_ == 0 and probe.converged_ and probe.n_iter_ == 1
+    np.testing.assert_allclose(probe.predict_proba(X[:3]), np.tile(Y.mean(axis=0), (3, 1)), atol=1e-6)
+    just_below = ElasticNetProbe(0.9 * lambda_max, 1e-3, standardize=False, tol=1e-6).fit(X, y)
+    assert just_below.n_nonzero_ > 0
+
+
+def test_batched_probes_equal_one_at_a_time(problem):
+    X, y = problem
+    X32 = X.astype(np.float32)
+    blocks = InMemoryBlocks([(X32[:256], y[:256]), (X32[256:], y[256:])], X.shape[1])
+    grid = [(1e-3, 0.0), (1e-2, 1e-3), (0.0, 1e-2), (3e-3, 3e-3)]
+    together = train_probes(blocks, 4, [g[0] for g in grid], [g[1] for g in grid], xp=np, tol=1e-6, max_iter=20000)
+    for p, (l1, l2) in enumerate(grid):
+        alone = train_probes(blocks, 4, [l1], [l2], xp=np, tol=1e-6, max_iter=20000)
+        assert together.iterations[p] == alone.iterations[0]
+        # the same iterates up to float32 rounding (BLAS sums a wider product in another order)
+        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=2e-5)
+        assert np.array_equal(together.W[:, p] == 0, alone.W[:, 0] == 0)
+        np.testing.assert_allclose(together.objective[p], alone.objective[0], rtol=1e-7)
+
+
+def test_max_iter_reports_not_converged(problem):
+    X, y = problem
+    probe = ElasticNetProbe(1e-4, 0.0, standardize=False, tol=1e-9, max_iter=5).fit(X, y)
+    assert not probe.converged_ and probe.n_iter_ == 5 and probe.optimality_ > 1e-9
+
+
+def test_estimator_contract_and_standardization(problem):
+    X, y = problem
+    rng = np.random.default_rng(1)
+    raw = X * rng.uniform(0.1, 10, X.shape[1]) + rng.normal(size=X.shape[1])
+    labels = np.array(["DET", "NOUN", "VERB", "ADJ"])[y]
+    probe = ElasticNetProbe(l1=1e-3, l2=1e-3, tol=1e-6)
+    assert clone(probe).get_params() == probe.get_params()
+    probe.set_params(l2=2e-3)
+    assert probe.l2 == 2e-3
+    probe.fit(raw, labels)
+    piped = make_pipeline(StandardScaler(), ElasticNetProbe(l1=1e-3, l2=2e-3, standardize=False, tol=1e-6)).fit(raw, labels)
+    np.testing.assert_allclose(probe.predict_proba(raw), piped.predict_proba(raw), atol=1e-5)
+    assert list(probe.classes_) == ["ADJ", "DET", "NOUN", "VERB"]
+    assert set(probe.predict(raw[:20])) <= set(labels)
+    assert probe.score(raw, labels) == pytest.approx((probe.predict(raw) == labels).mean())
+    np.testing.assert_allclose(probe.predict_proba(raw).sum(axis=1), 1.0, atol=1e-12)
+    assert probe.coef_.shape == (4, X.shape[1]) and probe.intercept_.shape == (4,)
+
+
+def test_estimator_rejects_bad_parameters(problem):
+    X, y = problem
+    with pytest.raises(ValueError, match="l1 and l2 must be >= 0, got l1=-1"):
+        ElasticNetProbe(l1=-1).fit(X, y)
+    with pytest.raises(ValueError, match="need at least two classes"):
+        ElasticNetProbe().fit(X, np.zeros(len(y)))
