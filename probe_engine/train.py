@@ -5,7 +5,7 @@ The probe objective (the README states it; Durrani, Sajjad & Dalvi 2021, sec. 2)
     mean_i CE(softmax(x_i W + b), y_i) + l1 * sum|W| + l2 * sum W**2
 
 on standardized features, intercept ``b`` unpenalized.  This composes the
-multinomial datafit with the elastic-net penalty and hands both to FISTA.
+multinomial datafit with the elastic-net penalty and hands both to the solver.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 
 from probe_engine.datafit import MultinomialLogistic
 from probe_engine.penalty import ElasticNet
-from probe_engine.solver import Solutions, fista
+from probe_engine.solver import Solutions, sparsa
 
 #: Solver defaults, shared by the estimator and ``strata probe``.
-DEFAULT_TOL = 1e-4
+DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITER = 2000
 
 
@@ -48,8 +48,8 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     penalty = ElasticNet(xp.asarray(l1, dtype=np.float32), xp.asarray(l2, dtype=np.float32))
     W0 = xp.zeros((d, P, n_classes), dtype=np.float32)
     b0 = xp.tile(datafit.initial_intercept(counts, xp, np.float32), (P, 1))
-    return fista(datafit, penalty, blocks, W0, b0, step=1.0 / L, tol=tol, max_iter=max_iter,
-                 on_iteration=on_iteration)
+    return sparsa(datafit, penalty, blocks, W0, b0, lipschitz=L, tol=tol, max_iter=max_iter,
+                  on_iteration=on_iteration)
 
 
 def predict(blocks, W: np.ndarray, b: np.ndarray, xp) -> tuple[np.ndarray, np.ndarray]:
