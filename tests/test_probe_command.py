@@ -169,5 +169,5 @@ def test_distributed_equals_local(first_run, stores, tmp_path, strata):
     for a, b in zip(dist["probes"], local["probes"]):
         assert (a["feature_set"], a["l1"], a["l2"], a["converged"]) == (b["feature_set"], b["l1"], b["l2"], b["converged"])
         assert abs(a["nonzeros"] - b["nonzeros"]) <= 0.05 * b["nonzeros"]
-        assert a["objective"] == pytest.approx(b["objective"], rel=1e-5 if b["converged"] else 1e-3)
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-5 if b["converged"] else 1e-2)
         assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=5e-3)  # a few boundary tokens
