@@ -23,6 +23,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/extract_bench.py --out bench/results/extract.json
+	$(PY) bench/probe_bench.py --out bench/results/probe.json
 
 clean:
 	rm -rf demo_out
