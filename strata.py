@@ -1,7 +1,8 @@
 """The ``strata`` command: one program, one subcommand per job.
 
 Subcommands live next to the code they drive:
-``extract`` in extractor/cli.py, ``inspect`` and ``verify`` in store/cli.py, ``probe`` in probe_engine/cli.py.
+``extract`` in extractor/cli.py, ``inspect`` and ``verify`` in store/cli.py, ``probe`` in probe_engine/cli.py,
+``neurons`` in probe_engine/neurons_cli.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from store.errors import StrataError
 def build_parser() -> argparse.ArgumentParser:
     from extractor import cli as extract_cli
     from probe_engine import cli as probe_cli
+    from probe_engine import neurons_cli
     from store import cli as store_cli
 
     parser = argparse.ArgumentParser(prog="strata", description="Activation store and probe engine.")
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract_cli.add_parser(sub)
     store_cli.add_parsers(sub)
     probe_cli.add_parser(sub)
+    neurons_cli.add_parser(sub)
     return parser
 
 

@@ -50,3 +50,29 @@ class ElasticNet:
         g = grad + 2.0 * self.l2[None, :, None] * W
         dist = xp.where(W != 0, xp.abs(g + l1 * xp.sign(W)), xp.maximum(xp.abs(g) - l1, 0.0))
         return dist.max(axis=(0, 2))
+
+
+class Restricted:
+    """Any penalty plus the constraint that each probe's weights live on its own set of
+    features: ``support`` is a boolean ``(d, P)`` mask, weights outside it are exactly 0.
+
+    This is how top-k neuron retraining runs in the same data pass as other probes:
+    every probe reads all features, and the mask (the indicator of a coordinate
+    subspace, whose prox is a projection) keeps each to its k neurons.
+    """
+
+    def __init__(self, inner, support):
+        self.inner, self.support = inner, support
+
+    def subset(self, keep) -> "Restricted":
+        return Restricted(self.inner.subset(keep), self.support[:, keep])
+
+    def value(self, W):
+        return self.inner.value(W)
+
+    def prox(self, V, step):
+        return self.inner.prox(V, step) * self.support[:, :, None]
+
+    def subdiff_distance(self, W, grad):
+        """Outside the support the constraint's normal cone is everything: distance 0."""
+        return self.inner.subdiff_distance(W, grad * self.support[:, :, None])

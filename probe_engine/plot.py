@@ -35,3 +35,41 @@ def plot_accuracy(chosen: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _figure():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt, *plt.subplots(figsize=(6.4, 4.0), dpi=120)
+
+
+def plot_layer_distribution(doc: dict, path: Path) -> None:
+    """Selected neurons per layer (Durrani et al. Fig. 2)."""
+    plt, fig, ax = _figure()
+    dist = doc["layer_distribution"]
+    ax.bar([str(layer) for layer in dist], list(dist.values()), color="C0")
+    ax.set_xlabel("layer (0 = embedding output)")
+    ax.set_ylabel("selected neurons")
+    ax.set_title(f"{doc['strata_neurons']['label']}: top {doc['minimal']['k']:,} neurons across layers")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_minimal_set(doc: dict, path: Path) -> None:
+    """Dev accuracy of top-k probes against the fraction of neurons, with the oracle and delta."""
+    plt, fig, ax = _figure()
+    fractions = [t["fraction"] for t in doc["top_k"]]
+    ax.plot(fractions, [t["dev_accuracy"] for t in doc["top_k"]], "-o", markersize=4, label="top-k probe, dev")
+    oracle = doc["oracle"]["dev_accuracy"]
+    ax.axhline(oracle, color="k", linewidth=1, label="oracle, dev")
+    ax.axhline(oracle - doc["strata_neurons"]["delta"], color="k", linestyle="--", linewidth=1, label="oracle - delta")
+    ax.axvline(doc["minimal"]["fraction"], color="C3", linestyle=":", label=f"minimal k = {doc['minimal']['k']:,}")
+    ax.set_xlabel("fraction of neurons")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -11,7 +11,6 @@ threads``: the BLAS and Dask use the threads) or as tasks on a
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
+from probe_engine.outputs import read_npz, write_json, write_npz
 from store.errors import StrataError
 
 RESULTS_VERSION = 1
@@ -46,21 +46,11 @@ def plan_groups(options: dict) -> list[dict]:
     return specs
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_group(out: Path, gid: str, spec: dict, result: dict) -> None:
     folder = out / "groups"
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / f"{gid}.npz", lambda f: np.savez(f, **result["arrays"]))
-    doc = {"spec": spec, **result["summary"]}
-    _atomic_write(folder / f"{gid}.json", lambda f: f.write(json.dumps(doc, indent=1).encode()))
+    write_npz(folder / f"{gid}.npz", result["arrays"])
+    write_json(folder / f"{gid}.json", {"spec": spec, **result["summary"]})
 
 
 def load_group(out: Path, gid: str, spec: dict) -> dict | None:
@@ -72,8 +62,7 @@ def load_group(out: Path, gid: str, spec: dict) -> dict | None:
 
 
 def load_group_arrays(out: Path, gid: str) -> dict:
-    with np.load(out / "groups" / f"{gid}.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return read_npz(out / "groups" / f"{gid}.npz")
 
 
 def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bool = False) -> dict:
@@ -161,7 +150,7 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
         weights = {"W": arrays["W"][:, doc["chosen"]], "b": arrays["b"][doc["chosen"]],
                    "mean": arrays["mean"], "scale": arrays["scale"],
                    "classes": np.array(doc["classes"]), "layers": np.array(doc["layers"])}
-        _atomic_write(out / "weights" / f"{stem}.npz", lambda f: np.savez(f, **weights))
+        write_npz(out / "weights" / f"{stem}.npz", weights)
         chosen.append({"feature_set": doc["feature_set"], "layers": doc["layers"], "label": doc["label"],
                        **{k: best[k] for k in ("l1", "l2", "train_accuracy", "dev_accuracy", "test_accuracy",
                                                "nonzeros", "converged")},
@@ -183,6 +172,6 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
         "groups": [{"group": gid, **{k: v for k, v in doc.items() if k not in ("records", "per_class", "spec")}}
                    for gid, doc in groups],
     }
-    _atomic_write(out / "results.json", lambda f: f.write(json.dumps(document, indent=1).encode()))
+    write_json(out / "results.json", document)
     plot_accuracy(chosen, out / "accuracy_per_layer.png")
     return document

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from probe_engine.datafit import MultinomialLogistic
-from probe_engine.penalty import ElasticNet
+from probe_engine.penalty import ElasticNet, Restricted
 from probe_engine.solver import Solutions, sparsa
 
 #: Solver defaults, shared by the estimator and ``strata probe``.
@@ -30,10 +30,13 @@ def class_counts(blocks, n_classes: int) -> np.ndarray:
 
 
 def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL,
-                 max_iter: int = DEFAULT_MAX_ITER, counts=None, lipschitz=None,
+                 max_iter: int = DEFAULT_MAX_ITER, counts=None, lipschitz=None, support=None,
                  on_iteration=None) -> Solutions:
     """Fit one probe per ``(l1[p], l2[p])`` on ``blocks`` (pairs of device arrays
     ``X`` float32 standardized and ``y`` class indices ``0..n_classes-1``).
+
+    ``support``, a boolean ``(d, P)`` host array, restricts probe ``p`` to the features
+    where ``support[:, p]`` is true (top-k neuron retraining); ``None``: all features.
 
     Every probe starts at its all-zero-weights optimum (log class frequencies as
     intercept), so a probe whose ``l1`` is at least ``||grad_W||_inf`` there is
@@ -46,6 +49,8 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     L = datafit.lipschitz(blocks) if lipschitz is None else lipschitz
     P, d = len(l1), blocks.n_features
     penalty = ElasticNet(xp.asarray(l1, dtype=np.float32), xp.asarray(l2, dtype=np.float32))
+    if support is not None:
+        penalty = Restricted(penalty, xp.asarray(support, dtype=np.float32))
     W0 = xp.zeros((d, P, n_classes), dtype=np.float32)
     b0 = xp.tile(datafit.initial_intercept(counts, xp, np.float32), (P, 1))
     return sparsa(datafit, penalty, blocks, W0, b0, lipschitz=L, tol=tol, max_iter=max_iter,

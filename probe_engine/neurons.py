@@ -1,0 +1,399 @@
+"""Neuron analysis: oracle, ranking, minimal neuron set, ablations, layer distribution,
+control task and selectivity, every step batched through the probe engine.
+
+The method is Durrani, Sajjad & Dalvi ("How transfer learning impacts linguistic
+knowledge in deep NLP models", 2021, sections 2 and 4.2; after Dalvi et al. 2019
+and Durrani et al. 2020), with Hewitt & Liang's control tasks (EMNLP 2019):
+
+1. **oracle**: the probe on all layers concatenated, (l1, l2) chosen on dev;
+2. **ranking** of all neurons from the oracle's weights (``lca``) or from class
+   means (``probeless``), see ranking.py;
+3. **minimal**: one probe per fraction on its top-k neurons, all in one batch (the
+   top-k restriction is a column mask in the penalty, see penalty.Restricted); the
+   smallest k whose dev accuracy is within ``delta`` of the oracle's;
+4. **ablation** at that k: top, bottom and random k, retrained (one batch) and as
+   the oracle with every other weight zeroed (no training);
+5. **layers**: how the selected neurons spread over layers;
+6. **control** (optional): every word type gets one label drawn from the training
+   label distribution; all-neuron and top-k probes retrained on those labels;
+   selectivity = task accuracy - control accuracy.
+
+Every retrained probe uses the oracle's (l1, l2).  Each step is saved under
+``DIR/steps`` when it finishes; a run started again continues after the last
+finished step.  The functions ``rank``, ``minimal_set``, ``ablations``,
+``layer_distribution``, ``control_labels`` and ``selectivity`` are usable alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from probe_engine.backend import array_module
+from probe_engine.features import FeatureSet, Standardizer, block_tokens_for
+from probe_engine.group import open_stores, run_group
+from probe_engine.labels import mapped_classes, training_classes
+from probe_engine.outputs import read_npz, write_json, write_npz
+from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
+from probe_engine.train import predict, train_probes
+from store import schema
+from store.errors import StrataError
+
+STEPS = ("oracle", "ranking", "minimal", "ablation", "control")
+
+
+# --------------------------------------------------------------------------- the steps as functions
+def rank(method: str, W: np.ndarray | None = None, means: np.ndarray | None = None) -> np.ndarray:
+    """Neuron ordering, most salient first: ``lca`` from probe weights ``W (d, C)``,
+    ``probeless`` from class means ``(C, d)``; both in standardized feature space."""
+    if method == "lca":
+        return lca_ordering(W)[0]
+    if method == "probeless":
+        return probeless_ordering(means)
+    raise StrataError(f"--ranking: {method!r} is not lca or probeless")
+
+
+def sizes_for(fractions: list[float], d: int) -> list[int]:
+    """Neuron counts for fractions of ``d`` (rounded up, at least 1)."""
+    return [max(1, math.ceil(f * d - 1e-9)) for f in fractions]
+
+
+def top_k_supports(ordering: np.ndarray, ks: list[int], d: int) -> np.ndarray:
+    """Boolean ``(d, len(ks))``: column j marks the first ``ks[j]`` neurons of the ordering."""
+    support = np.zeros((d, len(ks)), bool)
+    for j, k in enumerate(ks):
+        support[ordering[:k], j] = True
+    return support
+
+
+def minimal_set(ks: list[int], dev_accuracy: list[float], oracle_dev: float, delta: float) -> int | None:
+    """Index of the smallest k whose dev accuracy is at least ``oracle_dev - delta``, or None."""
+    ok = [j for j, acc in enumerate(dev_accuracy) if acc >= oracle_dev - delta]
+    return min(ok, key=lambda j: ks[j]) if ok else None
+
+
+def layer_distribution(neurons: np.ndarray, layers: list[int], hidden: int) -> dict[int, int]:
+    """How many of ``neurons`` (indices into all layers side by side) sit in each layer."""
+    counts = np.bincount(np.asarray(neurons) // hidden, minlength=len(layers))
+    return {int(layer): int(n) for layer, n in zip(layers, counts)}
+
+
+def control_labels(word_types: np.ndarray, class_counts: np.ndarray, seed: int) -> dict[str, int]:
+    """Hewitt & Liang control task: each word type (exact, case-sensitive string) gets one
+    class index drawn from the training class distribution, with ``seed``."""
+    types = np.unique(word_types)
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(class_counts), size=len(types), p=class_counts / class_counts.sum())
+    return dict(zip(types.tolist(), drawn.tolist()))
+
+
+def selectivity(task_accuracy: float, control_accuracy: float) -> float:
+    return task_accuracy - control_accuracy
+
+
+# --------------------------------------------------------------------------- data for the pipeline
+class NeuronData:
+    """The three stores' features (all layers side by side) standardized with the oracle's
+    training statistics, as row blocks, cached, under task or control labels."""
+
+    def __init__(self, options: dict, stats: Standardizer, classes: list[str], n_probes: int):
+        self.options = options
+        self.xp = array_module(options["device"])
+        self.stores = open_stores(options)
+        train = self.stores["train"]
+        self.layers = train.layers
+        self.hidden = int(train.activations.shape[2])
+        self.positions = list(range(len(self.layers)))
+        self.stats, self.classes = stats, classes
+        self.block = block_tokens_for(n_probes * len(classes), train.activations.chunks[1])
+        self.y = {"train": training_classes(train, options["label"])[0]}
+        self.unseen = {}
+        for split in ("dev", "test"):
+            self.y[split], self.unseen[split] = mapped_classes(self.stores[split], options["label"], classes)
+        self._cache = {}
+
+    @property
+    def d(self) -> int:
+        return len(self.layers) * self.hidden
+
+    def words(self, split: str) -> np.ndarray:
+        return np.asarray(self.stores[split].group[schema.TOKEN_TEXT][...].tolist(), dtype=object)
+
+    def blocks(self, split: str, y_tokens: np.ndarray, kind: str):
+        key = (split, kind)
+        if key not in self._cache:
+            fs = FeatureSet(self.stores[split], self.positions, y_tokens, self.block)
+            in_memory = fs.memory_bytes() <= self.options["max_memory"]
+            self._cache[key] = fs.blocks(self.stats, self.xp, in_memory=in_memory)
+        return self._cache[key]
+
+    def train_and_score(self, l1: float, l2: float, support: np.ndarray, y: dict, kind: str, desc: str,
+                        quiet: bool, n_classes: int | None = None) -> dict:
+        """One batch: a probe per column of ``support`` at (l1, l2); accuracies on every split."""
+        P = support.shape[1]
+        train = self.blocks("train", y["train"], kind)
+        bar = tqdm(total=self.options["max_iter"], desc=desc, unit="pass", leave=False, disable=quiet)
+        started = time.perf_counter()
+        sol = train_probes(train, n_classes or len(self.classes), [l1] * P, [l2] * P, xp=self.xp, tol=self.options["tol"],
+                           max_iter=self.options["max_iter"], support=support,
+                           on_iteration=lambda it, active: bar.update(it - bar.n))
+        seconds = time.perf_counter() - started
+        bar.close()
+        scores = {split: self.accuracy(split, y, kind, sol.W, sol.b) for split in ("train", "dev", "test")}
+        return {"scores": scores, "converged": sol.converged.tolist(), "iterations": sol.iterations.tolist(),
+                "nonzeros": [int(np.count_nonzero(sol.W[:, p])) for p in range(P)], "seconds": seconds}
+
+    def accuracy(self, split: str, y: dict, kind: str, W: np.ndarray, b: np.ndarray) -> list[float]:
+        pred, truth = predict(self.blocks(split, y[split], kind), W, b, self.xp)
+        return [float(a) for a in (pred == truth[:, None]).mean(axis=0)] if len(truth) else [float("nan")] * W.shape[1]
+
+
+# --------------------------------------------------------------------------- the pipeline
+def check_options(options: dict) -> None:
+    if not options["fractions"]:
+        raise StrataError("--fractions: no fraction given")
+    for f in options["fractions"]:
+        if not 0 < f <= 1:
+            raise StrataError(f"--fractions: {f} is not in (0, 1]")
+    if not options["delta"] >= 0:
+        raise StrataError(f"--delta: must be >= 0, got {options['delta']}")
+    if not options.get("test"):
+        raise StrataError("--test: strata neurons needs a test store")
+    train = open_stores(options)["train"]
+    level_key = schema.sentence_label_name(options["label"])
+    if level_key in train.group and schema.token_label_name(options["label"]) not in train.group:
+        why = "a control task is not defined for it (" if options["control"] else "("
+        raise StrataError(f"--labels: {options['label']!r} is a sentence-level label set; {why}strata neurons "
+                          "reads token-level label sets; pooled sentence vectors are not supported yet)")
+    training_classes(train, options["label"])  # at least two classes, label set present
+
+
+def _spec_hash(options: dict, step: str) -> str:
+    """What a step's result depends on: every option up to and including that step."""
+    keys = ["train", "dev", "test", "label", "l1", "l2", "tol", "max_iter", "device", "seed"]
+    if step != "oracle":
+        keys += ["ranking"]
+    if step in ("minimal", "ablation", "control"):
+        keys += ["fractions", "delta"]
+    return hashlib.sha256(json.dumps({k: options[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Steps:
+    """Finished steps on disk: ``DIR/steps/NAME.json`` (+ ``.npz``), reused when their inputs match."""
+
+    def __init__(self, out: Path, options: dict):
+        self.dir, self.options = out / "steps", options
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.reused = []
+
+    def load(self, name: str):
+        path = self.dir / f"{name}.json"
+        if not path.exists():
+            return None
+        doc = json.loads(path.read_text())
+        if doc.get("inputs") != _spec_hash(self.options, name):
+            return None
+        if (self.dir / f"{name}.npz").exists():
+            doc["arrays"] = read_npz(self.dir / f"{name}.npz")
+        self.reused.append(name)
+        return doc
+
+    def save(self, name: str, doc: dict, arrays: dict | None = None) -> dict:
+        if arrays is not None:
+            write_npz(self.dir / f"{name}.npz", arrays)
+        write_json(self.dir / f"{name}.json", {"inputs": _spec_hash(self.options, name), **doc})
+        return {**doc, "arrays": arrays} if arrays is not None else doc
+
+
+def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
+    """All steps into ``out``; returns the neurons.json document."""
+    check_options(options)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = Steps(out, options)
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+
+    # 1. oracle: the whole grid on all layers, chosen on dev
+    oracle = steps.load("oracle")
+    if oracle is None:
+        say("strata neurons: 1/6 oracle (all layers, grid search)")
+        stores = open_stores(options)
+        spec = {k: options[k] for k in ("train", "dev", "test", "label", "l1", "l2", "tol", "max_iter", "device",
+                                        "max_memory", "seed")}
+        spec["layers"] = stores["train"].layers
+        result = run_group(spec)
+        s, a = result["summary"], result["arrays"]
+        best = s["records"][s["chosen"]]
+        oracle = steps.save("oracle", {"classes": s["classes"], "grid": s["records"], "chosen": best,
+                                       "unseen_label_tokens": s["unseen_label_tokens"], "rows": s["rows"]},
+                            {"W": a["W"][:, s["chosen"]], "b": a["b"][s["chosen"]], "mean": a["mean"],
+                             "scale": a["scale"]})
+    classes, best = oracle["classes"], oracle["chosen"]
+    W_oracle, b_oracle = oracle["arrays"]["W"], oracle["arrays"]["b"]
+    stats = Standardizer(oracle["arrays"]["mean"], oracle["arrays"]["scale"])
+    l1, l2 = best["l1"], best["l2"]
+    data = NeuronData(options, stats, classes, n_probes=max(len(options["fractions"]), 3))
+    d = data.d
+
+    # 2. ranking
+    ranking = steps.load("ranking")
+    if ranking is None:
+        say(f"strata neurons: 2/6 ranking ({options['ranking']})")
+        means = class_means(data.blocks("train", data.y["train"], "task"), len(classes)) \
+            if options["ranking"] == "probeless" else None
+        ordering = rank(options["ranking"], W=W_oracle, means=means)
+        ranking = steps.save("ranking", {"method": options["ranking"], "ordering": ordering.tolist()})
+    ordering = np.asarray(ranking["ordering"])
+
+    # 3. minimal neuron set: every fraction in one batch
+    ks = sizes_for(options["fractions"], d)
+    minimal = steps.load("minimal")
+    if minimal is None:
+        say(f"strata neurons: 3/6 minimal neuron set ({len(ks)} top-k probes in one batch)")
+        run = data.train_and_score(l1, l2, top_k_supports(ordering, ks, d), data.y, "task", "  top-k probes", quiet)
+        pick = minimal_set(ks, run["scores"]["dev"], best["dev_accuracy"], options["delta"])
+        minimal = steps.save("minimal", {"ks": ks, **run, "pick": pick})
+    pick = minimal["pick"]
+    j = pick if pick is not None else int(np.argmax(ks))
+    k = ks[j]
+    selected = ordering[:k]
+
+    # 4. ablations at k: top / bottom / random, retrained in one batch and zeroed in the oracle
+    ablation = steps.load("ablation")
+    if ablation is None:
+        say(f"strata neurons: 4/6 ablations at k = {k}")
+        rng = np.random.default_rng(options["seed"])
+        sets = {"top": ordering[:k], "bottom": ordering[d - k:], "random": np.sort(rng.choice(d, size=k, replace=False))}
+        support = np.zeros((d, 3), bool)
+        for col, neurons in enumerate(sets.values()):
+            support[neurons, col] = True
+        retrained = data.train_and_score(l1, l2, support, data.y, "task", "  ablation probes", quiet)
+        masked = W_oracle[:, None, :] * support[:, :, None]
+        zeroed = {split: data.accuracy(split, data.y, "task", masked, np.tile(b_oracle, (3, 1)))
+                  for split in ("dev", "test")}
+        ablation = steps.save("ablation", {"k": k, "sets": {n: s.tolist() for n, s in sets.items()},
+                                           "retrained": retrained, "zeroed_in_oracle": zeroed})
+
+    # 6. control task (step 5, the layer distribution, needs no training)
+    control = None
+    if options["control"]:
+        control = steps.load("control")
+        if control is None:
+            say("strata neurons: 6/6 control task (all neurons and top-k, one batch)")
+            words = {split: data.words(split) for split in ("train", "dev", "test")}
+            counts = np.bincount(data.y["train"][data.y["train"] >= 0], minlength=len(classes))
+            table = control_labels(np.concatenate(list(words.values())), counts, options["seed"])
+            drawn = {split: np.array([table[w] for w in words[split]], np.int64).reshape(-1) for split in words}
+            # a class no training word type drew cannot be learned (its intercept would go to -inf):
+            # the control probes know the drawn classes only; dev/test tokens of others count as errors
+            present = np.unique(drawn["train"][data.y["train"] != -1])
+            index = np.full(len(classes), -2, np.int64)
+            index[present] = np.arange(len(present))
+            y_control = {split: np.where(data.y[split] != -1, index[drawn[split]], -1) for split in words}
+            support = np.zeros((d, 2), bool)
+            support[:, 0] = True
+            support[selected, 1] = True
+            run = data.train_and_score(l1, l2, support, y_control, "control", "  control probes", quiet,
+                                       n_classes=len(present))
+            control = steps.save("control", {"word_types": len(table), **run})
+
+    document = assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, selected,
+                        time.perf_counter() - started, steps.reused)
+    write_json(out / "neurons.json", document)
+    write_npz(out / "ordering.npz", {"ordering": ordering, "selected": selected})
+    from probe_engine.plot import plot_layer_distribution, plot_minimal_set
+    plot_layer_distribution(document, out / "layer_distribution.png")
+    plot_minimal_set(document, out / "minimal_set.png")
+    (out / "summary.md").write_text(summary_markdown(document))
+    return document
+
+
+def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, selected, seconds, reused) -> dict:
+    best, k = oracle["chosen"], ks[j]
+    chosen_dev, chosen_test = minimal["scores"]["dev"][j], minimal["scores"]["test"][j]
+    retrained, zeroed = ablation["retrained"]["scores"], ablation["zeroed_in_oracle"]
+    doc = {
+        "strata_neurons": {"label": options["label"], "train": options["train"], "dev": options["dev"],
+                           "test": options["test"], "ranking": options["ranking"], "delta": options["delta"],
+                           "fractions": options["fractions"], "l1_grid": options["l1"], "l2_grid": options["l2"],
+                           "tol": options["tol"], "max_iter": options["max_iter"], "seed": options["seed"],
+                           "control": options["control"], "device": options["device"],
+                           "command": options.get("command"), "seconds_this_run": round(seconds, 3),
+                           "steps_reused": reused,
+                           "feature_space": "standardized with the training mean and standard deviation"},
+        "neurons_total": data.d, "layers": data.layers, "hidden_size": data.hidden, "classes": oracle["classes"],
+        "unseen_label_tokens": data.unseen,
+        "oracle": {k2: best[k2] for k2 in ("l1", "l2", "train_accuracy", "dev_accuracy", "test_accuracy",
+                                           "nonzeros", "converged")},
+        "oracle_grid": [{k2: r[k2] for k2 in ("l1", "l2", "dev_accuracy", "converged", "iterations", "nonzeros")}
+                        for r in oracle["grid"]],
+        "top_k": [{"fraction": f, "k": kk, "dev_accuracy": minimal["scores"]["dev"][i],
+                   "test_accuracy": minimal["scores"]["test"][i], "converged": minimal["converged"][i]}
+                  for i, (f, kk) in enumerate(zip(options["fractions"], ks))],
+        "minimal": {"k": k, "fraction": k / data.d, "within_delta": minimal["pick"] is not None,
+                    "dev_accuracy": chosen_dev, "test_accuracy": chosen_test},
+        "ablation": {name: {"retrained_dev": retrained["dev"][i], "retrained_test": retrained["test"][i],
+                            "zeroed_dev": zeroed["dev"][i], "zeroed_test": zeroed["test"][i]}
+                     for i, name in enumerate(("top", "bottom", "random"))},
+        "layer_distribution": layer_distribution(selected, data.layers, data.hidden),
+        "ordering_file": "ordering.npz",
+    }
+    if control is not None:
+        sc = control["scores"]
+        doc["control"] = {
+            "word_types": control["word_types"], "case": "exact token strings (case-sensitive)",
+            "all_neurons": {"task_test": best["test_accuracy"], "control_test": sc["test"][0],
+                            "selectivity_test": selectivity(best["test_accuracy"], sc["test"][0]),
+                            "task_dev": best["dev_accuracy"], "control_dev": sc["dev"][0],
+                            "selectivity_dev": selectivity(best["dev_accuracy"], sc["dev"][0])},
+            "selected_neurons": {"task_test": chosen_test, "control_test": sc["test"][1],
+                                 "selectivity_test": selectivity(chosen_test, sc["test"][1]),
+                                 "task_dev": chosen_dev, "control_dev": sc["dev"][1],
+                                 "selectivity_dev": selectivity(chosen_dev, sc["dev"][1])},
+        }
+    return doc
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def summary_markdown(doc: dict) -> str:
+    """The paper's tables for this model and task, as Markdown."""
+    o, m, meta = doc["oracle"], doc["minimal"], doc["strata_neurons"]
+    lines = [f"# Neuron analysis: {meta['label']}",
+             "",
+             f"Oracle (all {doc['neurons_total']:,} neurons, l1={o['l1']:g}, l2={o['l2']:g}): "
+             f"dev {_pct(o['dev_accuracy'])}, test {_pct(o['test_accuracy'])}.",
+             "",
+             f"Minimal neuron set ({meta['ranking']} ranking, delta {meta['delta']:g}): **k = {m['k']:,} "
+             f"({100 * m['fraction']:.1f}% of neurons)**, dev {_pct(m['dev_accuracy'])}, "
+             f"test {_pct(m['test_accuracy'])}"
+             + ("" if m["within_delta"] else " (no fraction reached the oracle within delta: the largest is shown)")
+             + ".",
+             "",
+             "| fraction | k | dev | test |", "|---:|---:|---:|---:|"]
+    lines += [f"| {t['fraction']:g} | {t['k']:,} | {_pct(t['dev_accuracy'])} | {_pct(t['test_accuracy'])} |"
+              for t in doc["top_k"]]
+    lines += ["", f"Ablation at k = {m['k']:,} (test accuracy; cf. Durrani et al. Table 1):", "",
+              "| neurons | retrained | zeroed in the oracle |", "|---|---:|---:|"]
+    lines += [f"| {name} | {_pct(a['retrained_test'])} | {_pct(a['zeroed_test'])} |" for name, a in doc["ablation"].items()]
+    lines += ["", "Selected neurons per layer (cf. Fig. 2):", "",
+              "| layer | " + " | ".join(map(str, doc["layer_distribution"])) + " |",
+              "|---|" + "---:|" * len(doc["layer_distribution"]),
+              "| neurons | " + " | ".join(str(n) for n in doc["layer_distribution"].values()) + " |"]
+    if "control" in doc:
+        c = doc["control"]
+        lines += ["", "Control task and selectivity (test; cf. Table 7):", "",
+                  "| neurons | task | control | selectivity |", "|---|---:|---:|---:|"]
+        for name, key in (("all", "all_neurons"), (f"top {m['k']:,}", "selected_neurons")):
+            lines.append(f"| {name} | {_pct(c[key]['task_test'])} | {_pct(c[key]['control_test'])} | "
+                         f"{_pct(c[key]['selectivity_test'])} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,36 @@
+"""Writing result files so that a reader never sees half of one.
+
+Every file is written to ``NAME.partial`` and renamed into place (atomic on one
+file system), after an fsync.  Arrays go to ``.npz`` (NumPy's zip of ``.npy``
+files: ``np.load(path)`` reads it with no pickle), everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, document) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(document, indent=1).encode()))
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

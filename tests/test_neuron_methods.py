@@ -1,0 +1,99 @@
+"""Neuron rankings, minimal sets and control labels against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probe_engine.blocks import InMemoryBlocks
+from probe_engine.neurons import (control_labels, layer_distribution, minimal_set, selectivity, sizes_for,
+                                  top_k_supports)
+from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
+from probe_engine.train import predict, train_probes
+
+
+def test_lca_ordering_by_hand():
+    # |W| per neuron (rows) and class (columns); each class's mass is 1.0
+    W = np.array([[0.5, 0.0], [-0.3, 0.1], [0.2, -0.6], [0.0, 0.3], [0.0, 0.0]])
+    ordering, cutoffs = lca_ordering(W, stride=10)
+    # p = 0: each class's top neuron: n0 (class 0) and n2 (class 1); n2 first (largest share, 0.6 > 0.5)
+    # p = 0.6: class 0 needs n0 + n1 (0.5 + 0.3 >= 0.6) -> n1
+    # p = 0.7: class 1 needs n2 + n3 (0.6 + 0.3 >= 0.7) -> n3
+    # n4 has no weight at all: last
+    assert ordering.tolist() == [2, 0, 1, 3, 4]
+    assert cutoffs == [2, 2, 2, 2, 2, 2, 3, 4, 4, 4, 4]
+
+
+def test_lca_ties_go_to_the_lower_index():
+    W = np.array([[0.0, 0.2], [0.5, 0.0], [0.5, 0.0], [0.0, 0.8]])
+    assert lca_ordering(W, stride=4)[0].tolist()[:3] == [3, 1, 2]
+
+
+def test_probeless_against_a_direct_computation():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 12)).astype(np.float32) + np.repeat(rng.normal(size=(1, 12)), 500, 0)
+    y = rng.integers(0, 4, size=500)
+    X[y == 2, 5] += 3.0  # neuron 5 separates class 2
+    blocks = InMemoryBlocks([(X[:200], y[:200]), (X[200:], y[200:])], 12)
+    means = class_means(blocks, 4)
+    direct = np.stack([X[y == c].astype(np.float64).mean(axis=0) for c in range(4)])
+    np.testing.assert_allclose(means, direct, rtol=1e-6)
+    score = sum(np.abs(direct[a] - direct[b]) for a in range(4) for b in range(a + 1, 4))
+    assert probeless_ordering(means).tolist() == np.argsort(-score, kind="stable").tolist()
+    assert probeless_ordering(means)[0] == 5
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """40 neurons; only neurons 7, 19, 23 and 31 carry the label (3 classes)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 40)).astype(np.float32)
+    informative = [7, 19, 23, 31]
+    y = (X[:, informative] @ rng.normal(size=(4, 3)) * 3).argmax(axis=1)
+    return X, y, informative
+
+
+def test_minimal_set_finds_the_planted_neurons(planted):
+    X, y, informative = planted
+    train = InMemoryBlocks([(X[:2000], y[:2000])], 40)
+    dev = InMemoryBlocks([(X[2000:], y[2000:])], 40)
+    oracle = train_probes(train, 3, [1e-3], [1e-4], xp=np, tol=1e-6)
+    pred, truth = predict(dev, oracle.W, oracle.b, np)
+    oracle_dev = (pred[:, 0] == truth).mean()
+    ordering = lca_ordering(oracle.W[:, 0])[0]
+    assert sorted(ordering[:4].tolist()) == informative
+    ks = sizes_for([0.025, 0.05, 0.1, 0.2, 0.5], 40)
+    assert ks == [1, 2, 4, 8, 20]
+    top = train_probes(train, 3, [1e-3] * 5, [1e-4] * 5, xp=np, tol=1e-6, support=top_k_supports(ordering, ks, 40))
+    assert all(np.count_nonzero(top.W[:, p].any(axis=1)) <= k for p, k in enumerate(ks))  # masks hold
+    pred, truth = predict(dev, top.W, top.b, np)
+    dev_acc = (pred == truth[:, None]).mean(axis=0).tolist()
+    assert ks[minimal_set(ks, dev_acc, oracle_dev, delta=0.01)] == 4
+    # the bottom 4 know nothing: chance level, far below the top 4
+    bottom = train_probes(train, 3, [1e-3], [1e-4], xp=np, tol=1e-6, support=top_k_supports(ordering[::-1], [4], 40))
+    pred, _ = predict(dev, bottom.W, bottom.b, np)
+    assert (pred[:, 0] == truth).mean() < dev_acc[2] - 0.3
+
+
+def test_minimal_set_is_none_when_nothing_is_close_enough():
+    assert minimal_set([1, 2, 4], [0.5, 0.6, 0.7], oracle_dev=0.9, delta=0.1) is None
+    assert minimal_set([1, 2, 4], [0.5, 0.85, 0.9], oracle_dev=0.9, delta=0.05) == 1
+
+
+def test_control_labels_are_a_function_of_word_type_and_follow_the_distribution():
+    rng = np.random.default_rng(2)
+    types = np.array([f"w{i}" for i in range(20000)])
+    words = rng.choice(types, size=50000)
+    counts = np.array([70, 20, 10])
+    table = control_labels(words, counts, seed=3)
+    assert table == control_labels(words[::-1], counts, seed=3)  # order of tokens does not matter
+    assert table != control_labels(words, counts, seed=4)
+    assert set(table) == set(words.tolist())
+    drawn = np.bincount(list(table.values()), minlength=3) / len(table)
+    np.testing.assert_allclose(drawn, counts / counts.sum(), atol=0.01)
+    assert control_labels(np.array(["The", "the"]), counts, 0).keys() == {"The", "the"}  # case-sensitive
+
+
+def test_layer_distribution_and_selectivity():
+    assert layer_distribution(np.array([0, 3, 4, 9, 11]), [0, 2, 5], hidden=4) == {0: 2, 2: 1, 5: 2}
+    assert selectivity(0.95, 0.7) == pytest.approx(0.25)

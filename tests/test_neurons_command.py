@@ -1,0 +1,145 @@
+"""``strata neurons`` end to end on small stores: every number traceable, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from probe_engine import neurons as neuron_steps
+from tests.test_probe_command import stores  # noqa: F401  (module fixture reused)
+
+ARGS = ["--labels", "upos", "--l1", "0,1e-3", "--l2", "1e-3", "--fractions", "0.05,0.1,0.3,0.6",
+        "--delta", "0.02", "--control", "--quiet"]
+
+
+def neurons_args(stores, out, *extra):  # noqa: F811
+    return ["neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"], *ARGS,
+            "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def analysis(stores, tmp_path_factory):  # noqa: F811
+    from strata import main
+
+    out = tmp_path_factory.mktemp("neurons") / "run"
+    assert main([str(a) for a in neurons_args(stores, out)]) == 0
+    return out
+
+
+def load(out):
+    return json.loads((out / "neurons.json").read_text())
+
+
+def test_the_analysis_hangs_together(analysis):
+    doc = load(analysis)
+    d = doc["neurons_total"]
+    assert d == 3 * 32 and doc["layers"] == [0, 1, 2]
+    assert doc["oracle"]["dev_accuracy"] == max(r["dev_accuracy"] for r in doc["oracle_grid"])
+    assert [t["k"] for t in doc["top_k"]] == [5, 10, 29, 58]  # ceil(fraction * 96)
+    m = doc["minimal"]
+    within = [t for t in doc["top_k"] if t["dev_accuracy"] >= doc["oracle"]["dev_accuracy"] - 0.02]
+    assert m["within_delta"] == bool(within)
+    assert m["k"] == (min(t["k"] for t in within) if within else 58)
+    assert sum(doc["layer_distribution"].values()) == m["k"]
+    ordering = np.load(analysis / "ordering.npz")
+    assert sorted(ordering["ordering"].tolist()) == list(range(d))  # a permutation of all neurons
+    assert ordering["selected"].tolist() == ordering["ordering"][:m["k"]].tolist()
+    counts = np.bincount(ordering["selected"] // 32, minlength=3)
+    assert list(doc["layer_distribution"].values()) == counts.tolist()
+    for name in ("top", "bottom", "random"):
+        assert set(doc["ablation"][name]) == {"retrained_dev", "retrained_test", "zeroed_dev", "zeroed_test"}
+    c = doc["control"]
+    for key in ("all_neurons", "selected_neurons"):
+        assert c[key]["selectivity_test"] == pytest.approx(c[key]["task_test"] - c[key]["control_test"])
+    assert c["all_neurons"]["task_test"] == doc["oracle"]["test_accuracy"]
+    summary = (analysis / "summary.md").read_text()
+    assert f"k = {m['k']}" in summary and "selectivity" in summary
+    for png in ("layer_distribution.png", "minimal_set.png"):
+        assert (analysis / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zeroed_ablation_matches_a_manual_computation(analysis, stores):  # noqa: F811
+    """The oracle with every weight outside the top k set to zero, scored by hand on plain zarr."""
+    doc = load(analysis)
+    oracle = np.load(analysis / "steps" / "oracle.npz")
+    top = np.load(analysis / "ordering.npz")["selected"]
+    group = zarr.open_group(stores["test"], mode="r")
+    X = np.concatenate([group["activations"][i] for i in range(3)], axis=1).astype(np.float32)
+    codes = group["label_upos"][...]
+    keep = codes >= 0
+    names = np.array(group["label_upos"].attrs["classes"])[codes[keep]]
+    Xs = (X[keep] - oracle["mean"]) / oracle["scale"]
+    W = np.zeros_like(oracle["W"])
+    W[top] = oracle["W"][top]
+    pred = np.array(doc["classes"])[(Xs @ W + oracle["b"]).argmax(axis=1)]
+    assert doc["ablation"]["top"]["zeroed_test"] == pytest.approx((pred == names).mean(), abs=1e-9)
+
+
+def test_interrupted_analysis_continues_from_finished_steps(analysis, stores, tmp_path, strata, monkeypatch):  # noqa: F811
+    shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
+    (tmp_path / "run" / "steps" / "control.json").unlink()  # as if killed during the control step
+    trained = []
+    real = neuron_steps.NeuronData.train_and_score
+
+    def spy(self, *args, **kwargs):
+        trained.append(args[4])  # the label kind: task or control
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(neuron_steps.NeuronData, "train_and_score", spy)
+    monkeypatch.setattr(neuron_steps, "run_group", lambda spec: pytest.fail("the oracle was retrained"))
+    code, out, err = strata(*neurons_args(stores, tmp_path / "run"))
+    assert code == 0, err
+    assert trained == ["control"]
+    doc = load(tmp_path / "run")
+    assert doc["strata_neurons"]["steps_reused"] == ["oracle", "ranking", "minimal", "ablation"]
+    assert doc["control"] == load(analysis)["control"]
+
+
+def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):  # noqa: F811
+    shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
+    code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--ranking", "probeless"))
+    assert code == 0, err
+    doc = load(tmp_path / "run")
+    assert doc["strata_neurons"]["steps_reused"] == ["oracle"]  # a new ranking redoes every later step
+    assert doc["strata_neurons"]["ranking"] == "probeless"
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--fractions", "0.1,1.5", "--fractions: 1.5 is not in (0, 1]"),
+    ("--fractions", "0", "--fractions: 0.0 is not in (0, 1]"),
+    ("--delta", "-0.1", "--delta: must be >= 0, got -0.1"),
+    ("--labels", "upos,xpos", "--labels: strata neurons takes one label set"),
+])
+def test_bad_options(stores, tmp_path, strata, option, value, message):  # noqa: F811
+    args = neurons_args(stores, tmp_path / "out")
+    args[args.index(option) + 1] = value
+    assert strata(*args)[0] == 1
+    assert strata(*args)[2].strip() == f"strata neurons: error: {message}"
+
+
+def test_one_class_is_refused(stores, tmp_path, strata):  # noqa: F811
+    train = tmp_path / "one.zarr"
+    shutil.copytree(stores["train"], train)
+    labels = zarr.open_group(train, mode="r+")["label_upos"]
+    labels[...] = np.where(labels[...] >= 0, 3, -1).astype(np.int16)
+    code, _, err = strata(*neurons_args({**stores, "train": train}, tmp_path / "out"))
+    assert code == 1
+    assert err.strip() == f"strata neurons: error: --labels: 'upos' has 1 class(es) in {train.resolve()}; a probe needs two"
+
+
+def test_control_on_a_sentence_level_task_is_refused(tiny_bert, tmp_path, strata):
+    tsv = tmp_path / "probing.txt"
+    tsv.write_text("".join(f"{s}\t{lab}\tthe cat sat number {i}\n"
+                           for i, (s, lab) in enumerate([("tr", "A"), ("tr", "B"), ("va", "A"), ("te", "B")] * 5)))
+    store = tmp_path / "sent.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", tsv, "--format", "senteval", "--out", store)[0] == 0
+    code, _, err = strata("neurons", "--train", store, "--dev", store, "--test", store, "--labels", "label",
+                          "--control", "--quiet", "--out", tmp_path / "out")
+    assert code == 1
+    assert err.strip() == ("strata neurons: error: --labels: 'label' is a sentence-level label set; a control task "
+                           "is not defined for it (strata neurons reads token-level label sets; pooled sentence "
+                           "vectors are not supported yet)")
