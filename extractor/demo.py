@@ -1,5 +1,6 @@
 """``make demo``: extract MiniLM activations for generated train/dev/test corpora,
-verify the store, then probe every layer (strata probe) and print the table."""
+verify the store, probe every layer (strata probe), then the neuron analysis
+(strata neurons) with its control task, printing each table."""
 
 from __future__ import annotations
 
@@ -43,9 +44,17 @@ def main() -> int:
     code = run(["probe", "--train", str(stores["train"]), "--dev", str(stores["dev"]), "--test", str(stores["test"]),
                 "--labels", "xpos", "--layers", "each,all", "--l1", "0,1e-4,1e-3", "--l2", "1e-4,1e-3",
                 "--out", str(probes)])
+    if code:
+        return code
+    neurons = out_dir / "neurons"
+    shutil.rmtree(neurons, ignore_errors=True)
+    code = run(["neurons", "--train", str(stores["train"]), "--dev", str(stores["dev"]), "--test", str(stores["test"]),
+                "--labels", "xpos", "--l1", "1e-4,1e-3", "--l2", "1e-4", "--fractions", "0.005,0.01,0.02,0.05,0.1",
+                "--control", "--out", str(neurons)])
     print(f"\nStores: {out_dir.resolve()}/demo-{{train,dev,test}}.zarr\n"
           f"Read one with plain zarr:  zarr.open_group('{stores['train']}')['activations']  # (layer, token, neuron)\n"
-          f"Probe results: {probes.resolve()}/results.json, plot: {probes.resolve()}/accuracy_per_layer.png")
+          f"Probe results: {probes.resolve()}/results.json, plot: {probes.resolve()}/accuracy_per_layer.png\n"
+          f"Neuron analysis: {neurons.resolve()}/summary.md, neurons.json, layer_distribution.png")
     return code
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_accuracy(chosen: list[dict], path: Path) -> None:
-    """Dev (and test) accuracy of the chosen probe of every single-layer feature set,
-    per label set; concatenated feature sets as dashed horizontal lines."""
+def _figure():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt, *plt.subplots(figsize=(6.4, 4.0), dpi=120)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+
+def plot_accuracy(chosen: list[dict], path: Path) -> None:
+    """Dev (and test) accuracy of the chosen probe of every single-layer feature set,
+    per label set; concatenated feature sets as dashed horizontal lines."""
+    plt, fig, ax = _figure()
     labels = list(dict.fromkeys(c["label"] for c in chosen))
     for k, label in enumerate(labels):
         color = f"C{k}"
@@ -32,16 +35,13 @@ def plot_accuracy(chosen: list[dict], path: Path) -> None:
     ax.set_title("Probe accuracy per layer (probe chosen on dev)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _figure():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt, *plt.subplots(figsize=(6.4, 4.0), dpi=120)
 
 
 def plot_layer_distribution(doc: dict, path: Path) -> None:
@@ -52,9 +52,7 @@ def plot_layer_distribution(doc: dict, path: Path) -> None:
     ax.set_xlabel("layer (0 = embedding output)")
     ax.set_ylabel("selected neurons")
     ax.set_title(f"{doc['strata_neurons']['label']}: top {doc['minimal']['k']:,} neurons across layers")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_minimal_set(doc: dict, path: Path) -> None:
@@ -70,6 +68,4 @@ def plot_minimal_set(doc: dict, path: Path) -> None:
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
