@@ -15,7 +15,7 @@ of the probe's last ``memory`` objectives by ``sigma/2 * alpha * |s|^2``
 where it was.  With ``alpha = L`` the step is the classical 1/L step and is
 always accepted.  Why not FISTA: on these problems the global bound L is far
 above the curvature along the path, and the BB steps follow the local curvature;
-measured on MiniLM activations, FISTA with restart needed 5-20x more data passes
+measured on MiniLM activations of the demo corpus, FISTA with restart needed 5-20x more passes
 for the same certificate (see the README).
 
 Each iteration is exactly one pass over the data, which evaluates every active
