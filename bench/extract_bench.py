@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -66,7 +65,6 @@ import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -221,27 +219,10 @@ def measure_memory(model_dir, n: int, tmp: Path) -> dict:
 
 # --------------------------------------------------------------------------- bookkeeping
 def machine_info() -> dict:
-    import torch
+    from machine import machine_info as describe  # bench/machine.py, shared by the benchmarks
 
-    versions = {"python": platform.python_version()}
-    for pkg in ("strata", "torch", "transformers", "tokenizers", "accelerate", "zarr", "numcodecs", "numpy",
-                "scikit-learn", "psutil"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "extractor", "store"], cwd=REPO,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu": cpu,
-            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-            "platform": platform.platform(), "versions": versions,
-            "git_commit": commit, "strata_code_modified": dirty}
+    return describe(("strata", "torch", "transformers", "tokenizers", "accelerate", "zarr", "numcodecs", "numpy", "scikit-learn", "psutil"),
+                    ("extractor", "store"))
 
 
 def summarize(samples: list[float]) -> dict:

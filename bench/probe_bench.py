@@ -79,7 +79,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -88,7 +87,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -629,28 +627,10 @@ def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int) ->
 
 # --------------------------------------------------------------------------- bookkeeping
 def machine_info() -> dict:
-    import torch
-    from threadpoolctl import threadpool_info
+    from machine import machine_info as describe  # bench/machine.py, shared by the benchmarks
 
-    versions = {"python": platform.python_version()}
-    for pkg in ("strata", "numpy", "scipy", "scikit-learn", "torch", "dask", "zarr", "numcodecs", "threadpoolctl"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "probe_engine", "store"], cwd=REPO,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    blas = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
-            for p in threadpool_info() if p.get("user_api") == "blas"]
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu": cpu, "blas": blas,
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "versions": versions,
-            "git_commit": commit, "strata_code_modified": dirty}
+    return describe(("strata", "numpy", "scipy", "scikit-learn", "torch", "dask", "zarr", "numcodecs", "threadpoolctl"),
+                    ("probe_engine", "store"))
 
 
 def store_info(store) -> dict:
