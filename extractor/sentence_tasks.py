@@ -1,0 +1,125 @@
+"""Sentence-level probing tasks derived from any corpus, written as SentEval TSV.
+
+Users without SentEval's data can still run the sentence-level analyses of
+Mosbach et al. (2020, seed ``002_*``) on their own corpus.  Two of Conneau et
+al.'s (ACL 2018, "What you can cram into a single vector") probing tasks need
+nothing but the words:
+
+``bigram-shift``
+    In a seeded random half of the sentences (of each split) two adjacent
+    words at a seeded random position are swapped; the label says whether
+    the sentence was inverted (``I``) or left as it was (``O``), SentEval's
+    class names.  Sentences of fewer than two words cannot be inverted and
+    are left out (and counted).
+``sentence-length``
+    The label is the bin of the sentence's word count; bins are half-open
+    ranges between consecutive ``edges`` (SentEval's own bins by default:
+    5-8, 9-12, 13-16, 17-20, 21-25, 26-28 words).  Sentences outside every
+    bin are left out (and counted).
+
+The output is SentEval's format, ``split<TAB>label<TAB>sentence``, with split
+``tr``/``va``/``te`` taken from which input the sentence came from, and the
+words joined by single spaces.  A word that itself contains whitespace would
+read back as several words, so its whitespace is written as ``_`` (counted).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from extractor.readers import read_corpus
+from store.errors import StrataError
+
+TASKS = ("bigram-shift", "sentence-length")
+SPLITS = {"train": "tr", "dev": "va", "test": "te"}
+#: SentEval's sentence_length bins as edges: [5, 9) -> "5-8", ..., [26, 29) -> "26-28".
+DEFAULT_LENGTH_EDGES = (5, 9, 13, 17, 21, 26, 29)
+_WHITESPACE = re.compile(r"\s")
+
+
+@dataclass
+class TaskReport:
+    """What was written, for the command's summary line and for tests."""
+
+    written: dict = field(default_factory=dict)  # split -> sentences written
+    left_out: dict = field(default_factory=dict)  # split -> sentences left out
+    classes: dict = field(default_factory=dict)  # label -> sentences
+    words_with_whitespace: int = 0
+
+
+def bigram_shift(sentences: list[list[str]], rng: np.random.Generator) -> list[tuple[str, list[str]] | None]:
+    """Per sentence ``(label, words)``, or None when it has fewer than two words.
+
+    Exactly ``floor(m / 2)`` of the ``m`` eligible sentences are inverted
+    (a seeded permutation picks them); each gets one seeded swap position."""
+    eligible = [i for i, s in enumerate(sentences) if len(s) >= 2]
+    inverted = set(rng.permutation(eligible)[: len(eligible) // 2].tolist())
+    out: list[tuple[str, list[str]] | None] = [None] * len(sentences)
+    for i in eligible:
+        words = list(sentences[i])
+        if i in inverted:
+            j = int(rng.integers(0, len(words) - 1))
+            words[j], words[j + 1] = words[j + 1], words[j]
+            out[i] = ("I", words)
+        else:
+            out[i] = ("O", words)
+    return out
+
+
+def sentence_length(sentences: list[list[str]], edges) -> list[tuple[str, list[str]] | None]:
+    """Per sentence ``(bin label, words)``, or None when its length is in no bin."""
+    edges = list(edges)
+    out: list[tuple[str, list[str]] | None] = []
+    for words in sentences:
+        k = int(np.searchsorted(edges, len(words), side="right")) - 1
+        out.append((f"{edges[k]}-{edges[k + 1] - 1}", list(words)) if 0 <= k < len(edges) - 1 else None)
+    return out
+
+
+def parse_edges(text: str) -> tuple[int, ...]:
+    try:
+        edges = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise StrataError(f"--length-bins: {text!r} is not a comma-separated list of integers") from None
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 1:
+        raise StrataError(f"--length-bins: need at least two increasing word counts >= 1, got {text!r}")
+    return edges
+
+
+def write_task(task: str, inputs: dict[str, str], fmt: str, out: str, *, seed: int = 0,
+               edges=DEFAULT_LENGTH_EDGES, columns=None) -> TaskReport:
+    """Derive ``task`` from the corpora ``inputs`` (split -> path) into the TSV ``out``.
+
+    Each split draws from its own generator, ``default_rng([seed, split index])``,
+    so adding a test file never changes the train rows.  The file is written to
+    a temporary name and renamed, so ``out`` is never left half-written."""
+    if task not in TASKS:
+        raise StrataError(f"task: unknown task {task!r}, expected one of {', '.join(TASKS)}")
+    if not inputs:
+        raise StrataError("--train: give at least one input corpus (--train, --dev, --test)")
+    report = TaskReport()
+    lines: list[str] = []
+    for index, (split, path) in enumerate(inputs.items()):
+        sentences = read_corpus(path, fmt, columns=columns).sentences
+        if task == "bigram-shift":
+            rows = bigram_shift(sentences, np.random.default_rng([seed, index]))
+        else:
+            rows = sentence_length(sentences, edges)
+        kept = [r for r in rows if r is not None]
+        report.written[split], report.left_out[split] = len(kept), len(rows) - len(kept)
+        for label, words in kept:
+            clean = [_WHITESPACE.sub("_", w) for w in words]
+            report.words_with_whitespace += sum(a != b for a, b in zip(clean, words))
+            report.classes[label] = report.classes.get(label, 0) + 1
+            lines.append(f"{SPLITS[split]}\t{label}\t{' '.join(clean)}\n")
+    if not lines:
+        raise StrataError(f"{task}: no sentence qualifies (all were left out)")
+    tmp = f"{out}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(tmp, out)
+    return report

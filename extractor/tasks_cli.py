@@ -1,0 +1,43 @@
+"""``strata tasks``: derive a sentence-level probing task from a corpus (see sentence_tasks.py)."""
+
+from __future__ import annotations
+
+from extractor.readers import FORMATS
+
+
+def add_parser(subparsers) -> None:
+    from extractor.sentence_tasks import DEFAULT_LENGTH_EDGES, TASKS
+
+    p = subparsers.add_parser(
+        "tasks", help="write a sentence-level probing task (SentEval TSV) derived from a corpus",
+        description="Conneau et al.'s bigram-shift or sentence-length task from any corpus, as a SentEval "
+                    "TSV (split, label, sentence) that `strata extract --format senteval` reads.")
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--train", required=True, help="corpus whose sentences become split tr")
+    p.add_argument("--dev", help="corpus whose sentences become split va")
+    p.add_argument("--test", help="corpus whose sentences become split te")
+    p.add_argument("--format", default="conllu", choices=[f for f in FORMATS if f != "senteval"],
+                   help="format of the corpora (default conllu)")
+    p.add_argument("--columns", help="conll: names of the whitespace columns")
+    p.add_argument("--out", required=True, help="the TSV to write")
+    p.add_argument("--seed", type=int, default=0, help="bigram-shift: which sentences and positions are swapped")
+    p.add_argument("--length-bins", default=",".join(map(str, DEFAULT_LENGTH_EDGES)),
+                   help="sentence-length: bin edges in words, bin k = [edge k, edge k+1) "
+                        "(default SentEval's 5-8, 9-12, 13-16, 17-20, 21-25, 26-28)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from extractor.sentence_tasks import parse_edges, write_task
+
+    edges = parse_edges(args.length_bins)
+    inputs = {split: path for split, path in (("train", args.train), ("dev", args.dev), ("test", args.test)) if path}
+    report = write_task(args.task, inputs, args.format, args.out, seed=args.seed, edges=edges,
+                        columns=args.columns)
+    written = ", ".join(f"{s} {n}" for s, n in report.written.items())
+    left = sum(report.left_out.values())
+    classes = ", ".join(f"{c} {n}" for c, n in sorted(report.classes.items()))
+    print(f"{args.out}: {args.task}, sentences written: {written}; left out: {left}; classes: {classes}"
+          + (f"; words with whitespace written with _: {report.words_with_whitespace}"
+             if report.words_with_whitespace else ""))
+    return 0
