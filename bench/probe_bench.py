@@ -193,7 +193,7 @@ class Problem:
 
     @property
     def chunk(self) -> int:
-        return self.train_store.activations.chunks[1]
+        return self.train_store.features.chunks[1]
 
     def feature_set(self, n_probes: int):
         """The train FeatureSet with the block size ``strata probe`` uses for ``n_probes``.
@@ -635,7 +635,7 @@ def machine_info() -> dict:
 
 def store_info(store) -> dict:
     p = store.parameters
-    return {"path": str(store.path), "tokens": int(store.activations.shape[1]),
+    return {"path": str(store.path), "tokens": int(store.features.shape[1]),
             **{k: p.get(k) for k in ("max_sentences", "dataset_sha256", "dtype", "codec", "word_vector")}}
 
 

@@ -20,10 +20,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--train", required=True, help="store of the training corpus")
     p.add_argument("--dev", required=True, help="store used to choose l1, l2 per feature set")
     p.add_argument("--test", help="store for the final numbers")
-    p.add_argument("--labels", required=True, help="token-level label set(s), comma-separated (e.g. upos,xpos)")
+    p.add_argument("--labels", required=True,
+                   help="label set(s), comma-separated (e.g. upos,xpos); sentence-level ones with --pool")
     p.add_argument("--layers", default="each",
                    help="feature sets: each (every layer alone), all (all layers concatenated), layer ids, "
                         "ids joined by + (concatenated); comma-separated (default: each)")
+    p.add_argument("--pool", default=None,
+                   help="probe pooled sentence vectors instead of tokens: cls, mean or cls,mean "
+                        "(needs sentence-level label sets, e.g. SentEval's label)")
     p.add_argument("--l1", default=DEFAULT_GRID, help=f"l1 grid (default {DEFAULT_GRID})")
     p.add_argument("--l2", default=DEFAULT_GRID, help=f"l2 grid (default {DEFAULT_GRID})")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL,
@@ -54,12 +58,19 @@ def options_from_args(args) -> dict:
         max_memory = parse_bytes(args.max_memory)
     except (ValueError, TypeError):
         raise StrataError(f"--max-memory: {args.max_memory!r} is not a size such as 4GB or 512MiB") from None
+    pools = None
+    if getattr(args, "pool", None) is not None:
+        from store.schema import POOL_KINDS
+        pools = list(dict.fromkeys(x.strip() for x in args.pool.split(",") if x.strip()))
+        bad = [x for x in pools if x not in POOL_KINDS] or ([] if pools else [args.pool])
+        if bad:
+            raise StrataError(f"--pool: {bad[0]!r} is not one of {', '.join(POOL_KINDS)}")
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if not labels:
         raise StrataError("--labels: no label set given")
     return {"train": str(Path(args.train).resolve()), "dev": str(Path(args.dev).resolve()),
             "test": str(Path(args.test).resolve()) if args.test else None, "labels": labels,
-            "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
+            "pools": pools, "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
             "tol": args.tol, "max_iter": args.max_iter, "device": args.device, "max_memory": int(max_memory),
             "seed": args.seed, "command": getattr(args, "argv", None)}
 

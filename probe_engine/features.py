@@ -48,7 +48,7 @@ class FeatureSet:
     def __init__(self, store: ProbeStore, positions: list[int], y_tokens: np.ndarray, block_tokens: int):
         self.store, self.positions = store, list(positions)
         self.y_tokens = y_tokens  # per token: class index, -1 missing (dropped), -2 unseen (kept)
-        acts = da.from_zarr(store.activations)
+        acts = da.from_zarr(store.features)
         self.X = da.concatenate([acts[p] for p in self.positions], axis=1).rechunk((block_tokens, -1))
         self.block_tokens = block_tokens
         self.n_blocks = len(self.X.chunks[0])
@@ -69,7 +69,7 @@ class FeatureSet:
                                          da.isfinite(self.X[keep]).all(axis=0), scheduler="threads")
         if not finite.all():
             col = int(np.flatnonzero(~finite)[0])
-            hidden = self.store.activations.shape[2]
+            hidden = self.store.features.shape[2]
             layer = self.store.layers[self.positions[col // hidden]]
             raise StrataError(f"{self.store.option}: {self.store.path} has non-finite activations "
                               f"(layer {layer}, neuron {col % hidden})")

@@ -22,10 +22,11 @@ from probe_engine.train import predict, train_probes
 
 
 def open_stores(spec: dict) -> dict[str, ProbeStore]:
-    stores = {"train": ProbeStore(Path(spec["train"]), "--train")}
+    pool = spec.get("pool")
+    stores = {"train": ProbeStore(Path(spec["train"]), "--train", pool)}
     for split in ("dev", "test"):
         if spec.get(split):
-            stores[split] = ProbeStore(Path(spec[split]), f"--{split}")
+            stores[split] = ProbeStore(Path(spec[split]), f"--{split}", pool)
             check_same_model(stores["train"], stores[split])
     return stores
 
@@ -48,7 +49,7 @@ def run_group(spec: dict, progress=None) -> dict:
     positions = [train.layers.index(layer) for layer in spec["layers"]]
     y_train, classes, counts = training_classes(train, spec["label"])
     grid = [(l1, l2) for l1 in spec["l1"] for l2 in spec["l2"]]
-    chunk = train.activations.chunks[1]
+    chunk = train.features.chunks[1]
     block = block_tokens_for(len(grid) * len(classes), chunk)
     features = FeatureSet(train, positions, y_train, block)
     stats = features.statistics()
@@ -73,8 +74,8 @@ def run_group(spec: dict, progress=None) -> dict:
     name = feature_set_name(tuple(spec["layers"]), train.layers)
     records = []
     for p, (l1, l2) in enumerate(grid):
-        record = {"feature_set": name, "layers": spec["layers"], "label": spec["label"], "l1": l1, "l2": l2,
-                  "seed": spec["seed"]}
+        record = {"feature_set": name, "layers": spec["layers"], "pool": spec.get("pool"), "label": spec["label"],
+                  "l1": l1, "l2": l2, "seed": spec["seed"]}
         for split in ("train", "dev", "test"):
             record[f"{split}_accuracy"] = float(accuracy[split][p]) if split in accuracy else None
         record.update(objective=float(sol.objective[p]), loss=float(sol.loss[p]),
@@ -93,7 +94,8 @@ def run_group(spec: dict, progress=None) -> dict:
                 per_class[split] = {c: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]),
                                         "support": int(support[k])} for k, c in enumerate(classes)}
     summary = {
-        "feature_set": name, "layers": spec["layers"], "label": spec["label"], "classes": classes,
+        "feature_set": name, "layers": spec["layers"], "pool": spec.get("pool"), "label": spec["label"],
+        "classes": classes,
         "rows": {split: int(len(truth)) for split, (_, truth) in predictions.items()},
         "unseen_label_tokens": unseen, "features": features.n_features, "probes": len(grid),
         "in_memory": in_memory, "block_tokens": block, "train_seconds": train_seconds,

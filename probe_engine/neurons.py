@@ -109,10 +109,10 @@ class NeuronData:
         self.stores = open_stores(options)
         train = self.stores["train"]
         self.layers = train.layers
-        self.hidden = int(train.activations.shape[2])
+        self.hidden = int(train.features.shape[2])
         self.positions = list(range(len(self.layers)))
         self.stats, self.classes = stats, classes
-        self.block = block_tokens_for(n_probes * len(classes), train.activations.chunks[1])
+        self.block = block_tokens_for(n_probes * len(classes), train.features.chunks[1])
         self.y = {"train": training_classes(train, options["label"])[0]}
         self.unseen = {}
         for split in ("dev", "test"):
@@ -166,18 +166,20 @@ def check_options(options: dict) -> None:
         raise StrataError(f"--delta: must be >= 0, got {options['delta']}")
     if not options.get("test"):
         raise StrataError("--test: strata neurons needs a test store")
-    train = open_stores(options)["train"]
-    level_key = schema.sentence_label_name(options["label"])
-    if level_key in train.group and schema.token_label_name(options["label"]) not in train.group:
-        why = "a control task is not defined for it (" if options["control"] else "("
-        raise StrataError(f"--labels: {options['label']!r} is a sentence-level label set; {why}strata neurons "
-                          "reads token-level label sets; pooled sentence vectors are not supported yet)")
-    training_classes(train, options["label"])  # at least two classes, label set present
+    stores = open_stores(options)
+    sentence_level = options.get("pool") or options["label"] in stores["train"].label_names("sentence")
+    if options["control"] and sentence_level:
+        raise StrataError("--control: a control task is not defined for a sentence-level label set "
+                          "(Hewitt & Liang draw control labels per word type); drop --control or --pool")
+    for store in stores.values():
+        store.features  # raises naming a missing pooled array
+        store.labels(options["label"])  # raises naming the missing label set, with a --pool hint
+    training_classes(stores["train"], options["label"])  # at least two classes
 
 
 def _spec_hash(options: dict, step: str) -> str:
     """What a step's result depends on: every option up to and including that step."""
-    keys = ["train", "dev", "test", "label", "l1", "l2", "tol", "max_iter", "device", "seed"]
+    keys = ["train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter", "device", "seed"]
     if step != "oracle":
         keys += ["ranking"]
     if step in ("minimal", "ablation", "control"):
@@ -225,8 +227,8 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     if oracle is None:
         say("strata neurons: 1/6 oracle (all layers, grid search)")
         stores = open_stores(options)
-        spec = {k: options[k] for k in ("train", "dev", "test", "label", "l1", "l2", "tol", "max_iter", "device",
-                                        "max_memory", "seed")}
+        spec = {k: options[k] for k in ("train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter",
+                                        "device", "max_memory", "seed")}
         spec["layers"] = stores["train"].layers
         result = run_group(spec)
         s, a = result["summary"], result["arrays"]
@@ -320,7 +322,8 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
     chosen_dev, chosen_test = minimal["scores"]["dev"][j], minimal["scores"]["test"][j]
     retrained, zeroed = ablation["retrained"]["scores"], ablation["zeroed_in_oracle"]
     doc = {
-        "strata_neurons": {"label": options["label"], "train": options["train"], "dev": options["dev"],
+        "strata_neurons": {"label": options["label"], "pool": options.get("pool"), "train": options["train"],
+                           "dev": options["dev"],
                            "test": options["test"], "ranking": options["ranking"], "delta": options["delta"],
                            "fractions": options["fractions"], "l1_grid": options["l1"], "l2_grid": options["l2"],
                            "tol": options["tol"], "max_iter": options["max_iter"], "seed": options["seed"],
@@ -368,7 +371,8 @@ def _pct(x: float) -> str:
 def summary_markdown(doc: dict) -> str:
     """The paper's tables for this model and task, as Markdown."""
     o, m, meta = doc["oracle"], doc["minimal"], doc["strata_neurons"]
-    lines = [f"# Neuron analysis: {meta['label']}",
+    pooled = f" ({meta['pool']}-pooled sentence vectors)" if meta.get("pool") else ""
+    lines = [f"# Neuron analysis: {meta['label']}{pooled}",
              "",
              f"Oracle (all {doc['neurons_total']:,} neurons, l1={o['l1']:g}, l2={o['l2']:g}): "
              f"dev {_pct(o['dev_accuracy'])}, test {_pct(o['test_accuracy'])}.",

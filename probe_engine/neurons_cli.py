@@ -23,7 +23,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--train", required=True, help="store of the training corpus")
     p.add_argument("--dev", required=True, help="store used to choose lambdas and the minimal set")
     p.add_argument("--test", required=True, help="store for the final numbers")
-    p.add_argument("--labels", required=True, help="one token-level label set (e.g. xpos)")
+    p.add_argument("--labels", required=True,
+                   help="one label set: token-level (e.g. xpos), or sentence-level with --pool")
+    p.add_argument("--pool", default=None,
+                   help="analyse pooled sentence vectors (cls or mean) for a sentence-level label set")
     p.add_argument("--l1", default=DEFAULT_GRID, help=f"oracle l1 grid (default {DEFAULT_GRID})")
     p.add_argument("--l2", default=DEFAULT_GRID, help=f"oracle l2 grid (default {DEFAULT_GRID})")
     p.add_argument("--delta", type=float, default=0.01,
@@ -52,7 +55,10 @@ def options_from_args(args) -> dict:
         fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
     except ValueError:
         raise StrataError(f"--fractions: {args.fractions!r} is not a comma-separated list of numbers") from None
-    options.update(label=options.pop("labels")[0], fractions=sorted(set(fractions)), delta=args.delta,
+    pools = options.pop("pools") or [None]
+    if len(pools) != 1:
+        raise StrataError("--pool: strata neurons takes one pooling kind (cls or mean)")
+    options.update(pool=pools[0], label=options.pop("labels")[0], fractions=sorted(set(fractions)), delta=args.delta,
                    ranking=args.ranking, control=args.control)
     return options
 

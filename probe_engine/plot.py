@@ -16,20 +16,20 @@ def plot_accuracy(chosen: list[dict], path: Path) -> None:
     """Dev (and test) accuracy of the chosen probe of every single-layer feature set,
     per label set; concatenated feature sets as dashed horizontal lines."""
     plt, fig, ax = _figure()
-    labels = list(dict.fromkeys(c["label"] for c in chosen))
-    for k, label in enumerate(labels):
-        color = f"C{k}"
-        single = sorted((c for c in chosen if c["label"] == label and len(c["layers"]) == 1),
-                        key=lambda c: c["layers"][0])
+    series = list(dict.fromkeys((c["label"], c.get("pool")) for c in chosen))
+    for k, (label, pool) in enumerate(series):
+        color, name = f"C{k}", label + (f" {pool}-pooled" if pool else "")
+        mine = [c for c in chosen if c["label"] == label and c.get("pool") == pool]
+        single = sorted((c for c in mine if len(c["layers"]) == 1), key=lambda c: c["layers"][0])
         for split, style in (("dev", "-o"), ("test", ":s")):
             points = [(c["layers"][0], c[f"{split}_accuracy"]) for c in single if c[f"{split}_accuracy"] is not None]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, style, color=color, label=f"{label} {split}", markersize=4)
-        for c in chosen:
-            if c["label"] == label and len(c["layers"]) > 1 and c["dev_accuracy"] is not None:
+                ax.plot(xs, ys, style, color=color, label=f"{name} {split}", markersize=4)
+        for c in mine:
+            if len(c["layers"]) > 1 and c["dev_accuracy"] is not None:
                 ax.axhline(c["dev_accuracy"], color=color, linestyle="--", linewidth=1,
-                           label=f"{label} dev, {c['feature_set']}")
+                           label=f"{name} dev, {c['feature_set']}")
     ax.set_xlabel("layer (0 = embedding output)")
     ax.set_ylabel("accuracy")
     ax.set_title("Probe accuracy per layer (probe chosen on dev)")

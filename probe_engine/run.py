@@ -30,19 +30,20 @@ RESULTS_VERSION = 1
 
 def plan_groups(options: dict) -> list[dict]:
     """One spec per (label set, feature set); validates stores and labels up front."""
-    stores = open_stores(options)
-    train = stores["train"]
-    for store in stores.values():
-        for label in options["labels"]:
-            store.labels(label)  # raises naming the missing label set
-    feature_sets = parse_layers(options["layers_spec"], train.layers)
+    feature_sets = parse_layers(options["layers_spec"], open_stores(options)["train"].layers)
     common = {k: options[k] for k in ("train", "dev", "test", "l1", "l2", "tol", "max_iter", "device",
                                       "max_memory", "seed")}
     specs = []
-    for label in options["labels"]:
-        training_classes(train, label)  # at least two classes
-        for layers in feature_sets:
-            specs.append({**common, "label": label, "layers": list(layers)})
+    for pool in options.get("pools") or [None]:
+        stores = open_stores({**options, "pool": pool})
+        for store in stores.values():
+            store.features  # raises naming a missing pooled array
+            for label in options["labels"]:
+                store.labels(label)  # raises naming the missing label set
+        for label in options["labels"]:
+            training_classes(stores["train"], label)  # at least two classes
+            for layers in feature_sets:
+                specs.append({**common, "pool": pool, "label": label, "layers": list(layers)})
     return specs
 
 
@@ -146,12 +147,14 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
         best = doc["records"][doc["chosen"]]
         arrays = load_group_arrays(out, gid)
         layers = "all" if doc["feature_set"] == "all layers" else "+".join(map(str, doc["layers"]))
-        stem = f"{doc['label']}_layer{layers}"
+        pooled = f"_{doc['pool']}" if doc.get("pool") else ""
+        stem = f"{doc['label']}{pooled}_layer{layers}"
         weights = {"W": arrays["W"][:, doc["chosen"]], "b": arrays["b"][doc["chosen"]],
                    "mean": arrays["mean"], "scale": arrays["scale"],
                    "classes": np.array(doc["classes"]), "layers": np.array(doc["layers"])}
         write_npz(out / "weights" / f"{stem}.npz", weights)
-        chosen.append({"feature_set": doc["feature_set"], "layers": doc["layers"], "label": doc["label"],
+        chosen.append({"feature_set": doc["feature_set"], "layers": doc["layers"], "pool": doc.get("pool"),
+                       "label": doc["label"],
                        **{k: best[k] for k in ("l1", "l2", "train_accuracy", "dev_accuracy", "test_accuracy",
                                                "nonzeros", "converged")},
                        "weights": f"weights/{stem}.npz", "per_class": doc["per_class"],
@@ -161,6 +164,7 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
                          "objective": "mean CE(softmax(xW+b), y) + l1*sum|W| + l2*sum W^2, standardized x, b free",
                          "train": options["train"], "dev": options["dev"], "test": options["test"],
                          "labels": options["labels"], "layers": options["layers_spec"],
+                         "pool": options.get("pools"),
                          "l1": options["l1"], "l2": options["l2"], "tol": options["tol"],
                          "max_iter": options["max_iter"], "device": options["device"],
                          "scheduler": "threads" if scheduler == "threads" else "distributed",

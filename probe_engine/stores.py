@@ -1,4 +1,13 @@
-"""Opening stores for probing: completeness, label sets, and train/dev/test agreement."""
+"""Opening stores for probing: completeness, label sets, and train/dev/test agreement.
+
+A probe reads either token vectors (``activations`` with token-level label sets)
+or, with ``pool``, one pooled vector per sentence (``pooled_cls`` or
+``pooled_mean`` with sentence-level label sets, Mosbach et al. 2020).  Sentences
+the extractor skipped (too long for the model, NaN pooled vectors) are not rows.
+A store holding SentEval's ``split`` label set contributes to each role only its
+own split's sentences (``tr`` to --train, ``va`` to --dev, ``te`` to --test), so
+one SentEval store can be passed as all three.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,9 @@ from store.writer import quiet_codec_warnings
 
 #: Parameters that must agree between the train, dev and test stores.
 MUST_MATCH = ("model", "config_sha256", "layers", "word_vector")
+#: SentEval's split code for each store role.
+ROLE_SPLITS = {"--train": "tr", "--dev": "va", "--test": "te"}
+SPLIT_LABEL = "split"
 
 
 @dataclass
@@ -24,6 +36,7 @@ class ProbeStore:
 
     path: Path
     option: str  # e.g. "--train", for error messages
+    pool: str | None = None  # None: token vectors; "cls" or "mean": pooled sentence vectors
 
     @cached_property
     def group(self) -> zarr.Group:
@@ -44,21 +57,55 @@ class ProbeStore:
         return [int(x) for x in self.group[schema.LAYER][...]]
 
     @property
-    def activations(self) -> zarr.Array:
-        return self.group[schema.ACTIVATIONS]
+    def features(self) -> zarr.Array:
+        """The (layer, row, neuron) array probes read: activations, or a pooled array."""
+        if self.pool is None:
+            return self.group[schema.ACTIVATIONS]
+        name = schema.pooled_name(self.pool)
+        if name not in self.group:
+            raise StrataError(f"--pool: {self.path} has no {name} array (extract it with --pool {self.pool})")
+        return self.group[name]
 
-    def label_names(self) -> list[str]:
-        p = schema.TOKEN_LABEL_PREFIX
+    def label_names(self, level: str | None = None) -> list[str]:
+        """Label sets of one level (default: the level this store is read at)."""
+        level = level or ("sentence" if self.pool else "token")
+        p = schema.SENTENCE_LABEL_PREFIX if level == "sentence" else schema.TOKEN_LABEL_PREFIX
         return sorted(k[len(p):] for k in self.group.array_keys() if k.startswith(p))
 
     def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
-        """Token-level label codes (-1 = missing) and class names of one label set."""
-        key = schema.token_label_name(name)
+        """Label codes per row (-1 = not a row) and class names of one label set."""
+        if self.pool is None:
+            key = schema.token_label_name(name)
+            if key not in self.group:
+                have = ", ".join(self.label_names()) or "none"
+                hint = ("; it is a sentence-level label set: probe pooled sentence vectors with --pool cls or --pool mean"
+                        if name in self.label_names("sentence") else "")
+                raise StrataError(f"--labels: {self.path} has no token-level label set {name!r} (it has: {have}){hint}")
+            arr = self.group[key]
+            return arr[...].astype(np.int64), [str(c) for c in arr.attrs["classes"]]
+        key = schema.sentence_label_name(name)
         if key not in self.group:
             have = ", ".join(self.label_names()) or "none"
-            raise StrataError(f"--labels: {self.path} has no token-level label set {name!r} (it has: {have})")
+            raise StrataError(f"--labels: {self.path} has no sentence-level label set {name!r} (it has: {have}); "
+                              "--pool probes need one label per sentence")
         arr = self.group[key]
-        return arr[...].astype(np.int64), [str(c) for c in arr.attrs["classes"]]
+        codes = arr[...].astype(np.int64)
+        codes[self.group[schema.SENTENCE_SKIPPED][...]] = -1
+        codes[~self.role_rows()] = -1
+        return codes, [str(c) for c in arr.attrs["classes"]]
+
+    def role_rows(self) -> np.ndarray:
+        """Sentences this store contributes in its role: all, or its SentEval split's."""
+        key = schema.sentence_label_name(SPLIT_LABEL)
+        n = self.group[schema.SENTENCE_SKIPPED].shape[0]
+        if key not in self.group:
+            return np.ones(n, bool)
+        split = self.group[key]
+        classes = [str(c) for c in split.attrs["classes"]]
+        wanted = ROLE_SPLITS[self.option]
+        if wanted not in classes:
+            return np.zeros(n, bool)
+        return split[...] == classes.index(wanted)
 
 
 def check_same_model(train: ProbeStore, other: ProbeStore) -> None:

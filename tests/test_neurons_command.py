@@ -140,6 +140,5 @@ def test_control_on_a_sentence_level_task_is_refused(tiny_bert, tmp_path, strata
     code, _, err = strata("neurons", "--train", store, "--dev", store, "--test", store, "--labels", "label",
                           "--control", "--quiet", "--out", tmp_path / "out")
     assert code == 1
-    assert err.strip() == ("strata neurons: error: --labels: 'label' is a sentence-level label set; a control task "
-                           "is not defined for it (strata neurons reads token-level label sets; pooled sentence "
-                           "vectors are not supported yet)")
+    assert err.strip() == ("strata neurons: error: --control: a control task is not defined for a sentence-level "
+                           "label set (Hewitt & Liang draw control labels per word type); drop --control or --pool")
