@@ -30,6 +30,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-sentences", type=int, help="only the first N sentences")
     p.add_argument("--shard-tokens", type=int, help="tokens per shard (unit of work); default ~64 MiB shards")
+    p.add_argument("--variant", help="extract from a changed model: random-init, reinit:K-, reinit:I-J, "
+                                     "permute:SEED or truncate:K (see extractor/variants.py)")
+    p.add_argument("--variant-seed", type=int, default=0, help="seed of random-init and reinit weights (default 0)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(run=run)
 
@@ -43,7 +46,7 @@ def options_from_args(args):
         columns=args.columns.split(",") if args.columns else None, labels=args.labels, layers=args.layers,
         word_vector=args.word_vector, pool=pool, dtype=args.dtype, codec=args.codec,
         batch_tokens=args.batch_tokens, device=args.device, max_sentences=args.max_sentences,
-        shard_tokens=args.shard_tokens)
+        shard_tokens=args.shard_tokens, variant=args.variant, variant_seed=args.variant_seed)
 
 
 def run(args) -> int:

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from extractor import alignment, model as hf
+from extractor.variants import build_model, check_variant, parse_variant, variant_config
 from extractor.batching import token_budget_batches
 from extractor.forward import FLOAT16_MAX, OutOfRange, forward_batch, to_stored
 from extractor.readers import read_corpus
@@ -52,6 +53,8 @@ class ExtractOptions:
     max_sentences: int | None = None
     shard_tokens: int | None = None
     chunk_tokens: int | None = None
+    variant: str | None = None  # see extractor/variants.py
+    variant_seed: int = 0
 
 
 def parse_layers(spec: str, n_hidden_states: int, model: str) -> list[int]:
@@ -137,7 +140,12 @@ class Extraction:
             raise StrataError(f"--dtype: choose float16 or float32, got {opts.dtype!r}")
         self.corpus = read_corpus(opts.input, opts.format, columns=opts.columns, labels_path=opts.labels,
                                   max_sentences=opts.max_sentences)
-        self.config = hf.load_config(opts.model)
+        self.variant = parse_variant(opts.variant, opts.variant_seed)
+        pretrained = hf.load_config(opts.model)
+        self.pretrained_blocks = hf.n_layers(pretrained)
+        if self.variant is not None:
+            check_variant(self.variant, self.pretrained_blocks, opts.model)
+        self.config = variant_config(pretrained, self.variant)
         self.tokenizer = hf.load_tokenizer(opts.model)
         self.layer_ids = parse_layers(opts.layers, hf.n_layers(self.config) + 1, opts.model)
         self.hidden = hf.hidden_size(self.config)
@@ -166,7 +174,15 @@ class Extraction:
             "max_positions": self.max_len, "device": o.device.split(":")[0],
             "dataset_sha256": self.corpus.sha256, "format": o.format, "columns": o.columns,
             "max_sentences": o.max_sentences,
+            **self.variant_record(),
         }
+
+    def variant_record(self) -> dict:
+        """The variant's entries (absent for the pretrained model, so older stores still resume)."""
+        if self.variant is None:
+            return {}
+        seeded = self.variant.kind in ("random-init", "reinit")
+        return {"variant": self.variant.spec(), "variant_seed": self.variant.seed if seeded else None}
 
     def provenance(self) -> dict:
         return {
@@ -181,6 +197,7 @@ class Extraction:
             "versions": _versions(),
             "command": self.argv,
             "options": asdict(self.opts),
+            **self.variant_record(),
         }
 
     # -- the store ---------------------------------------------------------
@@ -208,7 +225,8 @@ class Extraction:
 
     # -- the work ----------------------------------------------------------
     def load_model(self, device: str):
-        model = hf.load_model(self.opts.model, device)
+        model = build_model(lambda: hf.load_model(self.opts.model, device), self.config, self.variant,
+                            self.pretrained_blocks, self.opts.model).to(device)
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False  # no key/value cache: we never generate
         return model
