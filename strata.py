@@ -2,7 +2,7 @@
 
 Subcommands live next to the code they drive:
 ``extract`` in extractor/cli.py, ``inspect`` and ``verify`` in store/cli.py, ``probe`` in probe_engine/cli.py,
-``neurons`` in probe_engine/neurons_cli.py, ``tasks`` in extractor/tasks_cli.py.
+``neurons`` in probe_engine/neurons_cli.py, ``compare`` in probe_engine/compare_cli.py, ``tasks`` in extractor/tasks_cli.py.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from extractor import cli as extract_cli
     from extractor import tasks_cli
     from probe_engine import cli as probe_cli
+    from probe_engine import compare_cli
     from probe_engine import neurons_cli
     from store import cli as store_cli
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cli.add_parsers(sub)
     probe_cli.add_parser(sub)
     neurons_cli.add_parser(sub)
+    compare_cli.add_parser(sub)
     tasks_cli.add_parser(sub)
     return parser
 

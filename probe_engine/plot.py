@@ -69,3 +69,41 @@ def plot_minimal_set(doc: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(plt, fig, path)
+
+
+def plot_cka_heatmap(doc: dict, path: Path) -> None:
+    """Linear CKA of every layer of A (rows) against every layer of B (columns)."""
+    plt, fig, ax = _figure()
+    matrix = doc["cka"]["matrix"]
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.set_yticks(range(len(doc["layers_a"])), doc["layers_a"])
+    ax.set_xticks(range(len(doc["layers_b"])), doc["layers_b"])
+    ax.set_ylabel("layer of A")
+    ax.set_xlabel("layer of B")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if value < 0.6 else "black")
+    fig.colorbar(image, ax=ax, label="linear CKA")
+    ax.set_title("Linear CKA between layers (Kornblith et al. 2019)")
+    _save(plt, fig, path)
+
+
+def plot_similarity_per_layer(doc: dict, path: Path) -> None:
+    """RSA (mean with its spread over repeats) and CKA of the same layer id in A and B."""
+    plt, fig, ax = _figure()
+    if "rsa" in doc:
+        layers = doc["rsa"]["layers"]
+        mean = [doc["rsa"]["mean"][str(x)] for x in layers]
+        std = [doc["rsa"]["std"][str(x)] or 0.0 for x in layers]
+        ax.errorbar(layers, mean, yerr=std, fmt="-o", markersize=4, capsize=3, label="RSA (± std over samples)")
+    if "cka" in doc:
+        diagonal = doc["cka"]["diagonal"]
+        ax.plot([int(x) for x in diagonal], list(diagonal.values()), "-s", markersize=4, label="linear CKA")
+    ax.set_xlabel("layer (0 = embedding output)")
+    ax.set_ylabel("similarity of A and B")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
+    ax.set_title("Similarity of the same layer in A and B")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)

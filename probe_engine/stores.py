@@ -24,7 +24,7 @@ from store.summary import open_store
 from store.writer import quiet_codec_warnings
 
 #: Parameters that must agree between the train, dev and test stores.
-MUST_MATCH = ("model", "config_sha256", "layers", "word_vector")
+MUST_MATCH = ("model", "config_sha256", "variant", "variant_seed", "layers", "word_vector")
 #: SentEval's split code for each store role.
 ROLE_SPLITS = {"--train": "tr", "--dev": "va", "--test": "te"}
 SPLIT_LABEL = "split"

