@@ -2,7 +2,8 @@
 
 Subcommands live next to the code they drive:
 ``extract`` in extractor/cli.py, ``inspect`` and ``verify`` in store/cli.py, ``probe`` in probe_engine/cli.py,
-``neurons`` in probe_engine/neurons_cli.py, ``compare`` in probe_engine/compare_cli.py, ``tasks`` in extractor/tasks_cli.py.
+``neurons`` in probe_engine/neurons_cli.py, ``compare`` in probe_engine/compare_cli.py,
+``report`` in probe_engine/report_cli.py, ``tasks`` in extractor/tasks_cli.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from extractor import cli as extract_cli
     from extractor import tasks_cli
     from probe_engine import cli as probe_cli
-    from probe_engine import compare_cli
+    from probe_engine import compare_cli, report_cli
     from probe_engine import neurons_cli
     from store import cli as store_cli
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cli.add_parser(sub)
     neurons_cli.add_parser(sub)
     compare_cli.add_parser(sub)
+    report_cli.add_parser(sub)
     tasks_cli.add_parser(sub)
     return parser
 

@@ -77,7 +77,7 @@ def options_from_args(args) -> dict:
 
 def probe(args) -> int:
     from probe_engine.backend import array_module
-    from probe_engine.report import format_table
+    from probe_engine.probe_table import format_table
     from probe_engine.run import run_probe
 
     options = options_from_args(args)

@@ -173,7 +173,7 @@ def check_options(options: dict) -> None:
                           "(Hewitt & Liang draw control labels per word type); drop --control or --pool")
     for store in stores.values():
         store.features  # raises naming a missing pooled array
-        store.labels(options["label"])  # raises naming the missing label set, with a --pool hint
+        store.require_rows(options["label"])  # raises naming a missing label set (with a --pool hint) or no rows
     training_classes(stores["train"], options["label"])  # at least two classes
 
 

@@ -1,26 +1,243 @@
-"""The per-feature-set table ``strata probe`` prints."""
+"""``strata report``: the base-vs-fine-tuned report, one self-contained HTML page.
+
+It reads results that strata already wrote, one group of paths per model (the
+base model first): ``strata probe`` directories or ``results.json``, ``strata
+neurons`` directories or ``neurons.json``, ``strata compare`` directories or
+``compare.json`` (a compare result belongs to the model whose group lists it:
+it says how that model differs from the base).  The kind of each file is read
+from its top-level key, so paths can come in any order.
+
+Sections, each present when its inputs are (the page says which are missing):
+
+1. Layer-wise probe accuracy, base vs each other model (Durrani et al. 2020, Fig. 1),
+   one figure per label set and pooling.
+2. Top neurons per layer (Durrani et al., Fig. 2).
+3. Top vs bottom vs random neurons (Durrani et al., Table 1).
+4. RSA and linear CKA per layer against the base (Merchant et al. 2020, Fig. 2).
+5. CLS vs mean pooling (Mosbach et al. 2020, Table 2): accuracy per layer and delta.
+
+Figures are PNG files next to the page and embedded in it as data URIs, so the
+page opens offline and can be mailed alone.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+from pathlib import Path
 
+from store.errors import StrataError
+
+KINDS = {"strata_probe": "probe", "strata_neurons": "neurons", "strata_compare": "compare"}
+FILES = ("results.json", "neurons.json", "compare.json")
+
+
+def load_results(path: Path, option: str) -> tuple[str, dict]:
+    """``(kind, document)`` of one results path (a directory or a JSON file)."""
+    if path.is_dir():
+        found = [path / f for f in FILES if (path / f).exists()]
+        if not found:
+            raise StrataError(f"{option}: {path} holds none of {', '.join(FILES)}")
+        path = found[0]
+    if not path.exists():
+        raise StrataError(f"{option}: no such file or directory: {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StrataError(f"{option}: {path} is not JSON ({e})") from None
+    kind = next((KINDS[k] for k in KINDS if isinstance(doc, dict) and k in doc), None)
+    if kind is None:
+        raise StrataError(f"{option}: {path} is not a strata probe, neurons or compare result")
+    return kind, doc
+
+
+def load_models(groups: list[tuple[str, str, list[str]]]) -> list[dict]:
+    """``[(name, option, paths)]`` to ``[{"name", "probe": [...], "neurons": [...], "compare": [...]}]``."""
+    models = []
+    for name, option, paths in groups:
+        model = {"name": name, "probe": [], "neurons": [], "compare": []}
+        for p in paths:
+            kind, doc = load_results(Path(p), option)
+            model[kind].append(doc)
+        models.append(model)
+    return models
+
+
+def chosen_rows(model: dict) -> list[dict]:
+    return [c for doc in model["probe"] for c in doc["chosen"]]
+
+
+# --------------------------------------------------------------------------- figures
+def _figure(width=6.4, height=4.0):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    return plt, fig, ax
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def accuracy_figures(models: list[dict], folder: Path) -> list[tuple[str, Path]]:
+    """One figure per (label set, pooling): test (else dev) accuracy per layer, one line per model."""
+    series = list(dict.fromkeys((c["label"], c.get("pool")) for m in models for c in chosen_rows(m)
+                                if len(c["layers"]) == 1))
+    out = []
+    for label, pool in series:
+        plt, fig, ax = _figure()
+        for k, model in enumerate(models):
+            rows = sorted((c for c in chosen_rows(model) if c["label"] == label and c.get("pool") == pool
+                           and len(c["layers"]) == 1), key=lambda c: c["layers"][0])
+            split = "test" if rows and all(c["test_accuracy"] is not None for c in rows) else "dev"
+            if rows:
+                ax.plot([c["layers"][0] for c in rows], [c[f"{split}_accuracy"] for c in rows],
+                        "-o" if k == 0 else "--s", markersize=4, label=f"{model['name']} ({split})")
+        name = label + (f", {pool}-pooled" if pool else "")
+        ax.set_title(f"Probe accuracy per layer: {name}")
+        ax.set_xlabel("layer (0 = embedding output)")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out.append((f"Probe accuracy per layer: {name}",
+                    _save(plt, fig, folder / f"accuracy_{label}{'_' + pool if pool else ''}.png")))
+    return out
+
+
+def neuron_distribution_figure(models: list[dict], folder: Path) -> tuple[str, Path] | None:
+    runs = [(m["name"], doc) for m in models for doc in m["neurons"]]
+    if not runs:
+        return None
+    plt, fig, ax = _figure()
+    width = 0.8 / len(runs)
+    for k, (name, doc) in enumerate(runs):
+        layers = [int(x) for x in doc["layer_distribution"]]
+        counts = [doc["layer_distribution"][str(x)] for x in layers]
+        ax.bar([x + k * width for x in layers], counts, width=width,
+               label=f"{name}: {doc['strata_neurons']['label']} (k = {doc['minimal']['k']})")
+    ax.set_xlabel("layer (0 = embedding output)")
+    ax.set_ylabel("selected neurons")
+    ax.set_title("Top neurons per layer (minimal neuron set)")
+    ax.legend(fontsize=7)
+    return "Top neurons per layer", _save(plt, fig, folder / "neurons_per_layer.png")
+
+
+def similarity_figure(models: list[dict], folder: Path) -> tuple[str, Path] | None:
+    runs = [(m["name"], doc) for m in models[1:] for doc in m["compare"]]
+    if not runs:
+        return None
+    plt, fig, ax = _figure()
+    for k, (name, doc) in enumerate(runs):
+        color = f"C{k}"
+        if "cka" in doc:
+            d = doc["cka"]["diagonal"]
+            ax.plot([int(x) for x in d], list(d.values()), "-s", color=color, markersize=4, label=f"{name}: CKA")
+        if "rsa" in doc:
+            layers = doc["rsa"]["layers"]
+            ax.errorbar(layers, [doc["rsa"]["mean"][str(x)] for x in layers],
+                        yerr=[doc["rsa"]["std"][str(x)] or 0 for x in layers], fmt=":o", color=color,
+                        markersize=4, capsize=3, label=f"{name}: RSA")
+    ax.set_xlabel("layer (0 = embedding output)")
+    ax.set_ylabel(f"similarity to {models[0]['name']}")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
+    ax.set_title("Similarity to the base model per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return "Similarity to the base model per layer", _save(plt, fig, folder / "similarity.png")
+
+
+# --------------------------------------------------------------------------- tables
 def _pct(x) -> str:
-    return "    -" if x is None else f"{100 * x:5.1f}"
+    return "–" if x is None else f"{100 * x:.1f}"
 
 
-def format_table(document: dict) -> str:
-    probes = document["probes"]
-    lines = [f"{'label':<8} {'features':<20} {'l1':>8} {'l2':>8} {'train':>6} {'dev':>6} {'test':>6} "
-             f"{'nonzero':>8} {'probes':>6} {'converged':>9}"]
-    for c in document["chosen"]:
-        group = [p for p in probes if p["label"] == c["label"] and p["layers"] == c["layers"]
-                 and p.get("pool") == c.get("pool")]
-        features = c["feature_set"] + (f" ({c['pool']})" if c.get("pool") else "")
-        converged = sum(p["converged"] for p in group)
-        lines.append(f"{c['label']:<8} {features:<20} {c['l1']:>8.0e} {c['l2']:>8.0e} "
-                     f"{_pct(c['train_accuracy']):>6} {_pct(c['dev_accuracy']):>6} {_pct(c['test_accuracy']):>6} "
-                     f"{c['nonzeros']:>8} {len(group):>6} {converged:>5}/{len(group):<3}")
-    unseen = {s: n for c in document["chosen"][:1] for s, n in c["unseen_label_tokens"].items() if n}
-    if unseen:
-        lines.append("unseen in training (counted as errors): "
-                     + ", ".join(f"{s} {n} rows" for s, n in unseen.items()))
-    return "\n".join(lines)
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def ablation_table(models: list[dict]) -> str | None:
+    rows = []
+    for m in models:
+        for doc in m["neurons"]:
+            a = doc["ablation"]
+            rows.append([m["name"], doc["strata_neurons"]["label"], doc["minimal"]["k"],
+                         _pct(doc["oracle"]["test_accuracy"])]
+                        + [_pct(a[s]["retrained_test"]) for s in ("top", "bottom", "random")]
+                        + [_pct(a[s]["zeroed_test"]) for s in ("top", "bottom", "random")])
+    if not rows:
+        return None
+    return _table(["model", "labels", "k", "all neurons", "top (retrained)", "bottom (retrained)",
+                   "random (retrained)", "top (zeroed)", "bottom (zeroed)", "random (zeroed)"], rows)
+
+
+def pooling_table(models: list[dict]) -> str | None:
+    """CLS vs mean accuracy per layer and model, and mean - CLS."""
+    rows = []
+    for m in models:
+        chosen = [c for c in chosen_rows(m) if c.get("pool") and len(c["layers"]) == 1]
+        for label in dict.fromkeys(c["label"] for c in chosen):
+            by = {(c["pool"], c["layers"][0]): c for c in chosen if c["label"] == label}
+            for layer in sorted({x for _, x in by}):
+                cls, mean = by.get(("cls", layer)), by.get(("mean", layer))
+                if cls and mean:
+                    split = "test" if cls["test_accuracy"] is not None and mean["test_accuracy"] is not None else "dev"
+                    a, b = cls[f"{split}_accuracy"], mean[f"{split}_accuracy"]
+                    rows.append([m["name"], label, layer, split, _pct(a), _pct(b), f"{100 * (b - a):+.1f}"])
+    if not rows:
+        return None
+    return _table(["model", "labels", "layer", "split", "CLS", "mean", "mean − CLS"], rows)
+
+
+# --------------------------------------------------------------------------- the page
+STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}img{max-width:100%}.missing{color:#777;font-style:italic}"""
+
+
+def _img(title: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(title)} ({html.escape(path.name)})</figcaption></figure>")
+
+
+def build_report(models: list[dict], out: Path) -> dict:
+    """Write ``out`` (HTML) and its PNGs in ``out``'s folder; returns what each section holds."""
+    folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ", ".join(m["name"] for m in models[1:])
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>strata report</title>"
+             f"<style>{STYLE}</style></head><body><h1>strata report: {html.escape(models[0]['name'])} vs "
+             f"{html.escape(names)}</h1>"]
+    sections = {}
+
+    def section(title: str, content: str | None, missing: str) -> None:
+        sections[title] = content is not None
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(content if content is not None else f"<p class='missing'>{html.escape(missing)}</p>")
+
+    figures = accuracy_figures(models, folder)
+    section("1. Layer-wise probe accuracy (Durrani et al. Fig. 1)",
+            "".join(_img(t, p) for t, p in figures) or None, "no strata probe results given")
+    dist = neuron_distribution_figure(models, folder)
+    section("2. Top neurons per layer (Durrani et al. Fig. 2)", dist and _img(*dist),
+            "no strata neurons results given")
+    section("3. Top vs bottom vs random neurons, test accuracy (Durrani et al. Table 1)", ablation_table(models),
+            "no strata neurons results given")
+    sim = similarity_figure(models, folder)
+    section("4. RSA and CKA per layer against the base (Merchant et al. Fig. 2)", sim and _img(*sim),
+            "no strata compare results given with the other models")
+    section("5. CLS vs mean pooling (Mosbach et al. Table 2)", pooling_table(models),
+            "no strata probe results with both --pool cls and --pool mean")
+    parts.append("</body></html>")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(out)
+    return {"sections": sections, "figures": [str(p) for _, p in figures]
+            + [str(x[1]) for x in (dist, sim) if x is not None]}

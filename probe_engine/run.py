@@ -39,7 +39,7 @@ def plan_groups(options: dict) -> list[dict]:
         for store in stores.values():
             store.features  # raises naming a missing pooled array
             for label in options["labels"]:
-                store.labels(label)  # raises naming the missing label set
+                store.require_rows(label)  # raises naming a missing label set or an empty split
         for label in options["labels"]:
             training_classes(stores["train"], label)  # at least two classes
             for layers in feature_sets:

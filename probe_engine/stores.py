@@ -94,6 +94,15 @@ class ProbeStore:
         codes[~self.role_rows()] = -1
         return codes, [str(c) for c in arr.attrs["classes"]]
 
+    def require_rows(self, name: str) -> None:
+        """Refuse a label set with no rows here (e.g. a SentEval store without this role's split)."""
+        codes, _ = self.labels(name)
+        if not (codes >= 0).any():
+            split = schema.sentence_label_name(SPLIT_LABEL)
+            why = (f" (no sentence of SentEval split {ROLE_SPLITS[self.option]!r})"
+                   if self.pool and split in self.group else "")
+            raise StrataError(f"{self.option}: {self.path} has no rows labelled in {name!r}{why}")
+
     def role_rows(self) -> np.ndarray:
         """Sentences this store contributes in its role: all, or its SentEval split's."""
         key = schema.sentence_label_name(SPLIT_LABEL)

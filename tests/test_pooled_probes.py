@@ -167,6 +167,13 @@ def test_pool_errors(senteval_store, tmp_path, strata, tiny_bert, ud_dev):
     assert err.strip() == (f"strata probe: error: --labels: {senteval_store} has no token-level label set 'label' "
                            "(it has: none); it is a sentence-level label set: probe pooled sentence vectors with "
                            "--pool cls or --pool mean")
+    train_only = tmp_path / "train_only.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", senteval_store.parent / "length.tsv", "--format",
+                  "senteval", "--max-sentences", "50", "--out", train_only)[0] == 0
+    code, _, err = strata("probe", "--train", train_only, "--dev", train_only, "--labels", "label", "--pool", "mean",
+                          "--quiet", "--out", tmp_path / "o")
+    assert err.strip() == (f"strata probe: error: --dev: {train_only.resolve()} has no rows labelled in 'label' "
+                           "(no sentence of SentEval split 'va')")
     code, _, err = strata(*common, "--labels", "label", "--pool", "max")
     assert err.strip() == "strata probe: error: --pool: 'max' is not one of cls, mean"
     nopool = tmp_path / "nopool.zarr"

@@ -1,0 +1,42 @@
+"""``strata report``: base vs other models from probe, neurons and compare results (see report.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from store.errors import StrataError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="one HTML page comparing a base model with other models from strata results",
+        description="Layer-wise accuracy curves, neurons per layer, top/bottom neuron table, RSA/CKA per layer "
+                    "and CLS vs mean pooling, from the results of strata probe, neurons and compare.")
+    p.add_argument("--base", nargs="+", required=True, metavar="RESULTS",
+                   help="the base model's result directories or JSON files")
+    p.add_argument("--other", nargs="+", action="append", required=True, metavar="RESULTS",
+                   help="another model's results (repeat --other for each model); its compare results "
+                        "say how it differs from the base")
+    p.add_argument("--names", help="comma-separated names, base first (default: base, other 1, ...)")
+    p.add_argument("--out", required=True, help="the HTML file to write (PNGs go next to it)")
+    p.set_defaults(run=report)
+
+
+def report(args) -> int:
+    from probe_engine.report import build_report, load_models
+
+    groups = [("--base", args.base)] + [("--other", paths) for paths in args.other]
+    names = ["base"] + [f"other {i}" for i in range(1, len(args.other) + 1)]
+    if args.names:
+        given = [x.strip() for x in args.names.split(",")]
+        if len(given) != len(groups) or not all(given):
+            raise StrataError(f"--names: give {len(groups)} non-empty names (base first), got {args.names!r}")
+        names = given
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise StrataError(f"--out: {out} should end in .html")
+    models = load_models([(n, option, paths) for n, (option, paths) in zip(names, groups)])
+    result = build_report(models, out)
+    shown = ", ".join(title.split(" (")[0] for title, present in result["sections"].items() if present)
+    print(f"{out}: {shown or 'no section had data'}; figures: {len(result['figures'])}")
+    return 0
