@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--variant", help="extract from a changed model: random-init, reinit:K-, reinit:I-J, "
                                      "permute:SEED or truncate:K (see extractor/variants.py)")
     p.add_argument("--variant-seed", type=int, default=0, help="seed of random-init and reinit weights (default 0)")
+    p.add_argument("--attention", choices=("cls", "none"), default="none",
+                   help="cls: also store the CLS (first) token's attention row per sentence, block and head "
+                        "(runs the model with eager attention)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(run=run)
 
@@ -46,7 +49,8 @@ def options_from_args(args):
         columns=args.columns.split(",") if args.columns else None, labels=args.labels, layers=args.layers,
         word_vector=args.word_vector, pool=pool, dtype=args.dtype, codec=args.codec,
         batch_tokens=args.batch_tokens, device=args.device, max_sentences=args.max_sentences,
-        shard_tokens=args.shard_tokens, variant=args.variant, variant_seed=args.variant_seed)
+        shard_tokens=args.shard_tokens, variant=args.variant, variant_seed=args.variant_seed,
+        attention=None if args.attention == "none" else args.attention)
 
 
 def run(args) -> int:

@@ -23,6 +23,7 @@ class BatchOutput:
     tokens: torch.Tensor  # float32 (layer, stored tokens of the batch's sentences in batch order, neuron)
     sizes: np.ndarray  # stored tokens per sentence of the batch
     pooled: dict[str, torch.Tensor]  # kind -> float32 (layer, sentence, neuron)
+    attention: torch.Tensor | None = None  # float32 (block, sentence, head, padded position): CLS rows
 
 
 class OutOfRange(Exception):
@@ -59,7 +60,8 @@ def to_stored(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @torch.inference_mode()
 def forward_batch(model, input_ids: list[np.ndarray], word_ids: list[np.ndarray], *, layer_ids: list[int],
-                  word_vector: str, pool: list[str], pad_id: int, cls_id: int | None, device) -> BatchOutput:
+                  word_vector: str, pool: list[str], pad_id: int, cls_id: int | None, device,
+                  attention: bool = False) -> BatchOutput:
     """Run one padded batch (right padding, so absolute positions start at 0)."""
     width = max(len(ids) for ids in input_ids)
     ids = np.full((len(input_ids), width), pad_id, dtype=np.int64)
@@ -68,7 +70,7 @@ def forward_batch(model, input_ids: list[np.ndarray], word_ids: list[np.ndarray]
         ids[b, :len(row)] = row
         mask[b, :len(row)] = 1
     out = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device),
-                output_hidden_states=True)
+                output_hidden_states=True, output_attentions=attention)
     hidden = out.hidden_states
 
     def gather(flat_positions: np.ndarray) -> torch.Tensor:
@@ -98,4 +100,12 @@ def forward_batch(model, input_ids: list[np.ndarray], word_ids: list[np.ndarray]
         owner = torch.from_numpy(np.repeat(np.arange(len(valid)), [len(v) for v in valid])).to(device)
         pooled["mean"] = _segment_mean(gather(np.concatenate([v + b * width for b, v in enumerate(valid)])),
                                        owner, len(input_ids))
-    return BatchOutput(tokens, np.asarray(sizes), pooled)
+    rows = None
+    if attention:
+        # The CLS (or first) token's attention row in every block and head; positions past
+        # the sentence are padding (weight 0 under the mask) and are cut by the caller.
+        at = torch.tensor([cls_position(input_ids[b], word_ids[b], cls_id) for b in range(len(input_ids))],
+                          device=hidden[0].device)
+        batch = torch.arange(len(input_ids), device=at.device)
+        rows = torch.stack([a[batch, :, at, :] for a in out.attentions]).float()
+    return BatchOutput(tokens, np.asarray(sizes), pooled, rows)

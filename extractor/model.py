@@ -73,6 +73,13 @@ def n_layers(config) -> int:
     raise StrataError(f"--model: cannot tell how many layers {config.model_type!r} has")
 
 
+def attention_heads(config) -> int:
+    for key in ("num_attention_heads", "n_head", "num_heads"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise StrataError(f"--attention: cannot tell how many attention heads {config.model_type!r} has")
+
+
 def hidden_size(config) -> int:
     for key in ("hidden_size", "n_embd", "d_model"):
         if isinstance(getattr(config, key, None), int):

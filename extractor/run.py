@@ -55,6 +55,7 @@ class ExtractOptions:
     chunk_tokens: int | None = None
     variant: str | None = None  # see extractor/variants.py
     variant_seed: int = 0
+    attention: str | None = None  # "cls": store the CLS token's attention rows
 
 
 def parse_layers(spec: str, n_hidden_states: int, model: str) -> list[int]:
@@ -140,6 +141,8 @@ class Extraction:
             raise StrataError(f"--dtype: choose float16 or float32, got {opts.dtype!r}")
         self.corpus = read_corpus(opts.input, opts.format, columns=opts.columns, labels_path=opts.labels,
                                   max_sentences=opts.max_sentences)
+        if opts.attention not in (None, "cls"):
+            raise StrataError(f"--attention: choose cls or none, got {opts.attention!r}")
         self.variant = parse_variant(opts.variant, opts.variant_seed)
         pretrained = hf.load_config(opts.model)
         self.pretrained_blocks = hf.n_layers(pretrained)
@@ -160,6 +163,10 @@ class Extraction:
         if shard % chunk:
             raise StrataError(f"--shard-tokens: {shard} is not a multiple of the chunk size {chunk}")
         self.layout = Layout(np.r_[0, np.cumsum(self.counts)].astype(np.int64), shard, chunk)
+        self.attention_shape = None  # (blocks, heads, positions) of attention_cls
+        if opts.attention:
+            width = max(len(self.enc.input_ids[i]) for i in np.flatnonzero(~self.enc.skipped))
+            self.attention_shape = (hf.n_layers(self.config), hf.attention_heads(self.config), int(width))
 
     # -- what is recorded --------------------------------------------------
     def parameters(self) -> dict:
@@ -175,6 +182,7 @@ class Extraction:
             "dataset_sha256": self.corpus.sha256, "format": o.format, "columns": o.columns,
             "max_sentences": o.max_sentences,
             **self.variant_record(),
+            **({"attention": o.attention} if o.attention else {}),
         }
 
     def variant_record(self) -> dict:
@@ -214,7 +222,7 @@ class Extraction:
     def create(self) -> None:
         create_store(self.out, layout=self.layout, layer_ids=self.layer_ids, hidden=self.hidden,
                      dtype=self.opts.dtype, codec=self.opts.codec, pool=list(self.opts.pool),
-                     parameters=self.parameters(), provenance=self.provenance(),
+                     parameters=self.parameters(), provenance=self.provenance(), attention=self.attention_shape,
                      corpus=corpus_arrays(self.corpus, self.enc, self.counts, self.opts.word_vector,
                                           self.tokenizer))
 
@@ -227,6 +235,9 @@ class Extraction:
     def load_model(self, device: str):
         model = build_model(lambda: hf.load_model(self.opts.model, device), self.config, self.variant,
                             self.pretrained_blocks, self.opts.model).to(device)
+        if self.opts.attention:
+            # Fused attention kernels (SDPA, flash) do not return attention weights.
+            model.set_attn_implementation("eager")
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False  # no key/value cache: we never generate
         return model
@@ -260,6 +271,9 @@ class Extraction:
         block = np.empty((n_layers, stop - start, self.hidden), dtype=self.opts.dtype)
         a, b = self.layout.owned_sentences(unit)
         pooled = {k: np.full((n_layers, b - a, self.hidden), np.nan, dtype=self.opts.dtype) for k in self.opts.pool}
+        if self.attention_shape:
+            blocks, heads, width = self.attention_shape
+            pooled["attention"] = np.full((blocks, b - a, heads, width), np.nan, dtype=self.opts.dtype)
         sentences = np.union1d(self.layout.unit_sentences(unit),
                                np.arange(a, b)[~self.enc.skipped[a:b]]).astype(np.int64)
         lengths = np.array([len(self.enc.input_ids[i]) for i in sentences], dtype=np.int64)
@@ -267,7 +281,8 @@ class Extraction:
             out = forward_batch(model, [self.enc.input_ids[i] for i in batch],
                                 [self.enc.word_ids[i] for i in batch], layer_ids=self.layer_ids,
                                 word_vector=self.opts.word_vector, pool=list(self.opts.pool),
-                                pad_id=self.pad_id, cls_id=self.tokenizer.cls_token_id, device=device)
+                                pad_id=self.pad_id, cls_id=self.tokenizer.cls_token_id, device=device,
+                                attention=self.attention_shape is not None)
             # Global token index of every row the batch produced; keep this unit's.
             firsts = np.cumsum(out.sizes) - out.sizes
             rows = np.arange(out.sizes.sum()) + np.repeat(offsets[batch] - firsts, out.sizes)
@@ -277,6 +292,12 @@ class Extraction:
             owned = (batch >= a) & (batch < b)
             for kind, values in out.pooled.items():
                 _place(pooled[kind], batch[owned] - a, self._stored(_rows(values, owned), batch[owned]))
+            if out.attention is not None:
+                # weights lie in [0, 1]: no range check; positions past each sentence stay NaN
+                rows = out.attention[:, torch.from_numpy(np.flatnonzero(owned))].cpu().numpy()
+                for r, sentence in enumerate(batch[owned]):
+                    n = len(self.enc.input_ids[sentence])
+                    pooled["attention"][:, sentence - a, :, :n] = rows[:, r, :, :n]
             bar.update(int(keep.sum()))
         return block, pooled
 

@@ -173,6 +173,10 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
                       "std": {str(x): float(scores[:, k].std(ddof=1)) if options["repeats"] > 1 else None
                               for k, x in enumerate(common)},
                       "per_repeat": scores.tolist(), "seconds": round(time.perf_counter() - t, 3)}
+    if schema.ATTENTION_CLS in A.group and schema.ATTENTION_CLS in B.group:
+        from probe_engine.attention_stats import attention_statistics
+        both = np.flatnonzero(~(A.group[schema.SENTENCE_SKIPPED][...] | B.group[schema.SENTENCE_SKIPPED][...]))
+        doc["attention"] = attention_statistics(A.group[schema.ATTENTION_CLS], B.group[schema.ATTENTION_CLS], both)
     doc["strata_compare"].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  seconds=round(time.perf_counter() - started, 3))
     out.mkdir(parents=True, exist_ok=True)
@@ -193,4 +197,11 @@ def format_table(doc: dict) -> str:
         cka = doc.get("cka", {}).get("diagonal", {}).get(str(x))
         cell = lambda v: f"{v:7.4f}" if v is not None else "      -"  # noqa: E731
         lines.append(f"{x:>5} {cell(rsa)} {cell(std)} {cell(cka)}")
+    if "attention" in doc:
+        att = doc["attention"]
+        lines.append(f"{'block':>5} {'H(A)':>7} {'H(B)':>7} {'EMD':>7}   (CLS attention: entropy in nats, "
+                     f"earth mover's distance in positions; {att['sentences']} sentences)")
+        for k in att["blocks"]:
+            lines.append(f"{k:>5} {att['entropy_a'][str(k)]:7.4f} {att['entropy_b'][str(k)]:7.4f} "
+                         f"{att['emd'][str(k)]:7.4f}")
     return "\n".join(lines)

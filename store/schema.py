@@ -22,6 +22,11 @@ POOL_KINDS = ("cls", "mean")
 POOLED_DIMS = ("layer", "sentence", "neuron")
 
 
+# --- attention rows (written once all units are done, like pooled arrays) --
+ATTENTION_CLS = "attention_cls"  # (block, sentence, head, position): the CLS token's attention row
+ATTENTION_DIMS = ("block", "sentence", "head", "position")
+
+
 def pooled_name(kind: str) -> str:
     """Array name of one pooling kind, e.g. ``pooled_cls``."""
     return f"pooled_{kind}"

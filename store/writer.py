@@ -28,7 +28,7 @@ import zarr
 from store import manifest, schema
 from store.codecs import parse_codec
 from store.errors import StrataError
-from store.layout import Layout, default_geometry
+from store.layout import CHUNK_BYTES, Layout, default_geometry
 
 _fault_counts: dict[str, int] = {}
 
@@ -112,12 +112,14 @@ def _array(group, name, data=None, *, shape=None, dtype=None, chunks=None, dims,
 
 
 def create_store(path: Path, *, layout: Layout, layer_ids: list[int], hidden: int, dtype: str, codec: str,
-                 pool: list[str], parameters: dict, provenance: dict, corpus: dict) -> None:
+                 pool: list[str], parameters: dict, provenance: dict, corpus: dict,
+                 attention: tuple[int, int, int] | None = None) -> None:
     """Create a store and write everything that does not need the model.
 
     ``corpus`` holds ``token_sentence``, ``token_word``, ``token_text``,
     ``sentence_skipped`` (arrays) and ``token_labels`` / ``sentence_labels``
-    (name -> (int16 codes, class names)).
+    (name -> (int16 codes, class names)).  ``attention`` = (blocks, heads,
+    positions) creates ``attention_cls``.
     """
     with disk_errors(path), quiet_codec_warnings():
         group = zarr.open_group(path, mode="w", zarr_format=3)
@@ -143,6 +145,13 @@ def create_store(path: Path, *, layout: Layout, layer_ids: list[int], hidden: in
                 schema.pooled_name(kind), shape=(n_layers, layout.n_sentences, hidden), dtype=dtype,
                 chunks=(1, sent_chunk, hidden), shards=(n_layers, sent_shard, hidden),
                 dimension_names=schema.POOLED_DIMS, **float_kwargs)
+        if attention is not None:
+            blocks, heads, width = attention
+            rows = max(1, min(layout.n_sentences, CHUNK_BYTES // (heads * width * np.dtype(dtype).itemsize)))
+            group.create_array(
+                schema.ATTENTION_CLS, shape=(blocks, layout.n_sentences, heads, width), dtype=dtype,
+                chunks=(1, rows, heads, width), shards=(blocks, -(-layout.n_sentences // rows) * rows, heads, width),
+                dimension_names=schema.ATTENTION_DIMS, **float_kwargs)
         _array(group, schema.LAYER, np.asarray(layer_ids, dtype=np.int16), dims=("layer",))
         _array(group, schema.SENTENCE_OFFSETS, layout.offsets.astype(np.int64), dims=("sentence_edge",))
         _array(group, schema.SENTENCE_SKIPPED, corpus["sentence_skipped"].astype(bool), dims=("sentence",))
@@ -177,6 +186,10 @@ class StoreWriter:
             self.group = zarr.open_group(self.path, mode="r+")
             self.activations = self.group[schema.ACTIVATIONS]
         self.pool = [k for k in schema.POOL_KINDS if schema.pooled_name(k) in self.group]
+        #: per-sentence arrays assembled at the end: staging key -> array name
+        self.sentence_arrays = {k: schema.pooled_name(k) for k in self.pool}
+        if schema.ATTENTION_CLS in self.group:
+            self.sentence_arrays["attention"] = schema.ATTENTION_CLS
 
     @property
     def attrs(self) -> dict:
@@ -196,7 +209,8 @@ class StoreWriter:
             partial.unlink(missing_ok=True)
 
     def write_unit(self, unit: int, activations: np.ndarray, pooled: dict[str, np.ndarray], stats: dict) -> None:
-        """Write one unit's shard and pooled rows, then record it as done."""
+        """Write one unit's shard and its per-sentence rows (pooled kinds, and
+        ``attention`` when stored), then record it as done."""
         start, stop = self.layout.unit_tokens(unit)
         assert activations.shape[1] == stop - start, (activations.shape, start, stop)
         with disk_errors(self.path), quiet_codec_warnings():
@@ -205,7 +219,7 @@ class StoreWriter:
                 self.activations[:, start:stop] = activations
                 files.append(f"{schema.ACTIVATIONS}/c/0/{unit}/0")
             staging = self.group.require_group(schema.STAGING)
-            for kind in self.pool:
+            for kind in self.sentence_arrays:
                 rows = pooled[kind]
                 if rows.shape[1] == 0:
                     continue
@@ -228,9 +242,9 @@ class StoreWriter:
         with disk_errors(self.path), quiet_codec_warnings():
             if manifest.read_record(self.group, schema.FINAL_RECORD) is None:
                 files = []
-                for kind in self.pool:
+                for kind, name in self.sentence_arrays.items():
                     self._assemble_pooled(kind)
-                    files += manifest.array_files(self.path, schema.pooled_name(kind))
+                    files += manifest.array_files(self.path, name)
                 fault_point("pooled-written")
                 manifest.write_record(self.group, schema.FINAL_RECORD,
                                       {"checksums": manifest.checksums(self.path, files)})
@@ -241,13 +255,13 @@ class StoreWriter:
 
     def _assemble_pooled(self, kind: str) -> None:
         """Copy each unit's staged rows into the pooled array, shard by shard."""
-        target = self.group[schema.pooled_name(kind)]
+        target = self.group[self.sentence_arrays[kind]]
         staging = self.group[schema.STAGING]
         shard = target.shards[1]
         owners = [(u, *self.layout.owned_sentences(u)) for u in range(self.layout.n_units)]
         for lo in range(0, self.layout.n_sentences, shard):
             hi = min(lo + shard, self.layout.n_sentences)
-            block = np.full((target.shape[0], hi - lo, target.shape[2]), np.nan, dtype=target.dtype)
+            block = np.full((target.shape[0], hi - lo, *target.shape[2:]), np.nan, dtype=target.dtype)
             for unit, a, b in owners:
                 if b <= lo or a >= hi or a == b:
                     continue
