@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,22 @@ from tests.test_resume import extract_args, run_subprocess
 REPO = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(n_processes: int, args: list[str], env_extra=None):
     """``accelerate launch --multi_gpu -m extractor ARGS`` with n processes.
 
     On a machine without GPUs ``--multi_gpu`` starts n torchrun workers that
-    talk over gloo (``--cpu`` would start a single process).
+    talk over gloo (``--cpu`` would start a single process).  A free port, not
+    torchrun's fixed default, so two test runs on one machine do not collide.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extractor", *args]
+           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extractor", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
