@@ -76,15 +76,14 @@ def options_from_args(args) -> dict:
 
 
 def probe(args) -> int:
+    from probe_engine.outputs import output_dir
     from probe_engine.backend import array_module
     from probe_engine.probe_table import format_table
     from probe_engine.run import run_probe
 
     options = options_from_args(args)
     array_module(options["device"])  # fail now, not inside the first group
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise StrataError(f"--out: {out} exists and is not a directory")
+    out = output_dir(args.out)
     document = run_probe(options, out, scheduler=args.scheduler, quiet=args.quiet)
     print(format_table(document))
     print(f"results: {out / 'results.json'}   plot: {out / 'accuracy_per_layer.png'}")

@@ -49,12 +49,11 @@ def options_from_args(args) -> dict:
 
 
 def compare(args) -> int:
+    from probe_engine.outputs import output_dir
     from probe_engine.compare import format_table, run_compare
 
     options = options_from_args(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise StrataError(f"--out: {out} exists and is not a directory")
+    out = output_dir(args.out)
     document = run_compare(options, out, quiet=args.quiet)
     print(format_table(document))
     figures = ", ".join(str(out / f) for f in ("cka_heatmap.png", "similarity_per_layer.png") if (out / f).exists())

@@ -3,7 +3,6 @@ distribution and control-task selectivity in one command (see neurons.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from store.errors import StrataError
 
@@ -64,12 +63,11 @@ def options_from_args(args) -> dict:
 
 
 def neurons(args) -> int:
+    from probe_engine.outputs import output_dir
     from probe_engine.neurons import run_neurons, summary_markdown
 
     options = options_from_args(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise StrataError(f"--out: {out} exists and is not a directory")
+    out = output_dir(args.out)
     document = run_neurons(options, out, quiet=args.quiet)
     print(summary_markdown(document))
     print(f"results: {out / 'neurons.json'}   summary: {out / 'summary.md'}   plots: "

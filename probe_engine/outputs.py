@@ -34,3 +34,13 @@ def write_npz(path: Path, arrays: dict) -> None:
 def read_npz(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def output_dir(text: str) -> Path:
+    """``--out`` as a directory to write into (refused when it is a file)."""
+    from store.errors import StrataError
+
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise StrataError(f"--out: {out} exists and is not a directory")
+    return out
