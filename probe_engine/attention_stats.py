@@ -42,13 +42,13 @@ def emd(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
 
 def attention_statistics(a, b, sentences: np.ndarray) -> dict:
     """Per-block mean entropy of each store's rows and mean EMD between them, over the
-    given sentences and every head; ``a``, ``b``: (block, sentence, head, position) arrays."""
+    given sentences and every head; ``a``, ``b``: (block, sentence, head, position) zarr
+    arrays, read one block at a time."""
     blocks = min(a.shape[0], b.shape[0])
     out = {"blocks": list(range(1, blocks + 1)), "sentences": int(len(sentences)),
            "entropy_a": {}, "entropy_b": {}, "emd": {}}
     for k in range(blocks):
-        ra = a.get_orthogonal_selection((k, sentences)) if hasattr(a, "get_orthogonal_selection") else a[k][sentences]
-        rb = b.get_orthogonal_selection((k, sentences)) if hasattr(b, "get_orthogonal_selection") else b[k][sentences]
+        ra, rb = a.get_orthogonal_selection((k, sentences)), b.get_orthogonal_selection((k, sentences))
         out["entropy_a"][str(k + 1)] = float(entropy(ra).mean())
         out["entropy_b"][str(k + 1)] = float(entropy(rb).mean())
         out["emd"][str(k + 1)] = float(emd(ra, rb).mean())
