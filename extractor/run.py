@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from extractor import alignment, model as hf
-from extractor.variants import build_model, check_variant, parse_variant, variant_config
 from extractor.batching import token_budget_batches
 from extractor.forward import FLOAT16_MAX, OutOfRange, forward_batch, to_stored
 from extractor.readers import read_corpus
+from extractor.variants import build_model, check_variant, parse_variant, variant_config
 from store import schema
 from store.errors import StrataError
 from store.layout import Layout, default_geometry
@@ -294,10 +294,10 @@ class Extraction:
                 _place(pooled[kind], batch[owned] - a, self._stored(_rows(values, owned), batch[owned]))
             if out.attention is not None:
                 # weights lie in [0, 1]: no range check; positions past each sentence stay NaN
-                rows = out.attention[:, torch.from_numpy(np.flatnonzero(owned))].cpu().numpy()
+                cls_rows = out.attention[:, torch.from_numpy(np.flatnonzero(owned))].cpu().numpy()
                 for r, sentence in enumerate(batch[owned]):
                     n = len(self.enc.input_ids[sentence])
-                    pooled["attention"][:, sentence - a, :, :n] = rows[:, r, :, :n]
+                    pooled["attention"][:, sentence - a, :, :n] = cls_rows[:, r, :, :n]
             bar.update(int(keep.sum()))
         return block, pooled
 
