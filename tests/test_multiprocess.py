@@ -67,3 +67,15 @@ def test_error_in_one_process_stops_all(tiny_bert, ud_dev, tmp_path):
     result = launch(2, extract_args(tiny_bert, ud_dev, tmp_path / "x.zarr", "--layers", "0,9")[1:])
     assert result.returncode != 0
     assert "--layers: layer 9 is out of range" in result.stderr
+
+
+def test_variant_and_attention_rows_two_processes_equal_one(tiny_bert, ud_dev, tmp_path):
+    """Each process builds the variant's weights itself (same seed, same bits), and the
+    per-sentence attention rows go through the same staging as pooled vectors."""
+    extra = ["--variant", "reinit:2-", "--variant-seed", "3", "--attention", "cls"]
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    result = run_subprocess(extract_args(tiny_bert, ud_dev, one, *extra))
+    assert result.returncode == 0, result.stderr
+    result = launch(2, extract_args(tiny_bert, ud_dev, two, *extra)[1:])
+    assert result.returncode == 0, result.stderr
+    assert_stores_identical(one, two)
