@@ -14,7 +14,7 @@ import numpy as np
 
 from probe_engine.datafit import MultinomialLogistic
 from probe_engine.penalty import ElasticNet, Restricted
-from probe_engine.solver import Solutions, sparsa
+from probe_engine.solver import Solutions, owlqn, sparsa  # noqa: F401 (sparsa: the previous default)
 
 #: Solver defaults, shared by the estimator and ``strata probe``.
 DEFAULT_TOL = 1e-5
@@ -31,7 +31,7 @@ def class_counts(blocks, n_classes: int) -> np.ndarray:
 
 def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL,
                  max_iter: int = DEFAULT_MAX_ITER, counts=None, lipschitz=None, support=None,
-                 on_iteration=None) -> Solutions:
+                 on_iteration=None, solver=owlqn) -> Solutions:
     """Fit one probe per ``(l1[p], l2[p])`` on ``blocks`` (pairs of device arrays
     ``X`` float32 standardized and ``y`` class indices ``0..n_classes-1``).
 
@@ -41,6 +41,9 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     Every probe starts at its all-zero-weights optimum (log class frequencies as
     intercept), so a probe whose ``l1`` is at least ``||grad_W||_inf`` there is
     certified optimal after the first pass.
+
+    ``solver`` is any function with the signature of :func:`probe_engine.solver.owlqn`
+    (the default, batched OWL-QN) or :func:`probe_engine.solver.sparsa`.
     """
     datafit = MultinomialLogistic(n_classes)
     counts = class_counts(blocks, n_classes) if counts is None else counts
@@ -53,7 +56,7 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
         penalty = Restricted(penalty, xp.asarray(support, dtype=np.float32))
     W0 = xp.zeros((d, P, n_classes), dtype=np.float32)
     b0 = xp.tile(datafit.initial_intercept(counts, xp, np.float32), (P, 1))
-    return sparsa(datafit, penalty, blocks, W0, b0, lipschitz=L, tol=tol, max_iter=max_iter,
+    return solver(datafit, penalty, blocks, W0, b0, lipschitz=L, tol=tol, max_iter=max_iter,
                   on_iteration=on_iteration)
 
 

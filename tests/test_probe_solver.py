@@ -131,3 +131,44 @@ def test_estimator_rejects_bad_parameters(problem):
         ElasticNetProbe(l1=-1).fit(X, y)
     with pytest.raises(ValueError, match="need at least two classes"):
         ElasticNetProbe().fit(X, np.zeros(len(y)))
+
+
+def test_owlqn_and_sparsa_reach_the_same_objective(problem):
+    """The two solvers share datafit, penalty and certificate; at a tight tolerance they agree."""
+    from probe_engine.solver import owlqn, sparsa
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    grid = [(0.0, 1e-4), (1e-3, 1e-4), (1e-2, 1e-3)]
+    args = (blocks, 4, [g[0] for g in grid], [g[1] for g in grid])
+    qn = train_probes(*args, xp=np, tol=1e-7, max_iter=50000, solver=owlqn)
+    pg = train_probes(*args, xp=np, tol=1e-7, max_iter=50000, solver=sparsa)
+    assert qn.converged.all() and pg.converged.all()
+    np.testing.assert_allclose(qn.objective, pg.objective, rtol=1e-6)
+
+
+def test_owlqn_is_deterministic_and_streamed_equals_in_memory(problem):
+    from probe_engine.blocks import StreamedBlocks
+    X, y = problem
+    X32 = X.astype(np.float32)
+    cuts = [(0, 256), (256, 512), (512, 600)]
+    in_memory = InMemoryBlocks([(X32[a:b], y[a:b]) for a, b in cuts], X.shape[1])
+    streamed = StreamedBlocks(lambda i: (X32[cuts[i][0]:cuts[i][1]].copy(), y[cuts[i][0]:cuts[i][1]]), len(cuts),
+                              len(y), X.shape[1])
+    grid = ([1e-3, 0.0, 3e-3], [1e-4, 1e-3, 0.0])
+    runs = [train_probes(blocks, 4, *grid, xp=np, tol=1e-6, max_iter=5000) for blocks in (in_memory, in_memory, streamed)]
+    for other in runs[1:]:
+        assert np.array_equal(other.W, runs[0].W) and np.array_equal(other.b, runs[0].b)
+        assert np.array_equal(other.iterations, runs[0].iterations)
+    assert runs[0].converged.all()
+    assert (runs[0].W[:, 0] == 0).any()  # exact zeros from the orthant projection
+
+
+def test_owlqn_respects_a_support_mask(problem):
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    support = np.zeros((X.shape[1], 2), bool)
+    support[:5, 0] = True
+    support[::2, 1] = True
+    sol = train_probes(blocks, 4, [1e-3, 1e-3], [1e-4, 1e-4], xp=np, tol=1e-6, max_iter=5000, support=support)
+    assert sol.converged.all()
+    assert (sol.W[~support[:, 0], 0] == 0).all() and (sol.W[~support[:, 1], 1] == 0).all()
