@@ -63,11 +63,18 @@ class ElasticNet:
 
     def orthant_step(self, W, D, pseudo):
         """OWL-QN's trial point ``pi(W + D; xi)``: the orthant ``xi`` is the sign of ``W``,
-        or of ``-pseudo`` where ``W`` is 0, and coordinates that leave it are set to exactly 0."""
+        or of ``-pseudo`` where ``W`` is 0, and coordinates that leave it are set to exactly 0.
+        Probes with ``l1 = 0`` are smooth everywhere and take the plain step ``W + D``."""
         xp = _xp(W)
         xi = xp.where(W != 0, xp.sign(W), -xp.sign(pseudo))
         V = W + D
-        return xp.where(V * xi > 0, V, 0.0).astype(W.dtype)
+        return xp.where((V * xi > 0) | (self.l1 == 0)[None, :, None], V, 0.0).astype(W.dtype)
+
+    def align_direction(self, D, pseudo):
+        """OWL-QN's sign constraint on a quasi-Newton direction: components whose sign
+        disagrees with ``-pseudo`` are set to 0 (only for probes with ``l1 > 0``)."""
+        xp = _xp(D)
+        return xp.where((D * pseudo < 0) | (self.l1 == 0)[None, :, None], D, 0.0).astype(D.dtype)
 
 
 class Restricted:
@@ -103,3 +110,6 @@ class Restricted:
 
     def orthant_step(self, W, D, pseudo):
         return self.inner.orthant_step(W, D, pseudo) * self.support[:, :, None]
+
+    def align_direction(self, D, pseudo):
+        return self.inner.align_direction(D, pseudo) * self.support[:, :, None]

@@ -193,26 +193,26 @@ def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma):
 
 
 def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
-          memory: int = 10, nonmonotone: int = 5, sigma: float = 1e-4, max_fails: int = 10,
-          resolution: float = 1e-6, on_iteration=None) -> Solutions:
+          memory: int = 10, nonmonotone: int = 5, sigma: float = 1e-4, max_fails: int = 3,
+          on_iteration=None) -> Solutions:
     """Solve all probes from ``W0 (d, P, C)``, ``b0 (P, C)`` (device arrays) by batched OWL-QN.
 
     Method: orthant-wise limited-memory quasi-Newton (Andrew & Gao, "Scalable training
     of L1-regularized log-linear models", ICML 2007), i.e. L-BFGS (Nocedal 1980; Liu &
     Nocedal 1989) on the penalty's pseudo-gradient (the min-norm subgradient), the
-    direction sign-aligned with it and every trial point projected on the orthant of
-    the current point (``penalty.orthant_step``; coordinates that cross zero become
-    exactly zero).  Each probe keeps its own ``memory`` curvature pairs and its own
-    backtracking line search; the acceptance test is the non-monotone Armijo rule of
-    Grippo, Lampariello & Lucidi (1986) over the last ``nonmonotone`` objectives, which
-    also absorbs float32 noise in the objective near the optimum.  A probe whose
-    line search failed ``max_fails`` times in a row, or whose next step promises a
-    decrease below ``resolution`` times its objective, goes on with SpaRSA steps
-    (:func:`sparsa`'s prox-gradient step with a Barzilai-Borwein curvature, taken from
-    its last accepted pair): near the optimum float32 rounding of the
-    objective stalls the quasi-Newton line search, and the prox-gradient step is robust
-    to it.  A probe whose quasi-Newton direction is no descent restarts
-    from the steepest-descent step ``-pseudo / L`` with an empty memory.
+    direction sign-aligned with it (``penalty.align_direction``) and every trial point
+    projected on the orthant of the current point (``penalty.orthant_step``;
+    coordinates that cross zero become exactly zero; a penalty smooth at 0 does
+    neither, and the method is plain L-BFGS).  Each probe keeps its own ``memory``
+    curvature pairs and its own backtracking line search; the acceptance test is the
+    non-monotone Armijo rule of Grippo, Lampariello & Lucidi (1986) over the last
+    ``nonmonotone`` objectives, which also absorbs float32 noise in the objective near
+    the optimum.  A probe whose line search failed ``max_fails`` times in a row goes on
+    with SpaRSA steps (:func:`sparsa`'s prox-gradient step with a Barzilai-Borwein
+    curvature, taken from its last accepted pair) until it stops: near the optimum
+    float32 rounding of the objective stalls the quasi-Newton line search, and the
+    prox-gradient step is robust to it.  A probe whose quasi-Newton direction is no
+    descent restarts from the steepest-descent step ``-pseudo / L`` with an empty memory.
 
     As in :func:`sparsa`, one data pass evaluates every active probe's trial point, the
     stopping test is the exact distance to the subdifferential at an accepted point
@@ -284,21 +284,17 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         fails = xp.where(a1, 0, s.fails + 1)
         reset = fails >= max_fails
         rho = xp.where(reset[None, :], 0.0, rho)
-        # a quasi-Newton probe whose line search keeps failing, or whose next step would
-        # promise less decrease than float32 objectives resolve, goes on with SpaRSA
         objective = xp.where(a1, z_objective, s.objective)
-        pg = s.pg | reset
+        pg = s.pg | reset  # a quasi-Newton probe whose line search keeps failing goes on with SpaRSA
         bb = xp.clip(sy / xp.maximum(ss, 1e-30), 1e-6 * lipschitz, lipschitz)
         alpha = xp.where(a1, bb, xp.where(s.pg, xp.minimum(2.0 * s.alpha, lipschitz), s.alpha))
         # new direction for the probes that moved (or restart): -H pseudo, sign-aligned with -pseudo
         yy_last = _dot(Y_W[-1], Y_b[-1], Y_W[-1], Y_b[-1])
         gamma = xp.where(rho[-1] > 0, 1.0 / xp.maximum(rho[-1] * yy_last, 1e-300), inv_L)  # <s, y> / <y, y>
         D_W, D_b = _two_loop(S_W, S_b, Y_W, Y_b, rho, -pseudo, -grad_b, gamma)
-        D_W = xp.where(D_W * pseudo < 0, D_W, 0.0).astype(f32)
-        slope = _dot(D_W, D_b, pseudo, grad_b)
-        descent = slope < 0
+        D_W = s.penalty.align_direction(D_W, pseudo)
+        descent = _dot(D_W, D_b, pseudo, grad_b) < 0
         moved = a1 | reset
-        pg = pg | (a1 & descent & (-slope < resolution * xp.abs(objective)))
         restart = moved & ~descent
         rho = xp.where(restart[None, :], 0.0, rho)
         D_W = xp.where(restart[None, :, None], -pseudo * inv_L.astype(f32)[None, :, None], D_W)

@@ -92,12 +92,15 @@ def test_batched_probes_equal_one_at_a_time(problem):
     together = train_probes(blocks, 4, [g[0] for g in grid], [g[1] for g in grid], xp=np, tol=1e-6, max_iter=20000)
     for p, (l1, l2) in enumerate(grid):
         alone = train_probes(blocks, 4, [l1], [l2], xp=np, tol=1e-6, max_iter=20000)
-        # each probe has its own step sizes and stopping test, so batching changes nothing but
-        # float32 rounding (BLAS sums a wider product in another order)
+        # each probe has its own step sizes, curvature memory and stopping test, so batching
+        # changes nothing but float32 rounding (BLAS sums a wider product in another order);
+        # the quasi-Newton endgame amplifies that rounding, so the two answers are two points
+        # certified to tol rather than the same point: W agrees to what tol allows (about
+        # 1.5e-4 at l1 = 1e-2, l2 = 1e-3; SpaRSA's answers agree to 6e-5)
         assert together.converged[p] and alone.converged[0]
         assert abs(int(together.iterations[p]) - int(alone.iterations[0])) <= 3 + 0.1 * alone.iterations[0]
         np.testing.assert_allclose(together.objective[p], alone.objective[0], rtol=1e-6)
-        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=3e-4)
 
 
 def test_max_iter_reports_not_converged(problem):
