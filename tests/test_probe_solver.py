@@ -175,3 +175,12 @@ def test_owlqn_respects_a_support_mask(problem):
     sol = train_probes(blocks, 4, [1e-3, 1e-3], [1e-4, 1e-4], xp=np, tol=1e-6, max_iter=5000, support=support)
     assert sol.converged.all()
     assert (sol.W[~support[:, 0], 0] == 0).all() and (sol.W[~support[:, 1], 1] == 0).all()
+
+
+def test_start_from_a_solution_is_certified_after_one_pass(problem):
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    first = train_probes(blocks, 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6, max_iter=5000)
+    again = train_probes(blocks, 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6, max_iter=5000, start=(first.W, first.b))
+    assert again.converged.all() and (again.iterations == 1).all()
+    assert np.array_equal(again.W, first.W)
