@@ -45,11 +45,36 @@ class ElasticNet:
         """Per probe, the largest distance (over weights) between ``-grad`` and the
         subdifferential of the penalty at ``W``; 0 at an exact minimizer of
         datafit + penalty, where ``grad`` is the datafit gradient at ``W``."""
+        return _xp(W).abs(self.min_norm_subgradient(W, grad)).max(axis=(0, 2))
+
+    def min_norm_subgradient(self, W, grad):
+        """The element of least magnitude of ``grad + subdifferential(W)``, weight by weight
+        (OWL-QN's pseudo-gradient, Andrew & Gao 2007); its largest magnitude is
+        ``subdiff_distance``."""
         xp = _xp(W)
         l1 = self.l1[None, :, None]
         g = grad + 2.0 * self.l2[None, :, None] * W
-        dist = xp.where(W != 0, xp.abs(g + l1 * xp.sign(W)), xp.maximum(xp.abs(g) - l1, 0.0))
-        return dist.max(axis=(0, 2))
+        return xp.where(W != 0, g + l1 * xp.sign(W), xp.sign(g) * xp.maximum(xp.abs(g) - l1, 0.0))
+
+    def smooth_gradient(self, W):
+        """Gradient of the penalty inside one orthant, where it is smooth (the l1 term is
+        linear there and only adds a constant): what curvature pairs see."""
+        return 2.0 * self.l2[None, :, None] * W
+
+    def orthant_step(self, W, D, pseudo):
+        """OWL-QN's trial point ``pi(W + D; xi)``: the orthant ``xi`` is the sign of ``W``,
+        or of ``-pseudo`` where ``W`` is 0, and coordinates that leave it are set to exactly 0.
+        Probes with ``l1 = 0`` are smooth everywhere and take the plain step ``W + D``."""
+        xp = _xp(W)
+        xi = xp.where(W != 0, xp.sign(W), -xp.sign(pseudo))
+        V = W + D
+        return xp.where((V * xi > 0) | (self.l1 == 0)[None, :, None], V, 0.0).astype(W.dtype)
+
+    def align_direction(self, D, pseudo):
+        """OWL-QN's sign constraint on a quasi-Newton direction: components whose sign
+        disagrees with ``-pseudo`` are set to 0 (only for probes with ``l1 > 0``)."""
+        xp = _xp(D)
+        return xp.where((D * pseudo < 0) | (self.l1 == 0)[None, :, None], D, 0.0).astype(D.dtype)
 
 
 class Restricted:
@@ -76,3 +101,15 @@ class Restricted:
     def subdiff_distance(self, W, grad):
         """Outside the support the constraint's normal cone is everything: distance 0."""
         return self.inner.subdiff_distance(W, grad * self.support[:, :, None])
+
+    def min_norm_subgradient(self, W, grad):
+        return self.inner.min_norm_subgradient(W, grad * self.support[:, :, None]) * self.support[:, :, None]
+
+    def smooth_gradient(self, W):
+        return self.inner.smooth_gradient(W) * self.support[:, :, None]
+
+    def orthant_step(self, W, D, pseudo):
+        return self.inner.orthant_step(W, D, pseudo) * self.support[:, :, None]
+
+    def align_direction(self, D, pseudo):
+        return self.inner.align_direction(D, pseudo) * self.support[:, :, None]

@@ -92,12 +92,15 @@ def test_batched_probes_equal_one_at_a_time(problem):
     together = train_probes(blocks, 4, [g[0] for g in grid], [g[1] for g in grid], xp=np, tol=1e-6, max_iter=20000)
     for p, (l1, l2) in enumerate(grid):
         alone = train_probes(blocks, 4, [l1], [l2], xp=np, tol=1e-6, max_iter=20000)
-        # each probe has its own step sizes and stopping test, so batching changes nothing but
-        # float32 rounding (BLAS sums a wider product in another order)
+        # each probe has its own step sizes, curvature memory and stopping test, so batching
+        # changes nothing but float32 rounding (BLAS sums a wider product in another order);
+        # the quasi-Newton endgame amplifies that rounding, so the two answers are two points
+        # certified to tol rather than the same point: W agrees to what tol allows (about
+        # 1.5e-4 at l1 = 1e-2, l2 = 1e-3; SpaRSA's answers agree to 6e-5)
         assert together.converged[p] and alone.converged[0]
         assert abs(int(together.iterations[p]) - int(alone.iterations[0])) <= 3 + 0.1 * alone.iterations[0]
         np.testing.assert_allclose(together.objective[p], alone.objective[0], rtol=1e-6)
-        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=3e-4)
 
 
 def test_max_iter_reports_not_converged(problem):
@@ -131,3 +134,53 @@ def test_estimator_rejects_bad_parameters(problem):
         ElasticNetProbe(l1=-1).fit(X, y)
     with pytest.raises(ValueError, match="need at least two classes"):
         ElasticNetProbe().fit(X, np.zeros(len(y)))
+
+
+def test_owlqn_and_sparsa_reach_the_same_objective(problem):
+    """The two solvers share datafit, penalty and certificate; at a tight tolerance they agree."""
+    from probe_engine.solver import owlqn, sparsa
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    grid = [(0.0, 1e-4), (1e-3, 1e-4), (1e-2, 1e-3)]
+    args = (blocks, 4, [g[0] for g in grid], [g[1] for g in grid])
+    qn = train_probes(*args, xp=np, tol=1e-7, max_iter=50000, solver=owlqn)
+    pg = train_probes(*args, xp=np, tol=1e-7, max_iter=50000, solver=sparsa)
+    assert qn.converged.all() and pg.converged.all()
+    np.testing.assert_allclose(qn.objective, pg.objective, rtol=1e-6)
+
+
+def test_owlqn_is_deterministic_and_streamed_equals_in_memory(problem):
+    from probe_engine.blocks import StreamedBlocks
+    X, y = problem
+    X32 = X.astype(np.float32)
+    cuts = [(0, 256), (256, 512), (512, 600)]
+    in_memory = InMemoryBlocks([(X32[a:b], y[a:b]) for a, b in cuts], X.shape[1])
+    streamed = StreamedBlocks(lambda i: (X32[cuts[i][0]:cuts[i][1]].copy(), y[cuts[i][0]:cuts[i][1]]), len(cuts),
+                              len(y), X.shape[1])
+    grid = ([1e-3, 0.0, 3e-3], [1e-4, 1e-3, 0.0])
+    runs = [train_probes(blocks, 4, *grid, xp=np, tol=1e-6, max_iter=5000) for blocks in (in_memory, in_memory, streamed)]
+    for other in runs[1:]:
+        assert np.array_equal(other.W, runs[0].W) and np.array_equal(other.b, runs[0].b)
+        assert np.array_equal(other.iterations, runs[0].iterations)
+    assert runs[0].converged.all()
+    assert (runs[0].W[:, 0] == 0).any()  # exact zeros from the orthant projection
+
+
+def test_owlqn_respects_a_support_mask(problem):
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    support = np.zeros((X.shape[1], 2), bool)
+    support[:5, 0] = True
+    support[::2, 1] = True
+    sol = train_probes(blocks, 4, [1e-3, 1e-3], [1e-4, 1e-4], xp=np, tol=1e-6, max_iter=5000, support=support)
+    assert sol.converged.all()
+    assert (sol.W[~support[:, 0], 0] == 0).all() and (sol.W[~support[:, 1], 1] == 0).all()
+
+
+def test_start_from_a_solution_is_certified_after_one_pass(problem):
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    first = train_probes(blocks, 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6, max_iter=5000)
+    again = train_probes(blocks, 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6, max_iter=5000, start=(first.W, first.b))
+    assert again.converged.all() and (again.iterations == 1).all()
+    assert np.array_equal(again.W, first.W)
