@@ -168,6 +168,11 @@ def test_distributed_equals_local(first_run, stores, tmp_path, strata):
     # follow the rounding, so pass counts differ).
     for a, b in zip(dist["probes"], local["probes"]):
         assert (a["feature_set"], a["l1"], a["l2"], a["converged"]) == (b["feature_set"], b["l1"], b["l2"], b["converged"])
-        assert abs(a["nonzeros"] - b["nonzeros"]) <= 0.05 * b["nonzeros"]
-        assert a["objective"] == pytest.approx(b["objective"], rel=1e-5 if b["converged"] else 1e-2)
-        assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=5e-3)  # a few boundary tokens
+        assert abs(a["nonzeros"] - b["nonzeros"]) <= (0.05 if b["l2"] > 0 else 0.2) * b["nonzeros"]
+        # with l2 > 0 the objective is strongly convex and the certificate bounds the objective gap;
+        # with l2 = 0 (l1 = 0 above all: no minimizer on separable data) two runs stop at
+        # different points of a flat valley, so only a loose agreement is promised there
+        rel = (1e-5 if b["converged"] else 1e-2) if b["l2"] > 0 else 5e-2
+        assert a["objective"] == pytest.approx(b["objective"], rel=rel)
+        # a few boundary tokens; more for l2 = 0, whose points differ along the flat valley
+        assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=5e-3 if b["l2"] > 0 else 2e-2)
