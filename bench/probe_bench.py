@@ -297,7 +297,8 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     log(f"strata: {seconds:.2f} s for {len(grid)} probes ({seconds / len(grid):.3f} s/probe), "
         f"{int(sol.converged.sum())}/{len(grid)} converged, chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
         f"dev acc {dev_acc[chosen]:.4f}")
-    result = {"probes": len(grid), "l1": l1s, "l2": l2s, "tol": tol, "max_iter": max_iter,
+    result = {"solver": "batched OWL-QN with SpaRSA endgame (probe_engine.solver.owlqn, the default)",
+              "probes": len(grid), "l1": l1s, "l2": l2s, "tol": tol, "max_iter": max_iter,
               "rows": blocks.n_rows, "features": blocks.n_features, "classes": problem.n_classes,
               "block_tokens": features.block_tokens, "in_memory": True,
               "seconds_train_probes": seconds, "seconds_per_probe": seconds / len(grid),
