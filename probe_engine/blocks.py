@@ -47,3 +47,22 @@ class StreamedBlocks:
                 current = pending.result()
                 pending = pool.submit(self.read, i + 1) if i + 1 < self.n_blocks else None
                 yield current
+
+
+class ColumnBlocks:
+    """The same row blocks restricted to ``columns``: probes whose supports all lie in
+    a few columns (top-k neuron sets) then pay for those columns only, instead of
+    masking the rest inside full-width products.  Gathered once when the source is
+    held in memory, on every pass when it is streamed."""
+
+    def __init__(self, blocks, columns, xp):
+        self.columns = xp.asarray(columns)
+        self.n_rows, self.n_features = blocks.n_rows, len(columns)
+        self.source = blocks
+        self.pairs = ([(xp.ascontiguousarray(X[:, self.columns]), y) for X, y in blocks]
+                      if isinstance(blocks, InMemoryBlocks) else None)
+
+    def __iter__(self):
+        if self.pairs is not None:
+            return iter(self.pairs)
+        return ((X[:, self.columns], y) for X, y in self.source)

@@ -9,7 +9,8 @@ and Durrani et al. 2020), with Hewitt & Liang's control tasks (EMNLP 2019):
 2. **ranking** of all neurons from the oracle's weights (``lca``) or from class
    means (``probeless``), see ranking.py;
 3. **minimal**: one probe per fraction on its top-k neurons, all in one batch (the
-   top-k restriction is a column mask in the penalty, see penalty.Restricted); the
+   batch reads only the union of the probes' columns, blocks.ColumnBlocks, and each
+   probe's own top-k is a column mask in the penalty, penalty.Restricted); the
    smallest k whose dev accuracy is within ``delta`` of the oracle's;
 4. **ablation** at that k: top, bottom and random k, retrained (one batch) and as
    the oracle with every other weight zeroed (no training);
@@ -37,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from probe_engine.backend import array_module
+from probe_engine.blocks import ColumnBlocks
 from probe_engine.features import FeatureSet, Standardizer, block_tokens_for
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
@@ -139,6 +141,9 @@ class NeuronData:
         """One batch: a probe per column of ``support`` at (l1, l2); accuracies on every split."""
         P = support.shape[1]
         train = self.blocks("train", y["train"], kind)
+        used = np.flatnonzero(support.any(axis=1))
+        if len(used) < support.shape[0]:  # every probe lives in these columns: train on them only
+            train, support = ColumnBlocks(train, used, self.xp), support[used]
         bar = tqdm(total=self.options["max_iter"], desc=desc, unit="pass", leave=False, disable=quiet)
         started = time.perf_counter()
         sol = train_probes(train, n_classes or len(self.classes), [l1] * P, [l2] * P, xp=self.xp, tol=self.options["tol"],
@@ -146,9 +151,11 @@ class NeuronData:
                            on_iteration=lambda it, active: bar.update(it - bar.n))
         seconds = time.perf_counter() - started
         bar.close()
-        scores = {split: self.accuracy(split, y, kind, sol.W, sol.b) for split in ("train", "dev", "test")}
+        W = np.zeros((self.d, P, sol.W.shape[2]), np.float32)
+        W[used] = sol.W
+        scores = {split: self.accuracy(split, y, kind, W, sol.b) for split in ("train", "dev", "test")}
         return {"scores": scores, "converged": sol.converged.tolist(), "iterations": sol.iterations.tolist(),
-                "nonzeros": [int(np.count_nonzero(sol.W[:, p])) for p in range(P)], "seconds": seconds}
+                "nonzeros": [int(np.count_nonzero(W[:, p])) for p in range(P)], "seconds": seconds}
 
     def accuracy(self, split: str, y: dict, kind: str, W: np.ndarray, b: np.ndarray) -> list[float]:
         pred, truth = predict(self.blocks(split, y[split], kind), W, b, self.xp)
