@@ -25,7 +25,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/extract_bench.py --out bench/results/extract.json
 	$(PY) bench/probe_bench.py --out bench/results/probe.json
 	$(PY) bench/compare_bench.py --out bench/results/compare.json
-	$(PY) bench/neurons_bench.py --l1 0,1e-4 --l2 1e-4,1e-3 --out bench/results/neurons.json
+	$(PY) bench/neurons_bench.py --out bench/results/neurons.json
 
 clean:
 	rm -rf demo_out
