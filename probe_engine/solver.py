@@ -77,6 +77,18 @@ def _optimality(penalty, W, grad_W, grad_b):
     return xp.maximum(penalty.subdiff_distance(W, grad_W), xp.abs(grad_b).max(axis=1))
 
 
+def _retire(out: Solutions, s, active: np.ndarray, done: np.ndarray, iteration: int, tol: float) -> np.ndarray:
+    """Copy the probes marked ``done`` (host mask over the batch) from the batch state
+    ``s`` into ``out`` at their original indices; returns the indices still active."""
+    idx = active[done]
+    out.W[:, idx], out.b[idx] = to_numpy(s.W[:, done]), to_numpy(s.b[done])
+    out.loss[idx], out.objective[idx] = to_numpy(s.loss[done]), to_numpy(s.objective[done])
+    out.optimality[idx] = to_numpy(s.optimality[done])
+    out.converged[idx] = out.optimality[idx] <= tol
+    out.iterations[idx] = iteration
+    return active[~done]
+
+
 def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
            memory: int = 5, sigma: float = 1e-4, on_iteration=None) -> Solutions:
     """Solve all probes from ``W0 (d, P, C)``, ``b0 (P, C)`` (device arrays).
@@ -98,13 +110,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
     while True:
         done = to_numpy(s.optimality <= tol) | (iteration >= max_iter)
         if done.any():
-            idx = active[done]
-            out.W[:, idx], out.b[idx] = to_numpy(s.W[:, done]), to_numpy(s.b[done])
-            out.loss[idx], out.objective[idx] = to_numpy(s.loss[done]), to_numpy(s.objective[done])
-            out.optimality[idx] = to_numpy(s.optimality[done])
-            out.converged[idx] = out.optimality[idx] <= tol
-            out.iterations[idx] = iteration
-            active = active[~done]
+            active = _retire(out, s, active, done, iteration, tol)
             if not len(active):
                 break
             s = s.subset(xp.asarray(~done))
@@ -241,13 +247,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     while True:
         done = to_numpy(s.optimality <= tol) | (iteration >= max_iter)
         if done.any():
-            idx = active[done]
-            out.W[:, idx], out.b[idx] = to_numpy(s.W[:, done]), to_numpy(s.b[done])
-            out.loss[idx], out.objective[idx] = to_numpy(s.loss[done]), to_numpy(s.objective[done])
-            out.optimality[idx] = to_numpy(s.optimality[done])
-            out.converged[idx] = out.optimality[idx] <= tol
-            out.iterations[idx] = iteration
-            active = active[~done]
+            active = _retire(out, s, active, done, iteration, tol)
             if not len(active):
                 break
             s = s.subset(xp.asarray(~done))
