@@ -595,8 +595,9 @@ def gemm_rate(rows_list: list[int], d: int, width: int, repeats: int) -> dict:
 
 
 # --------------------------------------------------------------------------- 5. streamed vs in memory
-def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int) -> dict:
-    """The same grid on the same FeatureSet, blocks in memory vs read on every pass."""
+def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int, hold_fraction: float = 0.0) -> dict:
+    """The same grid on the same FeatureSet, blocks in memory vs read on every pass
+    (with the first blocks held up to ``hold_fraction`` of the data's bytes)."""
     from probe_engine.train import train_probes
 
     grid = [(a, b) for a in l1s for b in l2s]
@@ -609,7 +610,8 @@ def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int) ->
     sol_mem = train_probes(in_memory, *args, xp=np, tol=tol, max_iter=max_iter, counts=problem.counts)
     seconds_mem = time.perf_counter() - start
     log(f"in memory: {seconds_mem:.2f} s for {len(grid)} probes (+ {seconds_read:.2f} s reading once)")
-    streamed = features.blocks(problem.stats, np, in_memory=False)
+    streamed = features.blocks(problem.stats, np, in_memory=False,
+                               hold_bytes=int(hold_fraction * features.memory_bytes()))
     start = time.perf_counter()
     sol_str = train_probes(streamed, *args, xp=np, tol=tol, max_iter=max_iter, counts=problem.counts)
     seconds_str = time.perf_counter() - start
@@ -618,7 +620,7 @@ def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int) ->
     ratio = seconds_str / seconds_mem
     log(f"streamed: {seconds_str:.2f} s, ratio {ratio:.2f}, bitwise equal {same}")
     return {"probes": len(grid), "l1": l1s, "l2": l2s, "block_tokens": features.block_tokens,
-            "blocks": features.n_blocks, "passes": int(sol_mem.iterations.max()),
+            "blocks": features.n_blocks, "hold_fraction": hold_fraction, "blocks_held": streamed.keep, "passes": int(sol_mem.iterations.max()),
             "seconds_in_memory": seconds_mem, "seconds_in_memory_read_once": seconds_read,
             "seconds_streamed": seconds_str, "streamed_over_in_memory": ratio,
             "streamed_over_in_memory_including_read": seconds_str / (seconds_mem + seconds_read),

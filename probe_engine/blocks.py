@@ -34,18 +34,28 @@ class InMemoryBlocks:
 
 class StreamedBlocks:
     """Blocks produced by ``read(i)`` on every pass; block ``i + 1`` is read in a
-    background thread while block ``i`` is used (decompression releases the GIL)."""
+    background thread while block ``i`` is used (decompression releases the GIL).
 
-    def __init__(self, read, n_blocks: int, n_rows: int, n_features: int):
+    The first ``keep`` blocks are held after their first read (as many as a memory
+    cap allows), so a cap a little below the data size costs a little streaming, not
+    a full re-read of every block on every pass."""
+
+    def __init__(self, read, n_blocks: int, n_rows: int, n_features: int, keep: int = 0):
         self.read, self.n_blocks = read, n_blocks
         self.n_rows, self.n_features = n_rows, n_features
+        self.keep, self.held = keep, {}
+
+    def _get(self, i: int):
+        return self.held[i] if i in self.held else self.read(i)
 
     def __iter__(self):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-prefetch") as pool:
-            pending = pool.submit(self.read, 0) if self.n_blocks else None
+            pending = pool.submit(self._get, 0) if self.n_blocks else None
             for i in range(self.n_blocks):
                 current = pending.result()
-                pending = pool.submit(self.read, i + 1) if i + 1 < self.n_blocks else None
+                if i < self.keep:
+                    self.held[i] = current
+                pending = pool.submit(self._get, i + 1) if i + 1 < self.n_blocks else None
                 yield current
 
 

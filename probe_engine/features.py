@@ -81,11 +81,14 @@ class FeatureSet:
         raw = self.X.blocks[i].compute(scheduler="threads")[keep]
         return xp.asarray(standardize(raw, stats.mean, stats.scale)), xp.asarray(self.y_tokens[tokens][keep])
 
-    def blocks(self, stats: Standardizer, xp, *, in_memory: bool):
+    def blocks(self, stats: Standardizer, xp, *, in_memory: bool, hold_bytes: int = 0):
+        """All blocks held (``in_memory``), or streamed on every pass with as many of the
+        first blocks held as ``hold_bytes`` allows."""
         read = lambda i: self.read_block(i, stats, xp)  # noqa: E731
         if in_memory:
             return InMemoryBlocks((read(i) for i in range(self.n_blocks)), self.n_features)
-        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features)
+        keep = int(hold_bytes // (self.block_tokens * self.n_features * 4))
+        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep)
 
     def memory_bytes(self) -> int:
         """Bytes the standardized float32 rows take when held in memory."""

@@ -56,7 +56,7 @@ def run_group(spec: dict, progress=None) -> dict:
     in_memory = features.memory_bytes() <= spec["max_memory"]
 
     started = time.perf_counter()
-    blocks = features.blocks(stats, xp, in_memory=in_memory)
+    blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
     sol = train_probes(blocks, len(classes), [g[0] for g in grid], [g[1] for g in grid], xp=xp,
                        tol=spec["tol"], max_iter=spec["max_iter"], counts=counts, on_iteration=progress)
     train_seconds = time.perf_counter() - started
@@ -98,7 +98,8 @@ def run_group(spec: dict, progress=None) -> dict:
         "classes": classes,
         "rows": {split: int(len(truth)) for split, (_, truth) in predictions.items()},
         "unseen_label_tokens": unseen, "features": features.n_features, "probes": len(grid),
-        "in_memory": in_memory, "block_tokens": block, "train_seconds": train_seconds,
+        "in_memory": in_memory, "blocks_held": features.n_blocks if in_memory else min(blocks.keep, features.n_blocks),
+        "blocks": features.n_blocks, "block_tokens": block, "train_seconds": train_seconds,
         "records": records, "chosen": chosen, "per_class": per_class,
     }
     arrays = {"W": sol.W, "b": sol.b, "mean": stats.mean, "scale": stats.scale}

@@ -133,7 +133,8 @@ class NeuronData:
         if key not in self._cache:
             fs = FeatureSet(self.stores[split], self.positions, y_tokens, self.block)
             in_memory = fs.memory_bytes() <= self.options["max_memory"]
-            self._cache[key] = fs.blocks(self.stats, self.xp, in_memory=in_memory)
+            self._cache[key] = fs.blocks(self.stats, self.xp, in_memory=in_memory,
+                                         hold_bytes=self.options["max_memory"])
         return self._cache[key]
 
     def train_and_score(self, l1: float, l2: float, support: np.ndarray, y: dict, kind: str, desc: str,

@@ -166,6 +166,31 @@ def test_owlqn_is_deterministic_and_streamed_equals_in_memory(problem):
     assert (runs[0].W[:, 0] == 0).any()  # exact zeros from the orthant projection
 
 
+def test_streamed_blocks_hold_the_first_blocks_the_cap_allows(problem):
+    """With ``keep`` blocks held, later passes read only the others, and training gives
+    the same bits as holding all or none."""
+    from probe_engine.blocks import StreamedBlocks
+    X, y = problem
+    X32 = X.astype(np.float32)
+    cuts = [(0, 200), (200, 400), (400, 600)]
+    reads = []
+
+    def read(i):
+        reads.append(i)
+        return X32[cuts[i][0]:cuts[i][1]].copy(), y[cuts[i][0]:cuts[i][1]]
+
+    held = StreamedBlocks(read, len(cuts), len(y), X.shape[1], keep=2)
+    for _ in range(3):
+        assert [len(b) for b, _ in held] == [200, 200, 200]
+    assert reads == [0, 1, 2, 2, 2]
+    grid = ([1e-3, 0.0], [1e-4, 1e-3])
+    partly = train_probes(StreamedBlocks(read, len(cuts), len(y), X.shape[1], keep=1), 4, *grid, xp=np, tol=1e-6,
+                          max_iter=5000)
+    none = train_probes(StreamedBlocks(read, len(cuts), len(y), X.shape[1]), 4, *grid, xp=np, tol=1e-6,
+                        max_iter=5000)
+    assert np.array_equal(partly.W, none.W) and np.array_equal(partly.b, none.b)
+
+
 def test_owlqn_respects_a_support_mask(problem):
     X, y = problem
     blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
