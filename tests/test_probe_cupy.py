@@ -27,7 +27,12 @@ def test_cupy_solver_matches_numpy():
     gpu = train_probes(gpu_blocks, 5, *grid, xp=cupy, tol=1e-6)
     assert gpu.converged.all() and cpu.converged.all()
     np.testing.assert_allclose(gpu.objective, cpu.objective, rtol=1e-5)
-    np.testing.assert_allclose(gpu.W, cpu.W, atol=1e-4)
+    # With l2 = 0 the minimizer need not be unique: objectives only.  Elsewhere the objective
+    # is 2*l2-strongly convex, so two points certified to tol lie within about tol / (2*l2)
+    # of the minimizer (per weight, loosely): that is the tolerance, not float32 noise.
+    l2 = np.array(grid[1])
+    for p in np.flatnonzero(l2 > 0):
+        np.testing.assert_allclose(gpu.W[:, p], cpu.W[:, p], atol=1e-6 / (2 * l2[p]))
 
 
 def test_cupy_estimator_matches_numpy():
@@ -38,4 +43,4 @@ def test_cupy_estimator_matches_numpy():
     y = (X @ rng.normal(size=(30, 4)) + rng.gumbel(size=(1000, 4))).argmax(axis=1)
     cpu = ElasticNetProbe(1e-3, 1e-3, tol=1e-6).fit(X, y)
     gpu = ElasticNetProbe(1e-3, 1e-3, tol=1e-6, device="cuda").fit(X, y)
-    np.testing.assert_allclose(gpu.coef_, cpu.coef_, atol=1e-4)
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, atol=1e-6 / (2 * 1e-3))  # tol / strong convexity
