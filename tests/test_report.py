@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 UD = {"train": "en_ewt-ud-train.conllu", "dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
@@ -120,3 +123,29 @@ def test_report_errors(results, tmp_path, strata):
     assert err.strip() == (f"strata report: error: --base: {tmp_path} holds none of results.json, neurons.json, "
                            "compare.json")
     assert not (tmp_path / "x.html").exists()
+
+
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium here: the page is checked by parsing only "
+                                            "(apt-get install chromium to render it)")
+def test_report_renders_alone_in_a_browser(results, tmp_path, strata):
+    """The page, copied alone (no PNG beside it), drawn by headless Chromium: the plots'
+    blue and orange lines can only be on the screenshot if the embedded images decoded."""
+    from matplotlib.image import imread
+
+    page_path = tmp_path / "r" / "report.html"
+    assert strata("report", "--base", *results["base"], "--other", *results["other"], "--names", "tiny,random",
+                  "--out", page_path)[0] == 0
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(page_path, alone / "report.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run([BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,4200", f"--screenshot={shot}", (alone / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = (imread(shot)[:, :, :3] * 255).astype(int)
+    for rgb in ((31, 119, 180), (255, 127, 14)):  # matplotlib's C0 and C1
+        near = (np.abs(pixels - np.array(rgb)).max(axis=2) <= 30).sum()
+        assert near > 500, f"only {near} pixels of colour {rgb}: the embedded figures did not render"
