@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ bench: $(VENV)/.installed
 	$(PY) bench/probe_bench.py --out bench/results/probe.json
 	$(PY) bench/compare_bench.py --out bench/results/compare.json
 	$(PY) bench/neurons_bench.py --out bench/results/neurons.json
+
+# On a machine with a GPU and CuPy (pip install -e '.[gpu]'): the same benchmarks with
+# --device cuda, bigger batches for the bare loops and token budgets; results in bench/results/gpu/.
+bench-gpu: $(VENV)/.installed
+	$(PY) bench/extract_bench.py --device cuda --batches 32,128,512 --budgets 2048,4096,16384 \
+		--skip memory,compression --out bench/results/gpu/extract_gpu.json
+	$(PY) bench/probe_bench.py --device cuda --out bench/results/gpu/probe_gpu.json
+	$(PY) bench/compare_bench.py --device cuda --out bench/results/gpu/compare_gpu.json
+	$(PY) bench/neurons_bench.py --device cuda --out bench/results/gpu/neurons_gpu.json
 
 clean:
 	rm -rf demo_out
