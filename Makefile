@@ -27,7 +27,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/compare_bench.py --out bench/results/compare.json
 	$(PY) bench/neurons_bench.py --out bench/results/neurons.json
 
-# On a machine with a GPU and CuPy (pip install -e '.[gpu]'): the same benchmarks with
+# On a machine with a GPU, CuPy (pip install -e '.[gpu]') and a CUDA build of torch in .venv
+# (the recipe above installs the CPU build): the same benchmarks with
 # --device cuda, bigger batches for the bare loops and token budgets; results in bench/results/gpu/.
 bench-gpu: $(VENV)/.installed
 	$(PY) bench/extract_bench.py --device cuda --batches 32,128,512 --budgets 2048,4096,16384 \
