@@ -77,16 +77,22 @@ def _optimality(penalty, W, grad_W, grad_b):
     return xp.maximum(penalty.subdiff_distance(W, grad_W), xp.abs(grad_b).max(axis=1))
 
 
-def _retire(out: Solutions, s, active: np.ndarray, done: np.ndarray, iteration: int, tol: float) -> np.ndarray:
-    """Copy the probes marked ``done`` (host mask over the batch) from the batch state
-    ``s`` into ``out`` at their original indices; returns the indices still active."""
+def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, max_iter: int):
+    """Copy the probes that are certified (or out of passes) from the batch state ``s``
+    into ``out`` at their original indices ``active``.  Returns the state and indices
+    of the probes still running, or ``(None, [])`` when none is."""
+    done = to_numpy(s.optimality <= tol) | (iteration >= max_iter)
+    if not done.any():
+        return s, active
     idx = active[done]
     out.W[:, idx], out.b[idx] = to_numpy(s.W[:, done]), to_numpy(s.b[done])
     out.loss[idx], out.objective[idx] = to_numpy(s.loss[done]), to_numpy(s.objective[done])
     out.optimality[idx] = to_numpy(s.optimality[done])
     out.converged[idx] = out.optimality[idx] <= tol
     out.iterations[idx] = iteration
-    return active[~done]
+    if done.all():
+        return None, active[:0]
+    return s.subset(module_of(s.W).asarray(~done)), active[~done]
 
 
 def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
@@ -108,12 +114,9 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
     active = np.arange(P)  # original index of each probe still in the batch
     iteration = 1
     while True:
-        done = to_numpy(s.optimality <= tol) | (iteration >= max_iter)
-        if done.any():
-            active = _retire(out, s, active, done, iteration, tol)
-            if not len(active):
-                break
-            s = s.subset(xp.asarray(~done))
+        s, active = _retire(out, s, active, iteration, tol, max_iter)
+        if s is None:
+            break
         # one trial step per probe, one pass for all of them
         step = (1.0 / s.alpha).astype(W0.dtype)
         Z_W = s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step)
@@ -234,7 +237,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0)
     objective = loss + penalty.value(W0)
     pseudo = penalty.min_norm_subgradient(W0, grad_W)
-    inv_L = xp.full(P, 1.0 / lipschitz)
+    inv_L = 1.0 / lipschitz
     s = _QNBatch(W0, b0, grad_W, grad_b, pseudo, loss, objective, _optimality(penalty, W0, grad_W, grad_b),
                  D_W=-pseudo * f32.type(1.0 / lipschitz), D_b=-grad_b * f32.type(1.0 / lipschitz),
                  t=xp.ones(P), fails=xp.zeros(P, dtype=np.int64),
@@ -245,13 +248,9 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     active = np.arange(P)
     iteration = 1
     while True:
-        done = to_numpy(s.optimality <= tol) | (iteration >= max_iter)
-        if done.any():
-            active = _retire(out, s, active, done, iteration, tol)
-            if not len(active):
-                break
-            s = s.subset(xp.asarray(~done))
-            inv_L = inv_L[xp.asarray(~done)]
+        s, active = _retire(out, s, active, iteration, tol, max_iter)
+        if s is None:
+            break
         # the trial point of every probe, one pass for all of them
         t = s.t.astype(f32)
         step = (1.0 / s.alpha).astype(f32)
@@ -297,8 +296,8 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         moved = a1 | reset
         restart = moved & ~descent
         rho = xp.where(restart[None, :], 0.0, rho)
-        D_W = xp.where(restart[None, :, None], -pseudo * inv_L.astype(f32)[None, :, None], D_W)
-        D_b = xp.where(restart[:, None], -grad_b * inv_L.astype(f32)[:, None], D_b)
+        D_W = xp.where(restart[None, :, None], -pseudo * f32.type(inv_L), D_W)
+        D_b = xp.where(restart[:, None], -grad_b * f32.type(inv_L), D_b)
         s = _QNBatch(W, b, grad_W, grad_b, pseudo,
                      xp.where(a1, z_loss, s.loss), objective,
                      xp.where(a1, _optimality(s.penalty, Z_W, z_grad_W, z_grad_b), s.optimality),
