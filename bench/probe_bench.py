@@ -284,14 +284,14 @@ def sklearn_parameters(l1: float, l2: float, n: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- 1. strata grid
 def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float, max_iter: int,
-                device: str = "cpu") -> tuple[dict, object]:
+                device: str = "cpu", schedule: str = "batched") -> tuple[dict, object]:
     """Train the whole grid at once with the features in memory; time the ``train_probes`` call.
 
     Reading and standardizing the blocks is timed apart (``seconds_read_blocks``):
     it is done once per feature set and shared by every probe of every grid.
     """
     from probe_engine.group import choose
-    from probe_engine.train import predict, train_probes
+    from probe_engine.train import predict, train_grid
 
     xp, sync = device_module(device)
     grid = [(a, b) for a in l1s for b in l2s]
@@ -303,8 +303,8 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     log(f"strata: {len(grid)} probes, {blocks.n_rows:,} rows x {blocks.n_features} features, "
         f"{problem.n_classes} classes, blocks of {features.block_tokens} tokens")
     start = time.perf_counter()
-    sol = train_probes(blocks, problem.n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp,
-                       tol=tol, max_iter=max_iter, counts=problem.counts)
+    sol = train_grid(blocks, problem.n_classes, l1s, l2s, xp=xp, schedule=schedule, tol=tol, max_iter=max_iter,
+                     counts=problem.counts)
     seconds = time.perf_counter() - start  # the solutions are on the host: the device is done
     dev_blocks = problem.dev_feature_set(features.block_tokens).blocks(problem.stats, xp, in_memory=True)
     pred, truth = predict(dev_blocks, sol.W, sol.b, xp)
@@ -318,6 +318,7 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
         f"{int(sol.converged.sum())}/{len(grid)} converged, chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
         f"dev acc {dev_acc[chosen]:.4f}")
     result = {"solver": "batched OWL-QN with SpaRSA endgame (probe_engine.solver.owlqn, the default)",
+              "grid_schedule": schedule,
               "probes": len(grid), "l1": l1s, "l2": l2s, "tol": tol, "max_iter": max_iter,
               "rows": blocks.n_rows, "features": blocks.n_features, "classes": problem.n_classes,
               "block_tokens": features.block_tokens, "in_memory": True, "device": device,
@@ -713,6 +714,8 @@ def parse_args():
     p.add_argument("--gemm-repeats", type=int, help="repeats of each reference GEMM, best kept (default 5)")
     p.add_argument("--max-rows", type=int, help="only the first N labelled train tokens are rows (default all)")
     p.add_argument("--seed", type=int, default=0, help="saga sampling and torch init")
+    p.add_argument("--grid-schedule", default="batched", choices=("batched", "path"),
+                   help="strata's grid schedule (probe_engine.train.train_grid; default batched)")
     p.add_argument("--skip", default="", help="comma list of sections to leave out: stream, saga, neurox")
     p.add_argument("--device", default="cpu", help="cpu, or cuda: strata on CuPy and the NeuroX-style loop on the "
                                                   "same GPU (saga stays on the CPU)")
@@ -780,7 +783,8 @@ def run_all(args, train_path: Path, dev_path: Path, seconds: dict) -> dict:
     block = problem.feature_set(len(l1s) * len(l2s)).block_tokens
     gemm = timed("gemm_reference", gemm_rate, [block, 16384], d, width, args.gemm_repeats, args.device)
     log(f"float32 GEMM reference: {gemm['best'] / 1e9:.1f} GFLOP/s (width {width})")
-    grid, sol = timed("strata_grid", strata_grid, problem, l1s, l2s, args.tol, args.max_iter, args.device)
+    grid, sol = timed("strata_grid", strata_grid, problem, l1s, l2s, args.tol, args.max_iter, args.device,
+                      args.grid_schedule)
     flops = training_flops(sol.iterations, n, d, problem.n_classes)
     rate = flops["flops_total"] / grid["seconds_train_probes"]
     flop_rate = {**flops, "seconds": grid["seconds_train_probes"], "flops_per_second": rate,

@@ -33,7 +33,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tol", type=float, default=DEFAULT_TOL,
                    help=f"stop a probe when its distance to optimality is at most this (default {DEFAULT_TOL})")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
-                   help=f"data passes per group at most (default {DEFAULT_MAX_ITER})")
+                   help=f"data passes per probe at most (default {DEFAULT_MAX_ITER})")
+    p.add_argument("--grid-schedule", default="batched", choices=("batched", "path"),
+                   help="batched (default): every grid probe in every data pass; path: the probes of one l2 "
+                        "value at a time, largest first, each warm-started from the previous l2's solutions")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--scheduler", default="threads",
                    help="threads (this process) or the address of a dask.distributed scheduler")
@@ -73,6 +76,7 @@ def options_from_args(args) -> dict:
             "test": str(Path(args.test).resolve()) if args.test else None, "labels": labels,
             "pools": pools, "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
             "tol": args.tol, "max_iter": args.max_iter, "device": args.device, "max_memory": int(max_memory),
+            "grid_schedule": getattr(args, "grid_schedule", "batched"),  # strata neurons has no such option
             "seed": args.seed, "command": getattr(args, "argv", None)}
 
 

@@ -18,7 +18,7 @@ from probe_engine.features import FeatureSet, block_tokens_for
 from probe_engine.grid import feature_set_name
 from probe_engine.labels import mapped_classes, training_classes
 from probe_engine.stores import ProbeStore, check_same_model
-from probe_engine.train import predict, train_probes
+from probe_engine.train import predict, train_grid
 
 
 def open_stores(spec: dict) -> dict[str, ProbeStore]:
@@ -57,8 +57,9 @@ def run_group(spec: dict, progress=None) -> dict:
 
     started = time.perf_counter()
     blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
-    sol = train_probes(blocks, len(classes), [g[0] for g in grid], [g[1] for g in grid], xp=xp,
-                       tol=spec["tol"], max_iter=spec["max_iter"], counts=counts, on_iteration=progress)
+    sol = train_grid(blocks, len(classes), spec["l1"], spec["l2"], xp=xp, tol=spec["tol"],
+                     max_iter=spec["max_iter"], counts=counts, on_iteration=progress,
+                     schedule=spec.get("grid_schedule", "batched"))
     train_seconds = time.perf_counter() - started
 
     predictions = {"train": predict(blocks, sol.W, sol.b, xp)}

@@ -33,6 +33,8 @@ def plan_groups(options: dict) -> list[dict]:
     feature_sets = parse_layers(options["layers_spec"], open_stores(options)["train"].layers)
     common = {k: options[k] for k in ("train", "dev", "test", "l1", "l2", "tol", "max_iter", "device",
                                       "max_memory", "seed")}
+    if options.get("grid_schedule", "batched") != "batched":  # absent = batched: older runs' groups still resume
+        common["grid_schedule"] = options["grid_schedule"]
     specs = []
     for pool in options.get("pools") or [None]:
         stores = open_stores({**options, "pool": pool})
@@ -87,7 +89,7 @@ def _run_local(todo, out, done, quiet):
     outer = tqdm(total=len(todo), desc="probe groups", unit="group", disable=quiet or not todo)
     for gid, spec in todo:
         probes = len(spec["l1"]) * len(spec["l2"])
-        inner = tqdm(total=spec["max_iter"], desc=f"  {spec['label']} layers {'+'.join(map(str, spec['layers']))}",
+        inner = tqdm(total=None, desc=f"  {spec['label']} layers {'+'.join(map(str, spec['layers']))}",
                      unit="pass", leave=False, disable=quiet)
 
         def progress(iteration, active, inner=inner, probes=probes):
@@ -167,6 +169,7 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
                          "pool": options.get("pools"),
                          "l1": options["l1"], "l2": options["l2"], "tol": options["tol"],
                          "max_iter": options["max_iter"], "device": options["device"],
+                         "grid_schedule": options.get("grid_schedule", "batched"),
                          "scheduler": "threads" if scheduler == "threads" else "distributed",
                          "seed": options["seed"], "command": options.get("command"),
                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -66,6 +66,55 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
                   on_iteration=on_iteration)
 
 
+#: How a grid's probes are scheduled (see :func:`train_grid`).
+GRID_SCHEDULES = ("batched", "path")
+
+
+def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched", tol: float = DEFAULT_TOL,
+               max_iter: int = DEFAULT_MAX_ITER, counts=None, on_iteration=None) -> Solutions:
+    """All probes of the grid ``l1s x l2s``, in grid order (l1 outer, l2 inner).
+
+    ``batched``: every probe in one :func:`train_probes` call, all of them in every pass.
+    ``path``: one call per l2 value, largest first (the best-conditioned problems), each
+    holding every l1 and started from the previous call's solutions at the same l1: a
+    warm start along the regularization path, strong to weak penalty (as glmnet does
+    along its lambda path; Friedman, Hastie & Tibshirani 2010).  Every probe still stops
+    on its own certificate, so both schedules solve the same problems to the same ``tol``;
+    only the work differs.  Measured (README): on MiniLM layer 4 a 4 x 4 grid took 26%
+    less time with ``path`` on 2 CPU cores (staging alone, without the warm start, saved
+    nothing); on an ill-conditioned synthetic problem it took 23% more passes.  On a GPU
+    a pass costs about the same for 4 or 64 probes, so fewer, wider passes (``batched``)
+    should win there.  ``iterations`` count each probe's own passes;
+    ``on_iteration(passes so far, probes still to finish)`` counts the whole grid.
+    """
+    if schedule not in GRID_SCHEDULES:
+        raise ValueError(f"schedule must be one of {GRID_SCHEDULES}, got {schedule!r}")
+    counts = class_counts(blocks, n_classes) if counts is None else counts
+    lipschitz = MultinomialLogistic(n_classes).lipschitz(blocks)  # one bound for every call
+    if schedule == "batched":
+        grid = [(a, b) for a in l1s for b in l2s]
+        return train_probes(blocks, n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp, tol=tol,
+                            max_iter=max_iter, counts=counts, lipschitz=lipschitz, on_iteration=on_iteration)
+    stages, start, passes = {}, None, 0
+    order = sorted(range(len(l2s)), key=lambda j: -l2s[j])
+    for k, j in enumerate(order):
+        later = (len(order) - k - 1) * len(l1s)  # probes of the stages still to come
+        progress = None if on_iteration is None else (
+            lambda it, active, before=passes, later=later: on_iteration(before + it, active + later))
+        sol = train_probes(blocks, n_classes, list(l1s), [l2s[j]] * len(l1s), xp=xp, tol=tol, max_iter=max_iter,
+                           counts=counts, lipschitz=lipschitz, on_iteration=progress, start=start)
+        stages[j], start = sol, (sol.W, sol.b)
+        passes += int(sol.iterations.max())
+
+    def grid_order(name: str) -> np.ndarray:
+        """Probe (i, j) of the grid is probe i of the call for l2s[j]."""
+        axis = 1 if name == "W" else 0  # W is (d, P, C); the others have the probe axis first
+        return np.stack([np.take(getattr(stages[j], name), i, axis=axis)
+                         for i in range(len(l1s)) for j in range(len(l2s))], axis=axis)
+
+    return Solutions(**{name: grid_order(name) for name in Solutions.__dataclass_fields__})
+
+
 def predict(blocks, W: np.ndarray, b: np.ndarray, xp) -> tuple[np.ndarray, np.ndarray]:
     """One pass: predicted class of every row for every probe ``(n_rows, P)`` and the
     rows' true classes ``(n_rows,)``, on the host."""

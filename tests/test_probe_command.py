@@ -176,3 +176,22 @@ def test_distributed_equals_local(first_run, stores, tmp_path, strata):
         assert a["objective"] == pytest.approx(b["objective"], rel=rel)
         # a few boundary tokens; more for l2 = 0, whose points differ along the flat valley
         assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=5e-3 if b["l2"] > 0 else 2e-2)
+
+
+def test_path_schedule_gives_the_batched_solutions(first_run, stores, tmp_path, strata):
+    """``--grid-schedule path`` solves the same problems: where the minimizer is unique
+    (l2 > 0) and both runs certified it, the objectives agree; groups of another schedule
+    are not reused."""
+    out = tmp_path / "path"
+    shutil.copytree(first_run / "groups", out / "groups")
+    code, _, err = strata(*probe_args(stores, out, "--layers", "each,all", "--grid-schedule", "path"))
+    assert code == 0 and "reusing" not in err
+    path, batched = load(out), load(first_run)
+    assert path["strata_probe"]["grid_schedule"] == "path"
+    compared = 0
+    for a, b in zip(path["probes"], batched["probes"], strict=True):
+        assert (a["feature_set"], a["l1"], a["l2"]) == (b["feature_set"], b["l1"], b["l2"])
+        if b["l2"] > 0 and a["converged"] and b["converged"]:
+            assert a["objective"] == pytest.approx(b["objective"], rel=1e-5)
+            compared += 1
+    assert compared >= 8

@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from probe_engine import ElasticNetProbe
 from probe_engine.blocks import InMemoryBlocks
-from probe_engine.train import train_probes
+from probe_engine.train import train_grid, train_probes
 
 
 def objective(X, y, coef, intercept, l1, l2):
@@ -209,3 +209,38 @@ def test_start_from_a_solution_is_certified_after_one_pass(problem):
     again = train_probes(blocks, 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6, max_iter=5000, start=(first.W, first.b))
     assert again.converged.all() and (again.iterations == 1).all()
     assert np.array_equal(again.W, first.W)
+
+
+def test_path_schedule_solves_the_same_grid(problem):
+    """Both grid schedules certify every probe; probe (i, j) of each is the same problem."""
+    X, y = problem
+    X = X.astype(np.float32)
+    blocks = InMemoryBlocks([(X[:300], y[:300]), (X[300:], y[300:])], X.shape[1])
+    l1s, l2s = [0.0, 1e-3, 1e-2], [1e-3, 1e-1, 1e-2]  # l2 deliberately unsorted
+    batched = train_grid(blocks, 4, l1s, l2s, xp=np, schedule="batched", tol=1e-6)
+    path = train_grid(blocks, 4, l1s, l2s, xp=np, schedule="path", tol=1e-6)
+    assert batched.converged.all() and path.converged.all()
+    np.testing.assert_allclose(path.objective, batched.objective, rtol=1e-6)
+    for p, (l1, l2) in enumerate([(a, b) for a in l1s for b in l2s]):
+        assert path.objective[p] == pytest.approx(objective(X, y, path.W[:, p].T, path.b[p], l1, l2), rel=1e-5)
+        np.testing.assert_allclose(path.W[:, p], batched.W[:, p], atol=1e-6 / (2 * l2))
+
+
+def test_path_schedule_warm_starts_from_the_previous_l2(problem, monkeypatch):
+    import probe_engine.train as train_module
+
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    calls, real = [], train_module.train_probes
+
+    def spy(*args, **kwargs):
+        sol = real(*args, **kwargs)
+        calls.append((args[3], kwargs.get("start"), sol))
+        return sol
+
+    monkeypatch.setattr(train_module, "train_probes", spy)
+    train_grid(blocks, 4, [0.0, 1e-2], [1e-3, 1e-1, 1e-2], xp=np, schedule="path", tol=1e-5)
+    assert [l2[0] for l2, _, _ in calls] == [1e-1, 1e-2, 1e-3]  # strongest penalty first
+    assert calls[0][1] is None
+    for (_, _, previous), (_, start, _) in zip(calls, calls[1:]):
+        assert start[0] is previous.W and start[1] is previous.b
