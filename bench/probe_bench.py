@@ -686,7 +686,7 @@ def resolve(args) -> None:
 
 
 def parse_args():
-    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL
+    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, GRID_SCHEDULES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -714,7 +714,7 @@ def parse_args():
     p.add_argument("--gemm-repeats", type=int, help="repeats of each reference GEMM, best kept (default 5)")
     p.add_argument("--max-rows", type=int, help="only the first N labelled train tokens are rows (default all)")
     p.add_argument("--seed", type=int, default=0, help="saga sampling and torch init")
-    p.add_argument("--grid-schedule", default="batched", choices=("batched", "path"),
+    p.add_argument("--grid-schedule", default="batched", choices=GRID_SCHEDULES,
                    help="strata's grid schedule (probe_engine.train.train_grid; default batched)")
     p.add_argument("--skip", default="", help="comma list of sections to leave out: stream, saga, neurox")
     p.add_argument("--device", default="cpu", help="cpu, or cuda: strata on CuPy and the NeuroX-style loop on the "

@@ -10,7 +10,7 @@ DEFAULT_GRID = "0,1e-5,1e-4,1e-3"
 
 
 def add_parser(subparsers) -> None:
-    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL
+    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, GRID_SCHEDULES
 
     p = subparsers.add_parser(
         "probe", help="train elastic-net probes on a store, many at once",
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
                    help=f"stop a probe when its distance to optimality is at most this (default {DEFAULT_TOL})")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
                    help=f"data passes per probe at most (default {DEFAULT_MAX_ITER})")
-    p.add_argument("--grid-schedule", default="batched", choices=("batched", "path"),
+    p.add_argument("--grid-schedule", default="batched", choices=GRID_SCHEDULES,
                    help="batched (default): every grid probe in every data pass; path: the probes of one l2 "
                         "value at a time, largest first, each warm-started from the previous l2's solutions")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")

@@ -80,9 +80,10 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     warm start along the regularization path, strong to weak penalty (as glmnet does
     along its lambda path; Friedman, Hastie & Tibshirani 2010).  Every probe still stops
     on its own certificate, so both schedules solve the same problems to the same ``tol``;
-    only the work differs.  Measured (README): on MiniLM layer 4 a 4 x 4 grid took 26%
-    less time with ``path`` on 2 CPU cores (staging alone, without the warm start, saved
-    nothing); on an ill-conditioned synthetic problem it took 23% more passes.  On a GPU
+    only the work differs.  Measured (README): on MiniLM layer 4, XPOS, 2 CPU cores, the
+    benchmark's 8 x 8 grid took 349 s with ``path`` and 628 s ``batched`` (staging alone,
+    without the warm start, saved nothing on a 4 x 4 grid); on an ill-conditioned
+    synthetic problem ``path`` took 23% more passes.  On a GPU
     a pass costs about the same for 4 or 64 probes, so fewer, wider passes (``batched``)
     should win there.  ``iterations`` count each probe's own passes;
     ``on_iteration(passes so far, probes still to finish)`` counts the whole grid.
