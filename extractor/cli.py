@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from extractor.alignment import WORD_VECTORS
+from extractor.linear_kernel import KERNELS
 from extractor.readers import FORMATS
 
 
@@ -36,6 +37,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--attention", choices=("cls", "none"), default="none",
                    help="cls: also store the CLS (first) token's attention row per sentence, block and head "
                         "(runs the model with eager attention)")
+    p.add_argument("--linear-kernel", choices=KERNELS, default="auto",
+                   help="kernel of the model's linear layers on CPU: onednn (AVX-512 where the CPU has it; "
+                        "default on CPU) or torch's default (MKL); they agree to ~1e-5, not bitwise")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(run=run)
 
@@ -50,7 +54,7 @@ def options_from_args(args):
         word_vector=args.word_vector, pool=pool, dtype=args.dtype, codec=args.codec,
         batch_tokens=args.batch_tokens, device=args.device, max_sentences=args.max_sentences,
         shard_tokens=args.shard_tokens, variant=args.variant, variant_seed=args.variant_seed,
-        attention=None if args.attention == "none" else args.attention)
+        attention=None if args.attention == "none" else args.attention, linear_kernel=args.linear_kernel)
 
 
 def run(args) -> int:

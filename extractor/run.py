@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extractor import alignment, model as hf
+from extractor import alignment, linear_kernel, model as hf
 from extractor.batching import token_budget_batches
 from extractor.forward import FLOAT16_MAX, OutOfRange, forward_batch, to_stored
 from extractor.readers import read_corpus
@@ -56,6 +56,7 @@ class ExtractOptions:
     variant: str | None = None  # see extractor/variants.py
     variant_seed: int = 0
     attention: str | None = None  # "cls": store the CLS token's attention rows
+    linear_kernel: str = "auto"  # see extractor/linear_kernel.py
 
 
 def parse_layers(spec: str, n_hidden_states: int, model: str) -> list[int]:
@@ -144,6 +145,7 @@ class Extraction:
         if opts.attention not in (None, "cls"):
             raise StrataError(f"--attention: choose cls or none, got {opts.attention!r}")
         self.variant = parse_variant(opts.variant, opts.variant_seed)
+        self.linear_kernel = linear_kernel.resolve(opts.linear_kernel, opts.device.split(":")[0])
         pretrained = hf.load_config(opts.model)
         self.pretrained_blocks = hf.n_layers(pretrained)
         if self.variant is not None:
@@ -180,7 +182,7 @@ class Extraction:
             "shard_tokens": self.layout.shard_tokens, "chunk_tokens": self.layout.chunk_tokens,
             "max_positions": self.max_len, "device": o.device.split(":")[0],
             "dataset_sha256": self.corpus.sha256, "format": o.format, "columns": o.columns,
-            "max_sentences": o.max_sentences,
+            "max_sentences": o.max_sentences, "linear_kernel": self.linear_kernel,
             **self.variant_record(),
             **({"attention": o.attention} if o.attention else {}),
         }
@@ -203,6 +205,7 @@ class Extraction:
                         "format": self.opts.format, "sha256": self.corpus.sha256,
                         "sentences": len(self.corpus.sentences)},
             "versions": _versions(),
+            "linear_kernel": self.linear_kernel,
             "command": self.argv,
             "options": asdict(self.opts),
             **self.variant_record(),
@@ -240,6 +243,7 @@ class Extraction:
             model.set_attn_implementation("eager")
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False  # no key/value cache: we never generate
+        linear_kernel.use_kernel(model, self.linear_kernel)
         return model
 
     def run_units(self, units: list[int], writer: StoreWriter, model, device: str, show_progress: bool) -> None:
