@@ -31,6 +31,16 @@ Throughput variants
   Ratios: (d)/(b) (target >= 0.9: the store costs little over the bare model)
   and (d)/(c) (target >= 3: the point of batching by token budget).
 
+  strata runs the model's nn.Linear layers through oneDNN on CPU
+  (extractor/linear_kernel.py), which is faster than torch's default MKL
+  kernel on AVX-512 CPUs that MKL does not serve well (AMD).  So that this
+  gain is not mistaken for a free store, two more variants separate the kernel
+  from the storing:
+  (e) (b)'s loop with the same oneDNN linears as strata, best batch: the
+      ceiling of strata's own forward passes.  (d)/(e) is what storing costs.
+  (f) strata extract with ``--linear-kernel torch`` (torch's default kernel,
+      as (b) uses), default batch_tokens.  (f)/(b) is the same at equal kernels.
+
 The machine is shared and noisy, so the model is warmed up first (a forward
 pass and one small strata extract), every variant is repeated ``--repeats``
 times with the variants interleaved within each repetition, and the median and
@@ -77,7 +87,7 @@ STRATA = [sys.executable, "-m", "strata"]  # this interpreter's strata (python -
 
 SORTED_BATCHES = (8, 16, 32, 64)
 BUDGETS = (512, 1024, 2048)
-DEFAULT_BUDGET = 2048  # ExtractOptions.batch_tokens default
+DEFAULT_BUDGET = 1024  # ExtractOptions.batch_tokens default
 CODECS = ("lossless", "bitround:7", "bitround:5", "bitround:3")
 PROBE_LAYER = 4
 TARGETS = {"d_over_b": 0.9, "d_over_c": 3.0}
@@ -121,13 +131,14 @@ def bare_loop(model, ids: list, order: list[int], batch: int, pad_id: int, to_nu
 
 # --------------------------------------------------------------------------- (d)
 def strata_extract(model_dir, n: int, out: Path, batch_tokens: int, codec: str = "lossless",
-                   device: str = "cpu") -> tuple[dict, float]:
+                   device: str = "cpu", kernel: str = "auto") -> tuple[dict, float]:
     """One ``extract`` call into a fresh store: (its summary, wall seconds of the whole call)."""
     from extractor.run import ExtractOptions, extract
 
     start = time.perf_counter()
     result = extract(ExtractOptions(model=str(model_dir), input=str(TRAIN), format="conllu", out=str(out),
-                                    max_sentences=n, batch_tokens=batch_tokens, codec=codec, device=device),
+                                    max_sentences=n, batch_tokens=batch_tokens, codec=codec, device=device,
+                                    linear_kernel=kernel),
                      argv=[])
     return result, time.perf_counter() - start
 
@@ -274,7 +285,7 @@ def main() -> None:
     import zarr
     from transformers import AutoModel, AutoTokenizer
 
-    from extractor import model as hf
+    from extractor import linear_kernel, model as hf
     from extractor.readers import read_corpus
 
     # --- data, tokenized once for (a)/(b)/(c) ------------------------------------------------
@@ -282,6 +293,9 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     assert tok.is_fast
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(args.device)
+    strata_kernel = linear_kernel.resolve("auto", args.device)
+    model_strata_kernel = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(args.device)
+    linear_kernel.use_kernel(model_strata_kernel, strata_kernel)
     max_len = hf.max_positions(model.config, tok)
     ids = tok(corpus.sentences, is_split_into_words=True, add_special_tokens=True, truncation=False)["input_ids"]
     kept = [i for i in range(len(ids)) if max_len is None or len(ids[i]) <= max_len]
@@ -300,6 +314,11 @@ def main() -> None:
         variants[f"b_sorted_bs{b}"] = lambda b=b: bare_loop(model, ids, by_length, b, pad_id, device=dev)
     variants["c_one_sentence_per_forward"] = lambda: bare_loop(model, ids, corpus_order, 1, pad_id, to_numpy=True,
                                                                device=dev)
+    if strata_kernel != "torch":  # on CPU: strata's kernel in the bare loop, and strata with torch's kernel
+        for b in batches:
+            variants[f"e_{strata_kernel}_sorted_bs{b}"] = lambda b=b: bare_loop(model_strata_kernel, ids, by_length,
+                                                                                b, pad_id, device=dev)
+    f_name = f"f_strata_torch_kernel_batch_tokens{DEFAULT_BUDGET}"
 
     rates: dict[str, list[float]] = {k: [] for k in variants}
     d_wall: dict[str, list[float]] = {}
@@ -308,6 +327,7 @@ def main() -> None:
         tmp = Path(tmp)
         log("warm-up: forward passes and one small strata extract")
         bare_loop(model, ids, by_length[:64], 32, pad_id, device=dev)
+        bare_loop(model_strata_kernel, ids, by_length[:64], 32, pad_id, device=dev)
         bare_loop(model, ids, corpus_order[:16], 1, pad_id, to_numpy=True, device=dev)
         strata_extract(model_dir, min(n, 50), tmp / "warmup.zarr", DEFAULT_BUDGET, device=dev)
         shutil.rmtree(tmp / "warmup.zarr")
@@ -328,6 +348,11 @@ def main() -> None:
                                                     "seconds_wall": round(wall, 2)})
                 log(f"rep {rep + 1}/{args.repeats} {name}: {rates[name][-1]:,.0f} words/s compute+write, "
                     f"{d_wall[name][-1]:,.0f} end-to-end")
+            if strata_kernel != "torch":
+                result, _ = strata_extract(model_dir, n, tmp / "f.zarr", DEFAULT_BUDGET, device=dev, kernel="torch")
+                shutil.rmtree(tmp / "f.zarr")
+                rates.setdefault(f_name, []).append(result["tokens_per_second_this_process"])
+                log(f"rep {rep + 1}/{args.repeats} {f_name}: {rates[f_name][-1]:,.0f} words/s compute+write")
 
         # --- compression and its effect on a probe -------------------------------------------
         compression, reference = {}, None
@@ -361,8 +386,14 @@ def main() -> None:
     median = {k: v["median"] for k, v in throughput.items()}
     best_b = max((k for k in median if k.startswith("b_")), key=median.get)
     best_d = max((k for k in median if k.startswith("d_")), key=median.get)
+    best_e = max((k for k in median if k.startswith("e_")), key=median.get, default=None)
     c_name = "c_one_sentence_per_forward"
     d_end_to_end = {k: summarize(v) for k, v in d_wall.items()}
+    kernel_ratios = {} if best_e is None else {
+        "d_over_e": round(median[best_d] / median[best_e], 3),
+        "f_over_b": round(median[f_name] / median[best_b], 3),
+        "e_over_b": round(median[best_e] / median[best_b], 3),
+    }
     result = {
         "benchmark": "strata extract throughput, compression, memory",
         "date": started_at.isoformat(timespec="seconds"),
@@ -370,7 +401,7 @@ def main() -> None:
         "data": {"path": str(TRAIN), "sentences": len(corpus.sentences), "sentences_too_long": len(ids) - len(kept),
                  "words": words, "subwords_with_specials": subwords, "max_positions": max_len},
         "model": {"path": str(model_dir), "hidden": model.config.hidden_size, "dtype_compute": "float32",
-                  "dtype_stored": "float16", "device": args.device},
+                  "dtype_stored": "float16", "device": args.device, "strata_linear_kernel": strata_kernel},
         "repeats": args.repeats,
         "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
@@ -378,13 +409,14 @@ def main() -> None:
         "throughput_words_per_second": throughput,
         "strata_end_to_end_words_per_second": d_end_to_end,
         "strata_run_seconds": d_runs,
-        "best": {"b": best_b, "d": best_d},
+        "best": {"b": best_b, "d": best_d, **({"e": best_e} if best_e else {})},
         "ratios": {
             "d_over_b": round(median[best_d] / median[best_b], 3),
             "d_over_c": round(median[best_d] / median[c_name], 3),
             "d_end_to_end_over_b": round(d_end_to_end[best_d]["median"] / median[best_b], 3),
             "d_end_to_end_over_c": round(d_end_to_end[best_d]["median"] / median[c_name], 3),
             "b_over_a": round(median[best_b] / median["a_corpus_order_bs32"], 3),
+            **kernel_ratios,
         },
         "targets": TARGETS,
         "targets_met": {"d_over_b": median[best_d] / median[best_b] >= TARGETS["d_over_b"],
@@ -413,6 +445,11 @@ def markdown(r: dict) -> str:
               "c_one_sentence_per_forward": "(c) one sentence per forward, to numpy (NeuroX)",
               best["d"]: f"(d) strata extract, batch_tokens {best['d'].rsplit('tokens', 1)[1]} "
                          f"(compute + write)"}
+    if "e" in best:
+        labels[best["e"]] = (f"(e) (b)'s loop with strata's oneDNN linears, batch {best['e'].rsplit('bs', 1)[1]} "
+                             "(strata's forward ceiling)")
+        labels[f"f_strata_torch_kernel_batch_tokens{DEFAULT_BUDGET}"] = (
+            f"(f) strata extract with --linear-kernel torch, batch_tokens {DEFAULT_BUDGET} (compute + write)")
     where = (f"GPU {r['machine']['gpu']['name']}" if r["model"].get("device", "cpu") != "cpu"
              else f"CPU, {r['machine']['torch_threads']} threads")
     lines = [f"MiniLM-L6 (fp32, {where}), first {r['data']['sentences']:,} "
@@ -423,7 +460,10 @@ def markdown(r: dict) -> str:
     lines.append(f"| (d) same, end to end (read, tokenize, load model, write) | {e2e:,.0f} | {e2e / b:.2f}x |")
     ratios = r["ratios"]
     lines += ["", f"(d)/(b) = {ratios['d_over_b']:.2f} (target >= {r['targets']['d_over_b']}), "
-                  f"(d)/(c) = {ratios['d_over_c']:.2f} (target >= {r['targets']['d_over_c']:g}).", "",
+                  f"(d)/(c) = {ratios['d_over_c']:.2f} (target >= {r['targets']['d_over_c']:g})."
+              + (f" At equal kernels: (d)/(e) = {ratios['d_over_e']:.2f}, (f)/(b) = {ratios['f_over_b']:.2f}; "
+                 f"the oneDNN kernel alone: (e)/(b) = {ratios['e_over_b']:.2f}." if "d_over_e" in ratios else ""),
+              "",
               f"| codec | bytes/token | ratio to raw fp16 | UPOS probe acc, layer {PROBE_LAYER} | delta |",
               "|---|---:|---:|---:|---:|"]
     for codec, c in (r["compression"] or {"codecs": {}})["codecs"].items():
