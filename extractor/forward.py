@@ -74,9 +74,14 @@ def forward_batch(model, input_ids: list[np.ndarray], word_ids: list[np.ndarray]
     hidden = out.hidden_states
 
     def gather(flat_positions: np.ndarray) -> torch.Tensor:
-        """(layer, len(positions), neuron) from the flattened (batch*width) axis."""
+        """(layer, len(positions), neuron) float32 from the flattened (batch*width) axis,
+        each layer's rows selected straight into its slice (no stacked copy)."""
         at = torch.from_numpy(flat_positions).to(device)
-        return torch.stack([hidden[layer].reshape(-1, hidden[layer].shape[-1])[at] for layer in layer_ids]).float()
+        size = hidden[0].shape[-1]
+        picked = torch.empty((len(layer_ids), len(at), size), dtype=torch.float32, device=hidden[0].device)
+        for i, layer in enumerate(layer_ids):
+            torch.index_select(hidden[layer].reshape(-1, size).float(), 0, at, out=picked[i])
+        return picked
 
     sources, targets, sizes = [], [], []
     for b, wids in enumerate(word_ids):
