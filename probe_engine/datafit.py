@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from probe_engine.backend import module_of
+from probe_engine.row_tasks import map_row_slices
 
 
 class MultinomialLogistic:
@@ -32,10 +33,18 @@ class MultinomialLogistic:
         loss = xp.zeros(P, dtype=np.float64)
         grad_W = xp.zeros((d, P * C), dtype=W.dtype)
         grad_b = xp.zeros((P, C), dtype=np.float64)
+
+        def rows_terms(X, y):
+            """One row slice's summed loss, X^T Z and Z column sums (a task of row_tasks)."""
+            part_loss = xp.zeros(P, dtype=np.float64)
+            Z = self._log_softmax_residual(X @ W2, b, y, part_loss)
+            return part_loss, X.T @ Z.reshape(len(y), P * C), Z.sum(axis=0, dtype=np.float64)
+
         for X, y in blocks:
-            Z = self._log_softmax_residual(X @ W2, b, y, loss)
-            grad_W += X.T @ Z.reshape(len(y), P * C)
-            grad_b += Z.sum(axis=0, dtype=np.float64)
+            for part_loss, part_W, part_b in map_row_slices(rows_terms, X, y):  # in row order: same bits always
+                loss += part_loss
+                grad_W += part_W
+                grad_b += part_b
         n = blocks.n_rows
         return loss / n, grad_W.reshape(d, P, C) / n, (grad_b / n).astype(W.dtype)
 

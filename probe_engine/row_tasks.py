@@ -1,0 +1,61 @@
+"""A block's rows cut into fixed slices that run on every CPU core, combined in order.
+
+Why: a data pass is two GEMMs and a softmax.  BLAS threads speed up the GEMMs,
+but numpy's element-wise work (exp, max, sums, the one-hot update) runs on one
+core, and with 64 probes over 50 classes it was half of a pass on this 2-core
+machine.  Cutting each block's rows into slices of ``ROWS_PER_TASK`` and running
+the slices on a thread pool (numpy and OpenBLAS release the GIL), with BLAS at
+one thread per slice, keeps every core busy on both parts.
+
+The slices do not depend on the number of cores, and their partial results are
+combined in slice order by the caller, so a pass gives the same bits on any
+machine size and under any thread schedule.  On the GPU a block is one task:
+CuPy kernels already use the whole device.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import numpy as np
+
+#: Rows per task.  Small slices keep a task's (rows, probes * classes) logits in cache
+#: for the softmax's several element-wise passes, and share a block evenly among cores;
+#: measured on 51,000 x 384 rows, 50 classes, 2 cores: a pass with 64 probes took
+#: 1.44-1.58 s at 256 or 512 rows, 1.59-1.68 s at 1024, 1.88 s at 8192, and 2.19 s
+#: before slicing (16 probes: 0.35 s vs 0.57 s).
+ROWS_PER_TASK = 512
+
+
+@cache
+def _pool() -> ThreadPoolExecutor | None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ThreadPoolExecutor(cores, thread_name_prefix="strata-rows") if cores > 1 else None
+
+
+@cache
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def row_slices(n_rows: int) -> list[slice]:
+    return [slice(lo, min(lo + ROWS_PER_TASK, n_rows)) for lo in range(0, n_rows, ROWS_PER_TASK)]
+
+
+def map_row_slices(task, X, y) -> list:
+    """``[task(X[s], y[s]) for s in row_slices(len(y))]``, run concurrently on the CPU.
+
+    ``task`` must only read shared arrays; its results come back in slice order.
+    """
+    if not isinstance(X, np.ndarray):  # CuPy: one task per block
+        return [task(X, y)]
+    slices = row_slices(len(y))
+    pool = _pool()
+    if pool is None or len(slices) == 1:
+        return [task(X[s], y[s]) for s in slices]
+    with _blas().limit(limits=1, user_api="blas"):
+        return list(pool.map(lambda s: task(X[s], y[s]), slices))
