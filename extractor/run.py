@@ -182,7 +182,9 @@ class Extraction:
             "shard_tokens": self.layout.shard_tokens, "chunk_tokens": self.layout.chunk_tokens,
             "max_positions": self.max_len, "device": o.device.split(":")[0],
             "dataset_sha256": self.corpus.sha256, "format": o.format, "columns": o.columns,
-            "max_sentences": o.max_sentences, "linear_kernel": self.linear_kernel,
+            "max_sentences": o.max_sentences,
+            # torch's kernel is what every store used before --linear-kernel: not recorded, so those resume
+            **({"linear_kernel": self.linear_kernel} if self.linear_kernel != "torch" else {}),
             **self.variant_record(),
             **({"attention": o.attention} if o.attention else {}),
         }

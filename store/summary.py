@@ -83,6 +83,7 @@ def _summarize(path: Path) -> dict:
         "word_vector": params.get("word_vector"),
         "pool": params.get("pool"),
         "model": params.get("model"),
+        "linear_kernel": params.get("linear_kernel", "torch"),
         "label_sets": _label_sets(group),
         "bytes_on_disk": _bytes_on_disk(path),
         "arrays": arrays,
@@ -96,7 +97,7 @@ def format_summary(info: dict) -> str:
     status = "complete" if info["complete"] else f"INCOMPLETE ({info['units_done']}/{info['units_total']} units done)"
     lines = [
         f"store       {info['path']}  ({status}, schema v{info['schema_version']})",
-        f"model       {info['model']}",
+        f"model       {info['model']}  (linear layers: {info['linear_kernel']} kernel)",
         f"sentences   {info['sentences']:,} ({info['sentences_skipped']:,} skipped: longer than the model's positions)",
         f"tokens      {info['tokens']:,} ({info['word_vector']} vectors)",
         f"layers      {', '.join(map(str, info['layers']))}  (0 = embedding output)",
