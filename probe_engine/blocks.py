@@ -33,28 +33,35 @@ class InMemoryBlocks:
 
 
 class StreamedBlocks:
-    """Blocks produced by ``read(i)`` on every pass; block ``i + 1`` is read in a
-    background thread while block ``i`` is used (decompression releases the GIL).
+    """Blocks produced by ``finish(read(i))`` on every pass; block ``i + 1`` is prepared
+    in a background thread while block ``i`` is used (decompression releases the GIL).
 
-    The first ``keep`` blocks are held after their first read (as many as a memory
-    cap allows), so a cap a little below the data size costs a little streaming, not
-    a full re-read of every block on every pass."""
+    The first ``keep`` blocks are held after their first ``read``, as ``read`` returns
+    them (the chunk reader returns rows in the store's dtype, float16 by default: half
+    the bytes of the standardized float32 rows), and only ``finish`` (standardizing, to
+    the device) is repeated for them.  So a memory cap below the data's float32 size
+    holds twice the rows it could hold standardized, and a cap a little below the data
+    size costs a little work, not a full re-read of every block on every pass."""
 
-    def __init__(self, read, n_blocks: int, n_rows: int, n_features: int, keep: int = 0):
+    def __init__(self, read, n_blocks: int, n_rows: int, n_features: int, keep: int = 0, finish=None):
         self.read, self.n_blocks = read, n_blocks
+        self.finish = finish if finish is not None else (lambda pair: pair)
         self.n_rows, self.n_features = n_rows, n_features
         self.keep, self.held = keep, {}
 
     def _get(self, i: int):
-        return self.held[i] if i in self.held else self.read(i)
+        if i in self.held:
+            return self.finish(self.held[i])
+        raw = self.read(i)
+        if i < self.keep:
+            self.held[i] = raw
+        return self.finish(raw)
 
     def __iter__(self):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-prefetch") as pool:
             pending = pool.submit(self._get, 0) if self.n_blocks else None
             for i in range(self.n_blocks):
                 current = pending.result()
-                if i < self.keep:
-                    self.held[i] = current
                 pending = pool.submit(self._get, i + 1) if i + 1 < self.n_blocks else None
                 yield current
 

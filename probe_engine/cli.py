@@ -41,8 +41,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scheduler", default="threads",
                    help="threads (this process) or the address of a dask.distributed scheduler")
     p.add_argument("--max-memory", default="4GB",
-                   help="hold training features in memory up to this size; beyond it, hold what fits and "
-                        "stream the rest on every pass (default 4GB)")
+                   help="hold standardized training features in memory up to this size; beyond it, hold what "
+                        "fits as stored (float16: half the bytes) and stream the rest on every pass (default 4GB)")
     p.add_argument("--seed", type=int, default=0, help="recorded with the results (the solver draws nothing)")
     p.add_argument("--out", required=True, help="output directory (results.json, weights/, plot)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

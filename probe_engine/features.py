@@ -75,20 +75,29 @@ class FeatureSet:
                               f"(layer {layer}, neuron {col % hidden})")
         return Standardizer(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
 
+    def read_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block ``i``'s labelled rows as stored (float16 by default) and their class indices, on the host."""
+        tokens, keep = self.rows_in_block(i)
+        return self.X.blocks[i].compute(scheduler="threads")[keep], self.y_tokens[tokens][keep]
+
+    @staticmethod
+    def finish(pair, stats: Standardizer, xp):
+        """Raw rows -> standardized float32 features and class indices, on the device."""
+        raw, y = pair
+        return xp.asarray(standardize(raw, stats.mean, stats.scale)), xp.asarray(y)
+
     def read_block(self, i: int, stats: Standardizer, xp):
         """Block ``i``: standardized float32 features and class indices, on the device."""
-        tokens, keep = self.rows_in_block(i)
-        raw = self.X.blocks[i].compute(scheduler="threads")[keep]
-        return xp.asarray(standardize(raw, stats.mean, stats.scale)), xp.asarray(self.y_tokens[tokens][keep])
+        return self.finish(self.read_raw(i), stats, xp)
 
     def blocks(self, stats: Standardizer, xp, *, in_memory: bool, hold_bytes: int = 0):
-        """All blocks held (``in_memory``), or streamed on every pass with as many of the
-        first blocks held as ``hold_bytes`` allows."""
-        read = lambda i: self.read_block(i, stats, xp)  # noqa: E731
+        """All blocks held standardized (``in_memory``), or streamed on every pass with as
+        many of the first blocks held, as stored, as ``hold_bytes`` allows."""
         if in_memory:
-            return InMemoryBlocks((read(i) for i in range(self.n_blocks)), self.n_features)
-        keep = int(hold_bytes // (self.block_tokens * self.n_features * 4))
-        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep)
+            return InMemoryBlocks((self.read_block(i, stats, xp) for i in range(self.n_blocks)), self.n_features)
+        keep = int(hold_bytes // (self.block_tokens * self.n_features * self.X.dtype.itemsize))
+        return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
+                              finish=lambda pair: self.finish(pair, stats, xp))
 
     def memory_bytes(self) -> int:
         """Bytes the standardized float32 rows take when held in memory."""

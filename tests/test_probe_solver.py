@@ -244,3 +244,56 @@ def test_path_schedule_warm_starts_from_the_previous_l2(problem, monkeypatch):
     assert calls[0][1] is None
     for (_, _, previous), (_, start, _) in zip(calls, calls[1:]):
         assert start[0] is previous.W and start[1] is previous.b
+
+
+def test_held_blocks_are_kept_as_read_and_finished_every_pass(problem):
+    """Held blocks stay as ``read`` returned them (e.g. float16 rows); ``finish`` runs on every pass."""
+    from probe_engine.blocks import StreamedBlocks
+    X, y = problem
+    X16 = X.astype(np.float16)
+    cuts = [(0, 300), (300, 600)]
+    reads, finished = [], []
+
+    def read(i):
+        reads.append(i)
+        return X16[cuts[i][0]:cuts[i][1]].copy(), y[cuts[i][0]:cuts[i][1]]
+
+    def finish(pair):
+        finished.append(pair[0].dtype)
+        return pair[0].astype(np.float32), pair[1]
+
+    held = StreamedBlocks(read, len(cuts), len(y), X.shape[1], keep=2, finish=finish)
+    for _ in range(3):
+        assert [b.dtype for b, _ in held] == [np.float32, np.float32]
+    assert reads == [0, 1] and finished == [np.float16] * 6
+    assert all(b.dtype == np.float16 for b, _ in held.held.values())
+
+
+def test_a_float16_store_fits_whole_under_its_float32_size(tiny_bert, ud_dev, tmp_path, monkeypatch):
+    """The cap is compared with the rows as stored: a cap below the standardized float32
+    bytes holds every block of a float16 store, read once; results equal the in-memory blocks."""
+    from probe_engine.features import FeatureSet
+    from probe_engine.stores import ProbeStore
+    from strata import main
+
+    out = tmp_path / "train.zarr"
+    assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu",
+                 "--out", str(out), "--max-sentences", "300"]) == 0
+    store = ProbeStore(out, "--train")
+    y = np.maximum(store.labels("upos")[0], -1)
+    features = FeatureSet(store, [1], y, block_tokens=1024)
+    stats = features.statistics()
+    assert features.n_blocks >= 3 and store.features.dtype == np.float16
+    reads = []
+    read_raw = features.read_raw
+    monkeypatch.setattr(features, "read_raw", lambda i: reads.append(i) or read_raw(i))
+    cap = features.n_blocks * features.block_tokens * features.n_features * 2  # whole blocks of float16
+    assert cap < 0.7 * features.memory_bytes()
+    streamed = features.blocks(stats, np, in_memory=False, hold_bytes=cap)
+    in_memory = features.blocks(stats, np, in_memory=True)
+    assert streamed.keep >= features.n_blocks
+    for _ in range(2):
+        for (a, ya), (b, yb) in zip(streamed, in_memory, strict=True):
+            assert np.array_equal(a, b) and np.array_equal(ya, yb)
+    # each block read twice: once into the held copy (never again), once by in_memory itself
+    assert sorted(reads) == sorted(list(range(features.n_blocks)) * 2)
