@@ -95,7 +95,9 @@ class FeatureSet:
         many of the first blocks held, as stored, as ``hold_bytes`` allows."""
         if in_memory:
             return InMemoryBlocks((self.read_block(i, stats, xp) for i in range(self.n_blocks)), self.n_features)
-        keep = int(hold_bytes // (self.block_tokens * self.n_features * self.X.dtype.itemsize))
+        held_bytes = np.cumsum([np.count_nonzero(self.rows_in_block(i)[1]) * self.n_features * self.X.dtype.itemsize
+                                for i in range(self.n_blocks)])
+        keep = int(np.searchsorted(held_bytes, hold_bytes, side="right"))  # leading blocks that fit, as stored
         return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
                               finish=lambda pair: self.finish(pair, stats, xp))
 

@@ -287,8 +287,8 @@ def test_a_float16_store_fits_whole_under_its_float32_size(tiny_bert, ud_dev, tm
     reads = []
     read_raw = features.read_raw
     monkeypatch.setattr(features, "read_raw", lambda i: reads.append(i) or read_raw(i))
-    cap = features.n_blocks * features.block_tokens * features.n_features * 2  # whole blocks of float16
-    assert cap < 0.7 * features.memory_bytes()
+    cap = features.memory_bytes() // 2  # every labelled row in float16, to the byte
+    assert features.blocks(stats, np, in_memory=False, hold_bytes=cap - 1).keep == features.n_blocks - 1
     streamed = features.blocks(stats, np, in_memory=False, hold_bytes=cap)
     in_memory = features.blocks(stats, np, in_memory=True)
     assert streamed.keep >= features.n_blocks
