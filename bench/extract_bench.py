@@ -294,8 +294,10 @@ def main() -> None:
     assert tok.is_fast
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(args.device)
     strata_kernel = linear_kernel.resolve("auto", args.device)
-    model_strata_kernel = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(args.device)
-    linear_kernel.use_kernel(model_strata_kernel, strata_kernel)
+    model_strata_kernel = model  # on cuda strata uses torch's kernel: (e) and (f) are left out
+    if strata_kernel != "torch":
+        model_strata_kernel = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(args.device)
+        linear_kernel.use_kernel(model_strata_kernel, strata_kernel)
     max_len = hf.max_positions(model.config, tok)
     ids = tok(corpus.sentences, is_split_into_words=True, add_special_tokens=True, truncation=False)["input_ids"]
     kept = [i for i in range(len(ids)) if max_len is None or len(ids[i]) <= max_len]

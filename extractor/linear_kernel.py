@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from store.errors import StrataError
+
 #: ``--linear-kernel`` choices; ``auto`` = oneDNN on CPU where torch has it, else torch.
 #: (torch is imported on use, so the ``strata`` parser starts without it.)
 KERNELS = ("auto", "onednn", "torch")
@@ -62,8 +64,6 @@ def onednn_linear_class():
 
 def resolve(kernel: str, device: str) -> str:
     """The kernel a run will use: ``auto`` becomes ``onednn`` on CPU when available."""
-    from store.errors import StrataError
-
     if kernel not in KERNELS:
         raise StrataError(f"--linear-kernel: choose from {', '.join(KERNELS)}, got {kernel!r}")
     on_cpu = device == "cpu"
