@@ -65,23 +65,32 @@ class MultinomialLogistic:
         Z[rows, :, y] -= 1.0
         return Z
 
-    def lipschitz(self, blocks) -> float:
-        """A bound on the gradient's Lipschitz constant, shared by all probes.
-
-        The softmax cross-entropy Hessian in the logits is at most I/2 (Böhning
-        1992), so the bound is ``lambda_max([X 1]^T [X 1] / n) / 2``, the ones
-        column standing for the intercept.  One pass over the data.
-        """
-        xp, gram, col_sums = None, None, None
+    def gram(self, blocks):
+        """``([X 1]^T [X 1] / n)`` in float64 on the host, one pass: the curvature the
+        Lipschitz bound and the solver's preconditioner are built from."""
+        from probe_engine.backend import to_numpy
+        gram, col_sums = None, None
         for X, _ in blocks:
-            xp = module_of(X)
             g, s = (X.T @ X).astype(np.float64), X.sum(axis=0, dtype=np.float64)
             gram, col_sums = (g, s) if gram is None else (gram + g, col_sums + s)
         n = blocks.n_rows
+        gram, col_sums = to_numpy(gram), to_numpy(col_sums)
         d = gram.shape[0]
-        full = xp.empty((d + 1, d + 1), dtype=np.float64)
+        full = np.empty((d + 1, d + 1), dtype=np.float64)
         full[:d, :d], full[:d, d], full[d, :d], full[d, d] = gram, col_sums, col_sums, n
-        return 0.5 * float(xp.linalg.eigvalsh(full / n)[-1])
+        return full / n
+
+    @staticmethod
+    def lipschitz_of(gram) -> float:
+        """A bound on the gradient's Lipschitz constant, shared by all probes, from
+        :meth:`gram`: the softmax cross-entropy Hessian in the logits is at most I/2
+        (Böhning 1992), so the bound is ``lambda_max([X 1]^T [X 1] / n) / 2``, the ones
+        column standing for the intercept."""
+        return 0.5 * float(np.linalg.eigvalsh(gram)[-1])
+
+    def lipschitz(self, blocks) -> float:
+        """:meth:`lipschitz_of` the blocks' Gram (one pass)."""
+        return self.lipschitz_of(self.gram(blocks))
 
     def initial_intercept(self, class_counts, xp, dtype):
         """The exact optimum with all weights zero: log class frequencies."""

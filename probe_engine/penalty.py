@@ -61,6 +61,14 @@ class ElasticNet:
         linear there and only adds a constant): what curvature pairs see."""
         return 2.0 * self.l2[None, :, None] * W
 
+    def smooth(self):
+        """Per probe, whether the penalty is differentiable everywhere (``l1 = 0``)."""
+        return self.l1 == 0
+
+    def curvature(self):
+        """Per probe, the penalty's Hessian as a multiple of the identity where it is smooth."""
+        return 2.0 * self.l2
+
     def orthant_step(self, W, D, pseudo):
         """OWL-QN's trial point ``pi(W + D; xi)``: the orthant ``xi`` is the sign of ``W``,
         or of ``-pseudo`` where ``W`` is 0, and coordinates that leave it are set to exactly 0.
@@ -107,6 +115,12 @@ class Restricted:
 
     def smooth_gradient(self, W):
         return self.inner.smooth_gradient(W) * self.support[:, :, None]
+
+    def smooth(self):
+        return self.inner.smooth()
+
+    def curvature(self):
+        return self.inner.curvature()
 
     def orthant_step(self, W, D, pseudo):
         return self.inner.orthant_step(W, D, pseudo) * self.support[:, :, None]

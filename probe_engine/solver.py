@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probe_engine.backend import module_of, to_numpy
+from probe_engine.preconditioner import Identity
 
 
 @dataclass
@@ -96,10 +97,12 @@ def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, m
 
 
 def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
-           memory: int = 5, sigma: float = 1e-4, on_iteration=None) -> Solutions:
+           memory: int = 5, sigma: float = 1e-4, on_iteration=None, h0=None) -> Solutions:
     """Solve all probes from ``W0 (d, P, C)``, ``b0 (P, C)`` (device arrays).
 
-    ``on_iteration(iteration, n_active)`` is called after every data pass.
+    ``on_iteration(iteration, n_active)`` is called after every data pass.  ``h0`` (the
+    quasi-Newton preconditioner of :func:`owlqn`) is accepted and not used: a prox step
+    is exact only in a diagonal metric.
     """
     xp = module_of(W0)
     d, P, C = W0.shape
@@ -174,18 +177,20 @@ class _QNBatch:
     pg: object  # (P,) bool: the probe has switched to SpaRSA steps
     alpha: object  # (P,) its curvature estimate (1 / step), Barzilai-Borwein
     penalty: object
+    h0: object  # the initial inverse Hessian (preconditioner.Identity or GramPreconditioner)
 
     def subset(self, keep):
         return _QNBatch(self.W[:, keep], self.b[keep], self.grad_W[:, keep], self.grad_b[keep], self.pseudo[:, keep],
                         self.loss[keep], self.objective[keep], self.optimality[keep], self.D_W[:, keep],
                         self.D_b[keep], self.t[keep], self.fails[keep], self.S_W[:, :, keep], self.S_b[:, keep],
                         self.Y_W[:, :, keep], self.Y_b[:, keep], self.rho[:, keep], self.history[keep],
-                        self.pg[keep], self.alpha[keep], self.penalty.subset(keep))
+                        self.pg[keep], self.alpha[keep], self.penalty.subset(keep), self.h0.subset(keep))
 
 
-def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma):
-    """``H q`` for every probe by the L-BFGS two-loop recursion (Nocedal 1980), ``H_0 = gamma I``;
-    empty slots have ``rho = 0`` and drop out."""
+def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma, h0):
+    """``H q`` for every probe by the L-BFGS two-loop recursion (Nocedal 1980), ``H_0 = gamma h0``
+    (``h0`` acts on the weights; the intercept's is the identity); empty slots have ``rho = 0``
+    and drop out."""
     m = rho.shape[0]
     a = [None] * m
     for i in range(m - 1, -1, -1):
@@ -193,7 +198,7 @@ def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma):
         q_W = q_W - a[i].astype(q_W.dtype)[None, :, None] * Y_W[i]
         q_b = q_b - a[i].astype(q_b.dtype)[:, None] * Y_b[i]
     g = gamma.astype(q_W.dtype)
-    r_W, r_b = q_W * g[None, :, None], q_b * g[:, None]
+    r_W, r_b = h0.apply(q_W) * g[None, :, None], q_b * g[:, None]
     for i in range(m):
         c = (a[i] - rho[i] * _dot(Y_W[i], Y_b[i], r_W, r_b)).astype(r_W.dtype)
         r_W = r_W + c[None, :, None] * S_W[i]
@@ -203,7 +208,7 @@ def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma):
 
 def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
           memory: int = 10, nonmonotone: int = 5, sigma: float = 1e-4, max_fails: int = 3,
-          on_iteration=None) -> Solutions:
+          on_iteration=None, h0=None) -> Solutions:
     """Solve all probes from ``W0 (d, P, C)``, ``b0 (P, C)`` (device arrays) by batched OWL-QN.
 
     Method: orthant-wise limited-memory quasi-Newton (Andrew & Gao, "Scalable training
@@ -222,6 +227,9 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     float32 rounding of the objective stalls the quasi-Newton line search, and the
     prox-gradient step is robust to it.  A probe whose quasi-Newton direction is no
     descent restarts from the steepest-descent step ``-pseudo / L`` with an empty memory.
+    ``h0`` is the initial inverse Hessian of the two-loop recursion, scaled by each
+    probe's ``<s, y> / <y, h0 y>`` (default the identity; ``train_probes`` passes
+    :class:`probe_engine.preconditioner.GramPreconditioner`).
 
     As in :func:`sparsa`, one data pass evaluates every active probe's trial point, the
     stopping test is the exact distance to the subdifferential at an accepted point
@@ -244,7 +252,8 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
                  S_W=xp.zeros((memory, d, P, C), f32), S_b=xp.zeros((memory, P, C), f32),
                  Y_W=xp.zeros((memory, d, P, C), f32), Y_b=xp.zeros((memory, P, C), f32),
                  rho=xp.zeros((memory, P)), history=xp.tile(objective[:, None], (1, nonmonotone)),
-                 pg=xp.zeros(P, dtype=bool), alpha=xp.full(P, lipschitz), penalty=penalty)
+                 pg=xp.zeros(P, dtype=bool), alpha=xp.full(P, lipschitz), penalty=penalty,
+                 h0=Identity() if h0 is None else h0)
     active = np.arange(P)
     iteration = 1
     while True:
@@ -288,9 +297,9 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         bb = xp.clip(sy / xp.maximum(ss, 1e-30), 1e-6 * lipschitz, lipschitz)
         alpha = xp.where(a1, bb, xp.where(s.pg, xp.minimum(2.0 * s.alpha, lipschitz), s.alpha))
         # new direction for the probes that moved (or restart): -H pseudo, sign-aligned with -pseudo
-        yy_last = _dot(Y_W[-1], Y_b[-1], Y_W[-1], Y_b[-1])
-        gamma = xp.where(rho[-1] > 0, 1.0 / xp.maximum(rho[-1] * yy_last, 1e-300), inv_L)  # <s, y> / <y, y>
-        D_W, D_b = _two_loop(S_W, S_b, Y_W, Y_b, rho, -pseudo, -grad_b, gamma)
+        yy_last = _dot(Y_W[-1], Y_b[-1], s.h0.apply(Y_W[-1]), Y_b[-1])
+        gamma = xp.where(rho[-1] > 0, 1.0 / xp.maximum(rho[-1] * yy_last, 1e-300), inv_L)  # <s, y> / <y, h0 y>
+        D_W, D_b = _two_loop(S_W, S_b, Y_W, Y_b, rho, -pseudo, -grad_b, gamma, s.h0)
         D_W = s.penalty.align_direction(D_W, pseudo)
         descent = _dot(D_W, D_b, pseudo, grad_b) < 0
         moved = a1 | reset
@@ -305,7 +314,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
                      t=xp.where(moved, 1.0, 0.5 * s.t), fails=xp.where(reset, 0, fails),
                      S_W=S_W, S_b=S_b, Y_W=Y_W, Y_b=Y_b, rho=rho,
                      history=xp.where(a2, xp.concatenate([s.history[:, 1:], z_objective[:, None]], axis=1), s.history),
-                     pg=pg, alpha=alpha, penalty=s.penalty)
+                     pg=pg, alpha=alpha, penalty=s.penalty, h0=s.h0)
         if on_iteration:
             on_iteration(iteration, len(active))
     if on_iteration:

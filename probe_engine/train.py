@@ -14,6 +14,7 @@ import numpy as np
 
 from probe_engine.datafit import MultinomialLogistic
 from probe_engine.penalty import ElasticNet, Restricted
+from probe_engine.preconditioner import GramPreconditioner
 from probe_engine.solver import Solutions, owlqn, sparsa  # noqa: F401 (sparsa: the previous default)
 
 #: Solver defaults, shared by the estimator and ``strata probe``.
@@ -30,7 +31,7 @@ def class_counts(blocks, n_classes: int) -> np.ndarray:
 
 
 def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL,
-                 max_iter: int = DEFAULT_MAX_ITER, counts=None, lipschitz=None, support=None,
+                 max_iter: int = DEFAULT_MAX_ITER, counts=None, gram=None, support=None,
                  on_iteration=None, solver=owlqn, start=None) -> Solutions:
     """Fit one probe per ``(l1[p], l2[p])`` on ``blocks`` (pairs of device arrays
     ``X`` float32 standardized and ``y`` class indices ``0..n_classes-1``).
@@ -43,6 +44,9 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     certified optimal after the first pass.  ``start = (W (d, P, C), b (P, C))`` (host
     arrays, e.g. the solutions of neighbouring grid points) replaces that starting point.
 
+    ``gram`` is the blocks' :meth:`MultinomialLogistic.gram` when the caller has it (one
+    pass saved); it gives the solver its Lipschitz bound and preconditioner.
+
     ``solver`` is any function with the signature of :func:`probe_engine.solver.owlqn`
     (the default, batched OWL-QN) or :func:`probe_engine.solver.sparsa`.
     """
@@ -50,7 +54,7 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     counts = class_counts(blocks, n_classes) if counts is None else counts
     if (counts == 0).any():
         raise ValueError("every class must occur in the training rows")
-    L = datafit.lipschitz(blocks) if lipschitz is None else lipschitz
+    gram = datafit.gram(blocks) if gram is None else gram
     P, d = len(l1), blocks.n_features
     penalty = ElasticNet(xp.asarray(l1, dtype=np.float32), xp.asarray(l2, dtype=np.float32))
     if support is not None:
@@ -62,8 +66,9 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
         W0, b0 = (xp.asarray(a, dtype=np.float32) for a in start)
         if support is not None:
             W0 = W0 * penalty.support[:, :, None]
-    return solver(datafit, penalty, blocks, W0, b0, lipschitz=L, tol=tol, max_iter=max_iter,
-                  on_iteration=on_iteration)
+    h0 = GramPreconditioner.build(gram[:d, :d], penalty.curvature(), penalty.smooth(), support, xp)
+    return solver(datafit, penalty, blocks, W0, b0, lipschitz=datafit.lipschitz_of(gram), tol=tol,
+                  max_iter=max_iter, on_iteration=on_iteration, h0=h0)
 
 
 #: How a grid's probes are scheduled (see :func:`train_grid`).
@@ -91,11 +96,11 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     if schedule not in GRID_SCHEDULES:
         raise ValueError(f"schedule must be one of {GRID_SCHEDULES}, got {schedule!r}")
     counts = class_counts(blocks, n_classes) if counts is None else counts
-    lipschitz = MultinomialLogistic(n_classes).lipschitz(blocks)  # one bound for every call
+    gram = MultinomialLogistic(n_classes).gram(blocks)  # one pass for every call
     if schedule == "batched":
         grid = [(a, b) for a in l1s for b in l2s]
         return train_probes(blocks, n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp, tol=tol,
-                            max_iter=max_iter, counts=counts, lipschitz=lipschitz, on_iteration=on_iteration)
+                            max_iter=max_iter, counts=counts, gram=gram, on_iteration=on_iteration)
     stages, start, passes = {}, None, 0
     order = sorted(range(len(l2s)), key=lambda j: -l2s[j])
     for k, j in enumerate(order):
@@ -103,7 +108,7 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
         progress = None if on_iteration is None else (
             lambda it, active, before=passes, later=later: on_iteration(before + it, active + later))
         sol = train_probes(blocks, n_classes, list(l1s), [l2s[j]] * len(l1s), xp=xp, tol=tol, max_iter=max_iter,
-                           counts=counts, lipschitz=lipschitz, on_iteration=progress, start=start)
+                           counts=counts, gram=gram, on_iteration=progress, start=start)
         stages[j], start = sol, (sol.W, sol.b)
         passes += int(sol.iterations.max())
 

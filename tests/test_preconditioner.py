@@ -1,0 +1,97 @@
+"""The quasi-Newton preconditioner: the exact inverse it claims to apply, and what it buys."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from probe_engine.blocks import InMemoryBlocks
+from probe_engine.preconditioner import CURVATURE, FLOOR, GramPreconditioner, Identity
+from probe_engine.solver import owlqn
+from probe_engine.train import train_probes
+
+
+def spd(d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(3 * d, d)) * np.geomspace(0.05, 5, d)
+    return A.T @ A / (3 * d)
+
+
+def test_apply_is_the_inverse_of_each_probes_shifted_gram_block():
+    d, P, C = 12, 5, 3
+    gram = spd(d, 0)
+    curvature = np.array([2e-3, 0.0, 0.5, 2e-2, 0.1])
+    smooth = np.array([True, True, True, False, True])
+    support = np.ones((d, P), bool)
+    support[6:, 2] = False  # probe 2 lives on the first 6 features
+    support[::3, 4] = False  # probe 4 on another subset
+    h0 = GramPreconditioner.build(gram, curvature, smooth, support, np)
+    Q = np.random.default_rng(1).normal(size=(d, P, C)).astype(np.float32)
+    R = h0.apply(Q)
+    floor = FLOOR * np.trace(gram) / d
+    for p in range(P):
+        if not smooth[p]:
+            assert np.array_equal(R[:, p], Q[:, p])  # l1 > 0: the identity, bit for bit
+            continue
+        S = np.flatnonzero(support[:, p])
+        block = gram[np.ix_(S, S)] + (curvature[p] / CURVATURE + floor) * np.eye(len(S))
+        np.testing.assert_allclose(R[S, p], np.linalg.solve(block, Q[S, p].astype(np.float64)), rtol=2e-4, atol=2e-4)
+        assert np.array_equal(R[~support[:, p], p], Q[~support[:, p], p])  # rows off the support untouched
+
+
+def test_subset_follows_the_probes_that_stay():
+    d, P, C = 10, 6, 2
+    gram = spd(d, 2)
+    support = np.ones((d, P), bool)
+    support[5:, 1] = False
+    h0 = GramPreconditioner.build(gram, np.full(P, 2e-3), np.array([1, 1, 0, 1, 1, 1], bool), support, np)
+    Q = np.random.default_rng(3).normal(size=(d, P, C)).astype(np.float32)
+    keep = np.array([False, True, True, False, True, True])
+    np.testing.assert_allclose(h0.subset(keep).apply(Q[:, keep]), h0.apply(Q)[:, keep], rtol=1e-6, atol=1e-6)
+    assert isinstance(GramPreconditioner.build(gram, np.ones(2), np.zeros(2, bool), None, np), Identity)
+
+
+@pytest.fixture(scope="module")
+def ill_conditioned():
+    """800 rows, 30 correlated features (covariance eigenvalues spread over 4 decades), 5 classes."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(800, 30))
+    mix = np.linalg.qr(rng.normal(size=(30, 30)))[0] * np.geomspace(0.01, 1, 30)
+    X = StandardScaler().fit_transform(Z @ mix.T)
+    y = (X @ rng.normal(size=(30, 5)) * 2 + rng.gumbel(size=(800, 5))).argmax(axis=1)
+    return X.astype(np.float32), y
+
+
+def test_smooth_probes_need_fewer_passes_for_the_same_certified_answer(ill_conditioned):
+    X, y = ill_conditioned
+    blocks = InMemoryBlocks([(X[:400], y[:400]), (X[400:], y[400:])], X.shape[1])
+    identity = lambda *a, h0, **k: owlqn(*a, **k)  # noqa: E731  (H_0 = gamma I)
+    smooth = ([0.0, 0.0], [1e-4, 1e-2])
+    plain = train_probes(blocks, 5, *smooth, xp=np, tol=1e-6, max_iter=20000, solver=identity)
+    gram = train_probes(blocks, 5, *smooth, xp=np, tol=1e-6, max_iter=20000)
+    assert plain.converged.all() and gram.converged.all()
+    np.testing.assert_allclose(gram.objective, plain.objective, rtol=1e-6)
+    assert (gram.iterations * 1.5 < plain.iterations).all(), (gram.iterations, plain.iterations)
+    # a probe with l1 > 0 keeps H_0 = gamma I: the same bits as without the preconditioner
+    lasso = [train_probes(blocks, 5, [1e-3], [1e-4], xp=np, tol=1e-6, max_iter=20000, solver=s) for s in (identity, owlqn)]
+    assert lasso[0].iterations[0] == lasso[1].iterations[0] and np.array_equal(lasso[0].W, lasso[1].W)
+
+
+def test_smooth_probe_on_a_support_matches_sklearn_on_those_columns(ill_conditioned):
+    X, y = ill_conditioned
+    blocks = InMemoryBlocks([(X, y)], X.shape[1])
+    support = np.zeros((X.shape[1], 1), bool)
+    support[::2, 0] = True
+    l2 = 1e-3
+    ours = train_probes(blocks, 5, [0.0], [l2], xp=np, tol=1e-7, max_iter=20000, support=support)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = LogisticRegression(C=1 / (2 * l2 * len(y)), solver="lbfgs", tol=1e-12, max_iter=10000).fit(
+            X[:, ::2].astype(np.float64), y)
+    assert ours.converged[0]
+    assert (ours.W[~support[:, 0], 0] == 0).all()
+    np.testing.assert_allclose(ours.W[support[:, 0], 0], ref.coef_.T, atol=2e-3)
