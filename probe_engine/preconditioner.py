@@ -15,14 +15,17 @@ pairs, and the penalty's curvature ``2 * l2`` is added: probe ``p`` starts from
 floor keeps a probe with ``l2 = 0`` away from the Gram's null space).  Applying it costs
 two products with the Gram's eigenvectors, ``d x d`` by ``d x C`` per probe, about
 ``d / n`` of a data pass.  Measured on MiniLM layer 4, XPOS (51k rows, 384 features, 49
-classes): the three ``l1 = 0`` probes of the benchmark grid needed 213, 162 and 130 passes
+classes): the three ``l1 = 0`` probes of the benchmark grid needed 247, 162 and 134 passes
 to ``tol = 1e-5`` instead of 449, 295 and 833.
 
 Only probes whose penalty is smooth (``l1 = 0``) get it.  OWL-QN's orthant projection
-and sign alignment act coordinate by coordinate and need a diagonal ``H_0``: with this
-one, probes with ``l1 > 0`` stalled (4 of 5 did not certify in 1,000 passes, also when
-the Gram was restricted to their free coordinates), and a per-class diagonal made
-every probe slower.  A probe restricted to a support (top-k neurons) gets the inverse
+and sign alignment act coordinate by coordinate and want a diagonal ``H_0``.  Measured on
+the same problem, probes with ``l1 > 0``: with this ``H_0``, 5 of 5 did not certify in
+1,000 passes (4 of 5 with the Gram's inverse restricted to their free coordinates); with
+the Gram block of the free coordinates inverted by 10 conjugate-gradient steps all
+certified, but after 10-100% more passes; a per-class diagonal left all 8 probes tried
+uncertified at 1,000 passes.
+A probe restricted to a support (top-k neurons) gets the inverse
 of its own support's block ``G_SS``: probes that share a support share one
 eigendecomposition.
 """
