@@ -76,8 +76,8 @@ class ColumnBlocks:
         self.columns = xp.asarray(columns)
         self.n_rows, self.n_features = blocks.n_rows, len(columns)
         self.source = blocks
-        self.pairs = ([(xp.ascontiguousarray(X[:, self.columns]), y) for X, y in blocks]
-                      if isinstance(blocks, InMemoryBlocks) else None)
+        held = isinstance(blocks, InMemoryBlocks) or getattr(blocks, "pairs", None) is not None
+        self.pairs = [(xp.ascontiguousarray(X[:, self.columns]), y) for X, y in blocks] if held else None
 
     def __iter__(self):
         if self.pairs is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from probe_engine.backend import module_of
+from probe_engine.blocks import ColumnBlocks
 from probe_engine.row_tasks import map_row_slices
 
 
@@ -20,14 +21,25 @@ class MultinomialLogistic:
 
     def __init__(self, n_classes: int):
         self.n_classes = n_classes
+        self._narrowed = None  # (source blocks, columns as host bytes, ColumnBlocks): the last narrowing
 
-    def value_and_gradient(self, blocks, W, b):
+    def value_and_gradient(self, blocks, W, b, columns=None):
         """One pass over ``blocks`` (pairs ``(X, y)``, class indices ``y``).
 
         Returns ``(loss (P,), grad_W (d, P, C), grad_b (P, C))``, every term
-        divided by the number of rows.
+        divided by the number of rows.  ``columns`` (host int array, or ``None`` for all):
+        the only features any probe may use (the penalty's :meth:`columns`); the pass then
+        reads those columns alone and ``grad_W`` is 0 on the others.  So probes restricted
+        to few neurons stop paying for the rest once the wider probes of their batch
+        have finished.
         """
         xp = module_of(W)
+        if columns is not None and len(columns) < W.shape[0]:
+            narrow = self._narrow(blocks, columns, xp)
+            loss, part_W, grad_b = self.value_and_gradient(narrow, W[narrow.columns], b)
+            grad_W = xp.zeros_like(W)
+            grad_W[narrow.columns] = part_W
+            return loss, grad_W, grad_b
         d, P, C = W.shape
         W2 = W.reshape(d, P * C)
         loss = xp.zeros(P, dtype=np.float64)
@@ -47,6 +59,14 @@ class MultinomialLogistic:
                 grad_b += part_b
         n = blocks.n_rows
         return loss / n, grad_W.reshape(d, P, C) / n, (grad_b / n).astype(W.dtype)
+
+    def _narrow(self, blocks, columns, xp):
+        """``blocks`` restricted to ``columns``, kept while the columns stay the same (held
+        blocks are gathered once per column set, not once per pass)."""
+        key = np.asarray(columns).tobytes()
+        if self._narrowed is None or self._narrowed[0] is not blocks or self._narrowed[1] != key:
+            self._narrowed = (blocks, key, ColumnBlocks(blocks, columns, xp))
+        return self._narrowed[2]
 
     def _log_softmax_residual(self, logits, b, y, loss_acc):
         """Turn logits (rows, P*C) into ``softmax - onehot(y)`` in place, adding each

@@ -10,7 +10,10 @@ The intercept is never penalized, so it never reaches a penalty.
 
 from __future__ import annotations
 
+import numpy as np
+
 from probe_engine.backend import module_of as _xp
+from probe_engine.backend import to_numpy
 
 
 class ElasticNet:
@@ -65,6 +68,14 @@ class ElasticNet:
         """Per probe, whether the penalty is differentiable everywhere (``l1 = 0``)."""
         return self.l1 == 0
 
+    def columns(self):
+        """The features any probe may use, as host indices; ``None``: all of them."""
+        return None
+
+    def feasible(self, G):
+        """``G (d, P, C)`` on the directions the probes' weights may move in: all of them."""
+        return G
+
     def curvature(self):
         """Per probe, the penalty's Hessian as a multiple of the identity where it is smooth."""
         return 2.0 * self.l2
@@ -118,6 +129,14 @@ class Restricted:
 
     def smooth(self):
         return self.inner.smooth()
+
+    def feasible(self, G):
+        """Zero outside each probe's support: curvature pairs then live in the probe's subspace."""
+        return self.inner.feasible(G) * self.support[:, :, None]
+
+    def columns(self):
+        """The union of the probes' supports (narrower as probes leave the batch)."""
+        return np.flatnonzero(to_numpy(self.support.any(axis=1)))
 
     def curvature(self):
         return self.inner.curvature()

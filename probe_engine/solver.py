@@ -3,7 +3,8 @@
 ``minimize datafit(W, b) + penalty(W)`` for P probes side by side.  The solver
 knows nothing about either term beyond their interfaces: the datafit gives value
 and gradient in one data pass and a Lipschitz bound; the penalty gives value,
-prox and the distance of a gradient to its subdifferential (skglm's split).
+prox and the distance of a gradient to its subdifferential (skglm's split), and
+the features its probes may use at all, which is all the datafit's pass reads.
 
 Method: SpaRSA (Wright, Nowak & Figueiredo, "Sparse reconstruction by separable
 approximation", IEEE TSP 2009).  Each probe takes the prox step
@@ -109,7 +110,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
     out = Solutions(W=np.zeros((d, P, C), np.float32), b=np.zeros((P, C), np.float32),
                     objective=np.zeros(P), loss=np.zeros(P), converged=np.zeros(P, bool),
                     iterations=np.zeros(P, int), optimality=np.zeros(P))
-    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0)
+    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.columns())
     objective = loss + penalty.value(W0)
     s = _Batch(W0, b0, grad_W, grad_b, loss, objective, _optimality(penalty, W0, grad_W, grad_b),
                alpha=xp.full(P, 1e-2 * lipschitz), history=xp.tile(objective[:, None], (1, memory)),
@@ -124,7 +125,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
         step = (1.0 / s.alpha).astype(W0.dtype)
         Z_W = s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step)
         Z_b = s.b - step[:, None] * s.grad_b
-        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b)
+        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.columns())
         iteration += 1
         z_objective = z_loss + s.penalty.value(Z_W)
         d_W, d_b = Z_W - s.W, Z_b - s.b
@@ -242,7 +243,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     out = Solutions(W=np.zeros((d, P, C), np.float32), b=np.zeros((P, C), np.float32),
                     objective=np.zeros(P), loss=np.zeros(P), converged=np.zeros(P, bool),
                     iterations=np.zeros(P, int), optimality=np.zeros(P))
-    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0)
+    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.columns())
     objective = loss + penalty.value(W0)
     pseudo = penalty.min_norm_subgradient(W0, grad_W)
     inv_L = 1.0 / lipschitz
@@ -267,7 +268,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         Z_W = xp.where(pg3, s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step),
                        s.penalty.orthant_step(s.W, t[None, :, None] * s.D_W, s.pseudo))
         Z_b = xp.where(pg2, s.b - step[:, None] * s.grad_b, s.b + t[:, None] * s.D_b)
-        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b)
+        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.columns())
         iteration += 1
         z_objective = z_loss + s.penalty.value(Z_W)
         d_W, d_b = Z_W - s.W, Z_b - s.b
@@ -276,7 +277,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
             pg1, -0.5 * sigma * s.alpha * ss, sigma * _dot(s.pseudo, s.grad_b, d_W, d_b))
         accept |= pg1 & (s.alpha >= lipschitz)
         # curvature pair of the accepted step (skipped unless <s, y> > 0)
-        y_W = (z_grad_W + s.penalty.smooth_gradient(Z_W)) - (s.grad_W + s.penalty.smooth_gradient(s.W))
+        y_W = s.penalty.feasible((z_grad_W + s.penalty.smooth_gradient(Z_W)) - (s.grad_W + s.penalty.smooth_gradient(s.W)))
         y_b = z_grad_b - s.grad_b
         sy, yy = _dot(d_W, d_b, y_W, y_b), _dot(y_W, y_b, y_W, y_b)
         store = accept & (sy > 1e-10 * xp.sqrt(_dot(d_W, d_b, d_W, d_b) * yy))

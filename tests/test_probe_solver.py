@@ -297,3 +297,47 @@ def test_a_float16_store_fits_whole_under_its_float32_size(tiny_bert, ud_dev, tm
             assert np.array_equal(a, b) and np.array_equal(ya, yb)
     # each block read twice: once into the held copy (never again), once by in_memory itself
     assert sorted(reads) == sorted(list(range(features.n_blocks)) * 2)
+
+
+def test_a_pass_reads_only_the_columns_the_penalty_allows(problem):
+    """``columns`` narrows the pass: same loss and gradient on those columns, 0 elsewhere,
+    and held blocks are gathered once per column set, not once per pass."""
+    from probe_engine.datafit import MultinomialLogistic
+    from probe_engine.penalty import ElasticNet, Restricted
+
+    class Counted(InMemoryBlocks):
+        reads = 0
+
+        def __iter__(self):
+            Counted.reads += 1
+            return super().__iter__()
+
+    X, y = problem
+    X32 = X.astype(np.float32)
+    blocks = Counted([(X32[:256], y[:256]), (X32[256:], y[256:])], X.shape[1])
+    rng = np.random.default_rng(0)
+    columns = np.array([0, 3, 5, 10])
+    W = np.zeros((X.shape[1], 3, 4), np.float32)
+    W[columns] = rng.normal(size=(len(columns), 3, 4))
+    b = rng.normal(size=(3, 4)).astype(np.float32)
+    datafit = MultinomialLogistic(4)
+    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W, b)
+    assert Counted.reads == 1
+    n_loss, n_grad_W, n_grad_b = datafit.value_and_gradient(blocks, W, b, columns)
+    np.testing.assert_allclose(n_loss, loss, rtol=1e-6)
+    np.testing.assert_allclose(n_grad_W[columns], grad_W[columns], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(n_grad_b, grad_b, rtol=1e-5, atol=1e-7)
+    assert not np.delete(n_grad_W, columns, axis=0).any()
+    assert Counted.reads == 2  # the gather
+    datafit.value_and_gradient(blocks, W, b, columns)
+    assert Counted.reads == 2  # same columns: the gathered copy again
+    datafit.value_and_gradient(blocks, W, b, columns[:2])
+    assert Counted.reads == 3
+    # a restricted penalty's columns are the union of its probes' supports, and shrink with the batch
+    support = np.zeros((X.shape[1], 2), bool)
+    support[:, 0] = True
+    support[columns, 1] = True
+    penalty = Restricted(ElasticNet(np.zeros(2, np.float32), np.ones(2, np.float32)), support.astype(np.float32))
+    assert np.array_equal(penalty.columns(), np.arange(X.shape[1]))
+    assert np.array_equal(penalty.subset(np.array([False, True])).columns(), columns)
+    assert ElasticNet(np.zeros(1), np.zeros(1)).columns() is None
