@@ -9,8 +9,9 @@ and Durrani et al. 2020), with Hewitt & Liang's control tasks (EMNLP 2019):
 2. **ranking** of all neurons from the oracle's weights (``lca``) or from class
    means (``probeless``), see ranking.py;
 3. **minimal**: one probe per fraction on its top-k neurons, all in one batch (the
-   batch reads only the union of the probes' columns, blocks.ColumnBlocks, and each
-   probe's own top-k is a column mask in the penalty, penalty.Restricted); the
+   batch reads only the union of the probes' columns, blocks.ColumnBlocks, narrower
+   as the wider probes finish, and each probe's own top-k is a column mask in the
+   penalty, penalty.Restricted); the
    smallest k whose dev accuracy is within ``delta`` of the oracle's;
 4. **ablation** at that k: top, bottom and random k, retrained (one batch) and as
    the oracle with every other weight zeroed (no training);
