@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probe_engine.backend import module_of
+from probe_engine.backend import module_of, to_numpy
 from probe_engine.blocks import ColumnBlocks
 from probe_engine.row_tasks import map_row_slices
 
@@ -65,6 +65,7 @@ class MultinomialLogistic:
         blocks are gathered once per column set, not once per pass)."""
         key = np.asarray(columns).tobytes()
         if self._narrowed is None or self._narrowed[0] is not blocks or self._narrowed[1] != key:
+            self._narrowed = None  # free the previous copy first: never two narrowed copies at once
             self._narrowed = (blocks, key, ColumnBlocks(blocks, columns, xp))
         return self._narrowed[2]
 
@@ -88,7 +89,6 @@ class MultinomialLogistic:
     def gram(self, blocks):
         """``([X 1]^T [X 1] / n)`` in float64 on the host, one pass: the curvature the
         Lipschitz bound and the solver's preconditioner are built from."""
-        from probe_engine.backend import to_numpy
         gram, col_sums = None, None
         for X, _ in blocks:
             g, s = (X.T @ X).astype(np.float64), X.sum(axis=0, dtype=np.float64)
@@ -101,16 +101,13 @@ class MultinomialLogistic:
         return full / n
 
     @staticmethod
-    def lipschitz_of(gram) -> float:
+    def lipschitz_of(gram, xp=np) -> float:
         """A bound on the gradient's Lipschitz constant, shared by all probes, from
         :meth:`gram`: the softmax cross-entropy Hessian in the logits is at most I/2
         (Böhning 1992), so the bound is ``lambda_max([X 1]^T [X 1] / n) / 2``, the ones
-        column standing for the intercept."""
-        return 0.5 * float(np.linalg.eigvalsh(gram)[-1])
-
-    def lipschitz(self, blocks) -> float:
-        """:meth:`lipschitz_of` the blocks' Gram (one pass)."""
-        return self.lipschitz_of(self.gram(blocks))
+        column standing for the intercept.  ``xp``: where to solve (the GPU's eigensolver
+        for thousands of features)."""
+        return 0.5 * float(xp.linalg.eigvalsh(xp.asarray(gram))[-1])
 
     def initial_intercept(self, class_counts, xp, dtype):
         """The exact optimum with all weights zero: log class frequencies."""

@@ -42,8 +42,8 @@ from probe_engine.backend import to_numpy
 CURVATURE = 0.1
 #: The smallest shift, as a share of the Gram's mean eigenvalue (1 for standardized features).
 FLOOR = 0.01
-#: Eigenvector storage allowed for restricted supports (float32 bytes); supports past it
-#: keep ``H_0 = gamma I`` (e.g. hundreds of distinct large supports in one call).
+#: Eigenvector storage allowed for one call (float32 bytes); past it every probe keeps
+#: ``H_0 = gamma I`` (e.g. hundreds of distinct large supports in one call).
 MAX_BYTES = 1 << 30
 
 
@@ -81,30 +81,33 @@ class GramPreconditioner:
         ``curvature`` (``2 * l2``) and whether it is ``smooth``; ``support``: host bool
         (d, P) or ``None`` (every probe reads every feature)."""
         curvature, smooth = to_numpy(curvature).astype(np.float64), to_numpy(smooth).astype(bool)
+        support = None if support is None else to_numpy(support).astype(bool)
         d = gram.shape[0]
         floor = FLOOR * max(float(np.trace(gram)) / d, np.finfo(np.float64).tiny)
         by_support: dict[bytes, list[int]] = {}
         for p in np.flatnonzero(smooth):
             key = b"" if support is None else np.packbits(support[:, p]).tobytes()
             by_support.setdefault(key, []).append(int(p))
-        groups, spent = [], 0
-        for probes in by_support.values():
-            cols = None if support is None else np.flatnonzero(support[:, probes[0]])
-            k = d if cols is None else len(cols)
-            if k == 0 or spent + 4 * k * k > MAX_BYTES:
+        columns = {key: None if support is None else np.flatnonzero(support[:, probes[0]])
+                   for key, probes in by_support.items()}
+        sizes = [d if cols is None else len(cols) for cols in columns.values()]
+        if 4 * sum(k * k for k in sizes) > MAX_BYTES:  # all or none: a probe's H_0 never depends on its batch
+            return Identity()
+        groups = []
+        for (key, probes), k in zip(by_support.items(), sizes):
+            cols = columns[key]
+            if k == 0:
                 continue
-            spent += 4 * k * k
-            block = gram if cols is None or k == d else gram[np.ix_(cols, cols)]
-            eigenvalues, vectors = np.linalg.eigh(block)
-            mu = curvature[probes] / CURVATURE + floor
-            scale = 1.0 / (np.maximum(eigenvalues, 0.0)[:, None] + mu[None, :])
-            groups.append(_Group(None if cols is None or k == d else xp.asarray(cols),
-                                 xp.asarray(vectors, dtype=np.float32), xp.asarray(scale, dtype=np.float32),
-                                 np.asarray(probes), xp))
+            full = cols is None or k == d
+            block = xp.asarray(gram if full else gram[np.ix_(cols, cols)])
+            eigenvalues, vectors = xp.linalg.eigh(block)  # on the GPU when the probes are there
+            mu = xp.asarray(curvature[probes] / CURVATURE + floor)
+            scale = 1.0 / (xp.maximum(eigenvalues, 0.0)[:, None] + mu[None, :])
+            groups.append(_Group(None if full else xp.asarray(cols), vectors.astype(np.float32),
+                                 scale.astype(np.float32), np.asarray(probes), xp))
         return cls(groups, xp) if groups else Identity()
 
     def apply(self, Q):
-        xp = self.xp
         R = Q.copy()
         for g in self.groups:
             block = Q[:, g.probes] if g.columns is None else Q[g.columns[:, None], g.probes[None, :]]

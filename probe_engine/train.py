@@ -55,6 +55,9 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     if (counts == 0).any():
         raise ValueError("every class must occur in the training rows")
     gram = datafit.gram(blocks) if gram is None else gram
+    if gram.shape != (blocks.n_features + 1, blocks.n_features + 1):
+        raise ValueError(f"gram: shape {gram.shape} is not that of these blocks' [X 1] "
+                         f"({blocks.n_features + 1} x {blocks.n_features + 1})")
     P, d = len(l1), blocks.n_features
     penalty = ElasticNet(xp.asarray(l1, dtype=np.float32), xp.asarray(l2, dtype=np.float32))
     if support is not None:
@@ -67,7 +70,7 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
         if support is not None:
             W0 = W0 * penalty.support[:, :, None]
     h0 = GramPreconditioner.build(gram[:d, :d], penalty.curvature(), penalty.smooth(), support, xp)
-    return solver(datafit, penalty, blocks, W0, b0, lipschitz=datafit.lipschitz_of(gram), tol=tol,
+    return solver(datafit, penalty, blocks, W0, b0, lipschitz=datafit.lipschitz_of(gram, xp), tol=tol,
                   max_iter=max_iter, on_iteration=on_iteration, h0=h0)
 
 
