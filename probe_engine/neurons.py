@@ -39,7 +39,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from probe_engine.backend import array_module
-from probe_engine.blocks import ColumnBlocks
 from probe_engine.features import FeatureSet, Standardizer, block_tokens_for
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
@@ -142,10 +141,7 @@ class NeuronData:
                         quiet: bool, n_classes: int | None = None) -> dict:
         """One batch: a probe per column of ``support`` at (l1, l2); accuracies on every split."""
         P = support.shape[1]
-        train = self.blocks("train", y["train"], kind)
-        used = np.flatnonzero(support.any(axis=1))
-        if len(used) < support.shape[0]:  # every probe lives in these columns: train on them only
-            train, support = ColumnBlocks(train, used, self.xp), support[used]
+        train = self.blocks("train", y["train"], kind)  # train_probes reads only the supports' columns
         bar = tqdm(total=self.options["max_iter"], desc=desc, unit="pass", leave=False, disable=quiet)
         started = time.perf_counter()
         sol = train_probes(train, n_classes or len(self.classes), [l1] * P, [l2] * P, xp=self.xp, tol=self.options["tol"],
@@ -153,11 +149,9 @@ class NeuronData:
                            on_iteration=lambda it, active: bar.update(it - bar.n))
         seconds = time.perf_counter() - started
         bar.close()
-        W = np.zeros((self.d, P, sol.W.shape[2]), np.float32)
-        W[used] = sol.W
-        scores = {split: self.accuracy(split, y, kind, W, sol.b) for split in ("train", "dev", "test")}
+        scores = {split: self.accuracy(split, y, kind, sol.W, sol.b) for split in ("train", "dev", "test")}
         return {"scores": scores, "converged": sol.converged.tolist(), "iterations": sol.iterations.tolist(),
-                "nonzeros": [int(np.count_nonzero(W[:, p])) for p in range(P)], "seconds": seconds}
+                "nonzeros": [int(np.count_nonzero(sol.W[:, p])) for p in range(P)], "seconds": seconds}
 
     def accuracy(self, split: str, y: dict, kind: str, W: np.ndarray, b: np.ndarray) -> list[float]:
         pred, truth = predict(self.blocks(split, y[split], kind), W, b, self.xp)

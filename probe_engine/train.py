@@ -10,8 +10,11 @@ multinomial datafit with the elastic-net penalty and hands both to the solver.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from probe_engine.blocks import ColumnBlocks
 from probe_engine.datafit import MultinomialLogistic
 from probe_engine.penalty import ElasticNet, Restricted
 from probe_engine.preconditioner import GramPreconditioner
@@ -38,6 +41,9 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
 
     ``support``, a boolean ``(d, P)`` host array, restricts probe ``p`` to the features
     where ``support[:, p]`` is true (top-k neuron retraining); ``None``: all features.
+    The Gram and every pass then read only the union of the supports (narrower still as
+    probes finish, see :meth:`MultinomialLogistic.value_and_gradient`); ``W`` comes back
+    full width, 0 outside each support.
 
     Every probe starts at its all-zero-weights optimum (log class frequencies as
     intercept), so a probe whose ``l1`` is at least ``||grad_W||_inf`` there is
@@ -50,6 +56,18 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     ``solver`` is any function with the signature of :func:`probe_engine.solver.owlqn`
     (the default, batched OWL-QN) or :func:`probe_engine.solver.sparsa`.
     """
+    if support is not None:
+        support = np.asarray(support, dtype=bool)
+        used = np.flatnonzero(support.any(axis=1))
+        if len(used) < blocks.n_features:  # every probe lives in these columns: read only them
+            gram_used = None if gram is None else gram[np.ix_(*[np.append(used, blocks.n_features)] * 2)]
+            start_used = None if start is None else (np.asarray(start[0])[used], start[1])
+            sol = train_probes(ColumnBlocks(blocks, used, xp), n_classes, l1, l2, xp=xp, tol=tol, max_iter=max_iter,
+                               counts=counts, gram=gram_used, support=support[used], on_iteration=on_iteration,
+                               solver=solver, start=start_used)
+            W = np.zeros((blocks.n_features, *sol.W.shape[1:]), sol.W.dtype)
+            W[used] = sol.W
+            return replace(sol, W=W)
     datafit = MultinomialLogistic(n_classes)
     counts = class_counts(blocks, n_classes) if counts is None else counts
     if (counts == 0).any():

@@ -341,3 +341,22 @@ def test_a_pass_reads_only_the_columns_the_penalty_allows(problem):
     assert np.array_equal(penalty.columns(), np.arange(X.shape[1]))
     assert np.array_equal(penalty.subset(np.array([False, True])).columns(), columns)
     assert ElasticNet(np.zeros(1), np.zeros(1)).columns() is None
+
+
+def test_supports_inside_a_few_columns_train_on_those_columns_alone(problem):
+    """train_probes reads only the union of the supports: the same bits as training on
+    those columns, with W scattered back to full width."""
+    from probe_engine.blocks import ColumnBlocks
+
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    support = np.zeros((X.shape[1], 2), bool)
+    support[[1, 4, 7, 9], 0] = True
+    support[[4, 12], 1] = True
+    used = np.flatnonzero(support.any(axis=1))
+    full = train_probes(blocks, 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6, max_iter=5000, support=support)
+    narrow = train_probes(ColumnBlocks(blocks, used, np), 4, [1e-3, 0.0], [1e-4, 1e-3], xp=np, tol=1e-6,
+                          max_iter=5000, support=support[used])
+    assert full.W.shape == (X.shape[1], 2, 4) and np.array_equal(full.W[used], narrow.W)
+    assert not np.delete(full.W, used, axis=0).any()
+    assert np.array_equal(full.b, narrow.b) and np.array_equal(full.iterations, narrow.iterations)
