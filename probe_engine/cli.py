@@ -32,6 +32,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--l2", default=DEFAULT_GRID, help=f"l2 grid (default {DEFAULT_GRID})")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL,
                    help=f"stop a probe when its distance to optimality is at most this (default {DEFAULT_TOL})")
+    p.add_argument("--gap-tol", type=float, default=None,
+                   help="also stop a probe once its duality gap certifies its objective within this fraction "
+                        "of the optimum, e.g. 1e-3 (default: off; the gap is reported either way)")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
                    help=f"data passes per probe at most (default {DEFAULT_MAX_ITER})")
     p.add_argument("--grid-schedule", default="batched", choices=GRID_SCHEDULES,
@@ -56,6 +59,9 @@ def options_from_args(args) -> dict:
 
     if args.tol <= 0:
         raise StrataError(f"--tol: must be > 0, got {args.tol}")
+    gap_tol = getattr(args, "gap_tol", None)
+    if gap_tol is not None and not gap_tol > 0:
+        raise StrataError(f"--gap-tol: must be > 0, got {gap_tol}")
     if args.max_iter < 1:
         raise StrataError(f"--max-iter: must be >= 1, got {args.max_iter}")
     try:
@@ -75,7 +81,7 @@ def options_from_args(args) -> dict:
     return {"train": str(Path(args.train).resolve()), "dev": str(Path(args.dev).resolve()),
             "test": str(Path(args.test).resolve()) if args.test else None, "labels": labels,
             "pools": pools, "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
-            "tol": args.tol, "max_iter": args.max_iter, "device": args.device, "max_memory": int(max_memory),
+            "tol": args.tol, "gap_tol": gap_tol, "max_iter": args.max_iter, "device": args.device, "max_memory": int(max_memory),
             "grid_schedule": getattr(args, "grid_schedule", "batched"),  # strata neurons has no such option
             "seed": args.seed, "command": getattr(args, "argv", None)}
 

@@ -87,27 +87,77 @@ class MultinomialLogistic:
         return Z
 
     def gram(self, blocks):
-        """``([X 1]^T [X 1] / n)`` in float64 on the host, one pass: the curvature the
-        Lipschitz bound and the solver's preconditioner are built from."""
-        gram, col_sums = None, None
-        for X, _ in blocks:
-            g, s = (X.T @ X).astype(np.float64), X.sum(axis=0, dtype=np.float64)
-            gram, col_sums = (g, s) if gram is None else (gram + g, col_sums + s)
+        """``[X 1 Y]^T [X 1 Y] / n`` in float64 on the host, one pass (``Y`` the rows' one-hot
+        classes).  Its ``[X 1]`` block is the curvature the Lipschitz bound and the solver's
+        preconditioner are built from; its ``Y`` columns are the label moments the duality
+        gap needs (``X^T Y / n`` and the class frequencies, see :meth:`dual_point`)."""
+        C = self.n_classes
+        xx, x1, xy, counts = None, None, None, np.zeros(C, dtype=np.float64)
+        for X, y in blocks:
+            xp = module_of(X)
+            onehot = xp.zeros((len(y), C), dtype=X.dtype)
+            onehot[xp.arange(len(y)), y] = 1
+            parts = ((X.T @ X).astype(np.float64), X.sum(axis=0, dtype=np.float64), (X.T @ onehot).astype(np.float64))
+            xx, x1, xy = parts if xx is None else (xx + parts[0], x1 + parts[1], xy + parts[2])
+            counts += np.bincount(to_numpy(y), minlength=C)
         n = blocks.n_rows
-        gram, col_sums = to_numpy(gram), to_numpy(col_sums)
-        d = gram.shape[0]
-        full = np.empty((d + 1, d + 1), dtype=np.float64)
-        full[:d, :d], full[:d, d], full[d, :d], full[d, d] = gram, col_sums, col_sums, n
-        return full / n
+        d = blocks.n_features
+        full = np.zeros((d + 1 + C, d + 1 + C), dtype=np.float64)
+        full[:d, :d], full[:d, d], full[:d, d + 1:] = to_numpy(xx), to_numpy(x1), to_numpy(xy)
+        full[d, d], full[d, d + 1:] = n, counts
+        full[d + 1:, d + 1:] = np.diag(counts)
+        upper = np.triu(full, 1)
+        return (full + upper.T - np.tril(full, -1)) / n  # mirror the upper triangle
 
-    @staticmethod
-    def lipschitz_of(gram, xp=np) -> float:
+    def lipschitz_of(self, gram, xp=np) -> float:
         """A bound on the gradient's Lipschitz constant, shared by all probes, from
         :meth:`gram`: the softmax cross-entropy Hessian in the logits is at most I/2
         (Böhning 1992), so the bound is ``lambda_max([X 1]^T [X 1] / n) / 2``, the ones
         column standing for the intercept.  ``xp``: where to solve (the GPU's eigensolver
         for thousands of features)."""
-        return 0.5 * float(xp.linalg.eigvalsh(xp.asarray(gram))[-1])
+        k = gram.shape[0] - self.n_classes
+        return 0.5 * float(xp.linalg.eigvalsh(xp.asarray(gram[:k, :k]))[-1])
+
+    def label_moments(self, gram, xp):
+        """``(X^T Y / n (d, C) float32, class frequencies (C,) float64)`` on ``xp``, from :meth:`gram`."""
+        d = gram.shape[0] - 1 - self.n_classes
+        return xp.asarray(gram[:d, d + 1:], dtype=np.float32), xp.asarray(gram[d, d + 1:])
+
+    def dual_point(self, moments, W, b, loss, grad_W, grad_b):
+        """A point of the dual problem built from the primal point ``(W, b)`` and its pass, with
+        no further pass: returns ``(bound (P,), V (d, P, C))`` such that the dual objective
+        there is at least ``-bound - penalty_conjugate(V)`` (and at ``s`` times the point,
+        which stays a point of the loss conjugate's domain, at least ``-s bound -
+        penalty_conjugate(s V)``).
+
+        Fenchel duality for ``mean_i l(x_i W + b; y_i) + penalty(W)`` with ``b`` free:
+        ``D(T) = -sum_i l_i*(t_i) - penalty*(-X^T T)`` over rows ``t_i`` with
+        ``sum_i t_i = 0`` (the free intercept), where ``l*`` is the negative entropy of
+        ``n t_i + e_{y_i}`` on the simplex.  The dual point is ``T = (Q - Y) / n`` with ``Q``
+        the softmax probabilities ``P`` corrected to meet ``sum_i t_i = 0``: a class whose
+        mean probability ``m_k`` exceeds its frequency (``grad_b_k > 0``) gives up the share
+        ``grad_b_k / m_k`` of its probability in every row, and the classes below their
+        frequency receive that mass in proportion to their shortfall.  ``Q`` is linear in
+        ``P``, so ``V = X^T T`` comes from ``X^T P / n = grad_W + X^T Y / n``.  The entropy
+        of ``Q`` is bounded without the rows: the mean negative entropy of ``P`` is
+        ``<grad_W, W> + <grad_b, b> - loss`` (Fenchel-Young's equality); a shrunk class adds
+        at most ``grad_b_k log(1 / m_k) + f_k log(f_k / m_k)`` (Jensen), the receiving
+        classes at most the mass moved.  At the optimum ``grad_b = 0`` and this is the
+        exact dual optimum (zero gap).  ``moments``: :meth:`label_moments`.
+        """
+        xp = module_of(W)
+        M, freq = moments
+        gb = grad_b.astype(np.float64)
+        m = xp.maximum(freq[None, :] + gb, np.finfo(np.float64).tiny)  # mean probability of each class
+        over, short = xp.maximum(gb, 0.0), xp.maximum(-gb, 0.0)
+        moved = over.sum(axis=1)  # (P,) probability mass moved per row, on average
+        share = (over / m).astype(W.dtype)  # (P, C) what each shrunk class gives up
+        to = (short / xp.maximum(short.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)).astype(W.dtype)
+        H = grad_W + M[:, None, :]  # X^T P / n
+        V = grad_W - H * share + (H * share).sum(axis=2, keepdims=True) * to
+        neg_entropy = ((grad_W * W).sum(axis=(0, 2), dtype=np.float64) + (gb * b).sum(axis=1) - loss)
+        shrunk = xp.where(over > 0, over * xp.log(1.0 / m) + freq * xp.log(freq / m), 0.0).sum(axis=1)
+        return neg_entropy + shrunk + moved, V
 
     def initial_intercept(self, class_counts, xp, dtype):
         """The exact optimum with all weights zero: log class frequencies."""

@@ -33,6 +33,8 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         ``intercept_`` are always for the features as given.
     tol : stop once the distance from 0 to the objective's subdifferential is at
         most ``tol`` in every coordinate.
+    gap_tol : also stop once the duality gap certifies the objective within
+        ``gap_tol`` (relative) of the optimum; ``None`` (default): ``tol`` alone.
     max_iter : data passes at most.
     device : ``cpu`` (NumPy) or ``cuda`` (CuPy).
 
@@ -40,20 +42,22 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
     ----------
     coef_ (n_classes, n_features), intercept_ (n_classes,), classes_,
     n_iter_, converged_, objective_ (on the standardized problem), optimality_,
-    n_nonzero_.
+    duality_gap_ (objective_ minus the optimum is at most this), n_nonzero_.
     """
 
-    def __init__(self, l1=1e-4, l2=0.0, *, standardize=True, tol=DEFAULT_TOL,
+    def __init__(self, l1=1e-4, l2=0.0, *, standardize=True, tol=DEFAULT_TOL, gap_tol=None,
                  max_iter=DEFAULT_MAX_ITER, device="cpu"):
         self.l1, self.l2 = l1, l2
         self.standardize = standardize
-        self.tol, self.max_iter, self.device = tol, max_iter, device
+        self.tol, self.gap_tol, self.max_iter, self.device = tol, gap_tol, max_iter, device
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         if self.l1 < 0 or self.l2 < 0:
             raise ValueError(f"l1 and l2 must be >= 0, got l1={self.l1}, l2={self.l2}")
+        if self.gap_tol is not None and not self.gap_tol > 0:
+            raise ValueError(f"gap_tol must be > 0 or None, got {self.gap_tol}")
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"need at least two classes, got {len(self.classes_)}")
@@ -70,7 +74,7 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
               xp.asarray(y_idx[i:i + BLOCK_ROWS])) for i in range(0, len(X), BLOCK_ROWS)),
             X.shape[1])
         sol = train_probes(blocks, len(self.classes_), [self.l1], [self.l2], xp=xp,
-                           tol=self.tol, max_iter=self.max_iter)
+                           tol=self.tol, gap_tol=self.gap_tol, max_iter=self.max_iter)
         W, b = sol.W[:, 0, :], sol.b[0]  # (d, C), (C,) on standardized features
         self.coef_standardized_ = W.T.copy()
         self.coef_ = (W / self.scale_[:, None]).T.astype(np.float64)
@@ -79,6 +83,7 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         self.converged_ = bool(sol.converged[0])
         self.objective_ = float(sol.objective[0])
         self.optimality_ = float(sol.optimality[0])
+        self.duality_gap_ = float(sol.gap[0])
         self.n_nonzero_ = int(np.count_nonzero(W))
         return self
 

@@ -21,6 +21,11 @@ from probe_engine.stores import ProbeStore, check_same_model
 from probe_engine.train import predict, train_grid
 
 
+def finite_or_none(x) -> float | None:
+    """A float for results.json, where inf (a gap not computed) has no strict-JSON spelling."""
+    return float(x) if np.isfinite(x) else None
+
+
 def open_stores(spec: dict) -> dict[str, ProbeStore]:
     pool = spec.get("pool")
     stores = {"train": ProbeStore(Path(spec["train"]), "--train", pool)}
@@ -58,7 +63,7 @@ def run_group(spec: dict, progress=None) -> dict:
     started = time.perf_counter()
     blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
     sol = train_grid(blocks, len(classes), spec["l1"], spec["l2"], xp=xp, tol=spec["tol"],
-                     max_iter=spec["max_iter"], counts=counts, on_iteration=progress,
+                     gap_tol=spec.get("gap_tol"), max_iter=spec["max_iter"], counts=counts, on_iteration=progress,
                      schedule=spec.get("grid_schedule", "batched"))
     train_seconds = time.perf_counter() - started
 
@@ -81,7 +86,8 @@ def run_group(spec: dict, progress=None) -> dict:
             record[f"{split}_accuracy"] = float(accuracy[split][p]) if split in accuracy else None
         record.update(objective=float(sol.objective[p]), loss=float(sol.loss[p]),
                       converged=bool(sol.converged[p]), iterations=int(sol.iterations[p]),
-                      optimality=float(sol.optimality[p]), nonzeros=int(np.count_nonzero(sol.W[:, p])),
+                      optimality=float(sol.optimality[p]), duality_gap=finite_or_none(sol.gap[p]),
+                      nonzeros=int(np.count_nonzero(sol.W[:, p])),
                       seconds=train_seconds / len(grid))
         records.append(record)
     chosen = choose(records) if "dev" in accuracy else None

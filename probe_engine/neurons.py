@@ -145,7 +145,7 @@ class NeuronData:
         bar = tqdm(total=self.options["max_iter"], desc=desc, unit="pass", leave=False, disable=quiet)
         started = time.perf_counter()
         sol = train_probes(train, n_classes or len(self.classes), [l1] * P, [l2] * P, xp=self.xp, tol=self.options["tol"],
-                           max_iter=self.options["max_iter"], support=support,
+                           gap_tol=self.options.get("gap_tol"), max_iter=self.options["max_iter"], support=support,
                            on_iteration=lambda it, active: bar.update(it - bar.n))
         seconds = time.perf_counter() - started
         bar.close()
@@ -183,6 +183,8 @@ def check_options(options: dict) -> None:
 def _spec_hash(options: dict, step: str) -> str:
     """What a step's result depends on: every option up to and including that step."""
     keys = ["train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter", "device", "seed"]
+    if options.get("gap_tol") is not None:  # absent = off: steps finished before the option existed still count
+        keys += ["gap_tol"]
     if step != "oracle":
         keys += ["ranking"]
     if step in ("minimal", "ablation", "control"):
@@ -232,6 +234,8 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
         stores = open_stores(options)
         spec = {k: options[k] for k in ("train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter",
                                         "device", "max_memory", "seed")}
+        if options.get("gap_tol") is not None:
+            spec["gap_tol"] = options["gap_tol"]
         spec["layers"] = stores["train"].layers
         result = run_group(spec)
         s, a = result["summary"], result["arrays"]
@@ -329,7 +333,8 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
                            "dev": options["dev"],
                            "test": options["test"], "ranking": options["ranking"], "delta": options["delta"],
                            "fractions": options["fractions"], "l1_grid": options["l1"], "l2_grid": options["l2"],
-                           "tol": options["tol"], "max_iter": options["max_iter"], "seed": options["seed"],
+                           "tol": options["tol"], "gap_tol": options.get("gap_tol"), "max_iter": options["max_iter"],
+                           "seed": options["seed"],
                            "control": options["control"], "device": options["device"],
                            "command": options.get("command"), "seconds_this_run": round(seconds, 3),
                            "steps_reused": reused,

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ranking", choices=("lca", "probeless"), default="lca", help="neuron ranking (default lca)")
     p.add_argument("--control", action="store_true", help="also run the control task and report selectivity")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL, help=f"probe tolerance (default {DEFAULT_TOL})")
+    p.add_argument("--gap-tol", type=float, default=None,
+                   help="also stop a probe once its duality gap certifies its objective within this fraction "
+                        "of the optimum, e.g. 1e-3 (default: off)")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help=f"passes per batch (default {DEFAULT_MAX_ITER})")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--max-memory", default="4GB", help="hold features in memory up to this size; beyond it, hold what fits and stream the rest")

@@ -2,8 +2,8 @@
 
 Following skglm's Datafit x Penalty x Solver split (Bertrand et al., "Beyond L1:
 faster and better sparse models with skglm", NeurIPS 2022), a penalty is a small
-object with ``value``, ``prox`` and ``subdiff_distance``; the solver never looks
-inside it.  Weights of P probes are one array ``W`` of shape ``(d, P, C)``;
+object with ``value``, ``prox`` and ``subdiff_distance`` (and ``conjugate`` for the
+duality gap); the solver never looks inside it.  Weights of P probes are one array ``W`` of shape ``(d, P, C)``;
 penalty strengths are per probe, shape ``(P,)``, and broadcast over ``d`` and ``C``.
 The intercept is never penalized, so it never reaches a penalty.
 """
@@ -58,6 +58,23 @@ class ElasticNet:
         l1 = self.l1[None, :, None]
         g = grad + 2.0 * self.l2[None, :, None] * W
         return xp.where(W != 0, g + l1 * xp.sign(W), xp.sign(g) * xp.maximum(xp.abs(g) - l1, 0.0))
+
+    def conjugate(self, V):
+        """Per probe, the convex conjugate at ``V (d, P, C)``: ``sum (|V| - l1)_+^2 / (4 l2)``,
+        and for ``l2 = 0`` the indicator of ``|V| <= l1`` (0 or inf); the duality gap's
+        penalty term."""
+        xp = _xp(V)
+        excess = xp.maximum(xp.abs(V) - self.l1[None, :, None], 0.0)
+        quadratic = (excess * excess).sum(axis=(0, 2), dtype=np.float64) / (4.0 * xp.maximum(self.l2.astype(np.float64), 1e-300))
+        return xp.where(self.l2 > 0, quadratic, xp.where(excess.max(axis=(0, 2)) > 0, np.inf, 0.0))
+
+    def dual_scale(self, V):
+        """Per probe, a factor ``s`` in [0, 1] with ``conjugate(s V)`` finite: 1 where
+        ``l2 > 0``; else ``|s V| <= l1`` (1e-6 inside, for float32 rounding of ``s V``)."""
+        xp = _xp(V)
+        top = xp.abs(V).max(axis=(0, 2)).astype(np.float64)
+        inside = self.l1 * (1.0 - 1e-6) / xp.maximum(top, 1e-300)
+        return xp.where((self.l2 > 0) | (top <= self.l1), 1.0, xp.minimum(inside, 1.0))
 
     def smooth_gradient(self, W):
         """Gradient of the penalty inside one orthant, where it is smooth (the l1 term is
@@ -123,6 +140,13 @@ class Restricted:
 
     def min_norm_subgradient(self, W, grad):
         return self.inner.min_norm_subgradient(W, grad * self.support[:, :, None]) * self.support[:, :, None]
+
+    def conjugate(self, V):
+        """The constraint's conjugate is 0 on the support's complement: only the support counts."""
+        return self.inner.conjugate(V * self.support[:, :, None])
+
+    def dual_scale(self, V):
+        return self.inner.dual_scale(V * self.support[:, :, None])
 
     def smooth_gradient(self, W):
         return self.inner.smooth_gradient(W) * self.support[:, :, None]

@@ -28,6 +28,9 @@ uncertified at 1,000 passes.
 A probe restricted to a support (top-k neurons) gets the inverse
 of its own support's block ``G_SS``: probes that share a support share one
 eigendecomposition.
+
+Every probe, smooth or not, starts its intercept from ``gamma / (C f_k)`` per class (:func:`intercept_scale`): the intercept of a class seen once is otherwise
+the slowest coordinate of all.  It is diagonal, so OWL-QN keeps it.
 """
 
 from __future__ import annotations
@@ -48,13 +51,34 @@ MAX_BYTES = 1 << 30
 
 
 class Identity:
-    """``H_0 = gamma I``: plain L-BFGS scaling for every probe."""
+    """``H_0 = gamma I`` on the weights: plain L-BFGS scaling for every probe; on the
+    intercept, ``gamma`` times ``intercept`` (per class, see :func:`intercept_scale`) or 1."""
+
+    def __init__(self, intercept=None):
+        self.intercept = intercept
 
     def apply(self, Q):
         return Q
 
+    def apply_intercept(self, q):
+        return q if self.intercept is None else q * self.intercept[None, :]
+
     def subset(self, keep):
         return self
+
+
+def intercept_scale(class_counts, xp):
+    """``1 / (C f_k)`` for class frequencies ``f``: the shape of the inverse of the
+    intercept's Hessian ``diag(f) - f f^T`` at the all-zero-weights start (up to the
+    rank-one term), 1 for a class of average frequency, whose scale ``gamma`` then fixes.
+    Without it the intercept of a class seen once in 51k rows (curvature ~2e-5, against
+    ~0.1 for a frequent class) converged last and held up its probe's certificate.
+    Measured on MiniLM layer 4, XPOS, five probes to ``tol = 1e-5`` (l1, l2 = 1e-2, 3e-2;
+    3e-4, 1e-3; 1e-5, 1e-4; 0, 1e-3; 1e-3, 1e-5): 1,343 passes in all with the identity,
+    767 with this scale; 10 times it gave 683 there but 2.4x the passes of this one on
+    three small synthetic problems (where this one saves 14% over the identity)."""
+    freq = np.asarray(class_counts, dtype=np.float64) / np.sum(class_counts)
+    return xp.asarray(1.0 / (len(freq) * freq), dtype=np.float32)
 
 
 class _Group:
@@ -72,14 +96,15 @@ class GramPreconditioner:
     (see the module docstring).  ``apply`` maps ``Q (d, P, C)`` probe by probe;
     ``subset`` follows the solver's batch when probes leave it."""
 
-    def __init__(self, groups: list[_Group], xp):
-        self.groups, self.xp = groups, xp
+    def __init__(self, groups: list[_Group], xp, intercept=None):
+        self.groups, self.xp, self.intercept = groups, xp, intercept
 
     @classmethod
-    def build(cls, gram: np.ndarray, curvature, smooth, support, xp) -> "GramPreconditioner | Identity":
+    def build(cls, gram: np.ndarray, curvature, smooth, support, xp, intercept=None) -> "GramPreconditioner | Identity":
         """``gram``: host ``X^T X / n`` (d, d) float64; per probe (P,) the penalty's
         ``curvature`` (``2 * l2``) and whether it is ``smooth``; ``support``: host bool
-        (d, P) or ``None`` (every probe reads every feature)."""
+        (d, P) or ``None`` (every probe reads every feature); ``intercept``: the
+        intercept's per-class scale (:func:`intercept_scale`) or ``None``."""
         curvature, smooth = to_numpy(curvature).astype(np.float64), to_numpy(smooth).astype(bool)
         support = None if support is None else to_numpy(support).astype(bool)
         d = gram.shape[0]
@@ -92,7 +117,7 @@ class GramPreconditioner:
                    for key, probes in by_support.items()}
         sizes = [d if cols is None else len(cols) for cols in columns.values()]
         if 4 * sum(k * k for k in sizes) > MAX_BYTES:  # all or none: a probe's H_0 never depends on its batch
-            return Identity()
+            return Identity(intercept)
         groups = []
         for (key, probes), k in zip(by_support.items(), sizes):
             cols = columns[key]
@@ -105,7 +130,7 @@ class GramPreconditioner:
             scale = 1.0 / (xp.maximum(eigenvalues, 0.0)[:, None] + mu[None, :])
             groups.append(_Group(None if full else xp.asarray(cols), vectors.astype(np.float32),
                                  scale.astype(np.float32), np.asarray(probes), xp))
-        return cls(groups, xp) if groups else Identity()
+        return cls(groups, xp, intercept) if groups else Identity(intercept)
 
     def apply(self, Q):
         R = Q.copy()
@@ -120,6 +145,9 @@ class GramPreconditioner:
                 R[g.columns[:, None], g.probes[None, :]] = mapped
         return R
 
+    def apply_intercept(self, q):
+        return q if self.intercept is None else q * self.intercept[None, :]
+
     def subset(self, keep) -> "GramPreconditioner":
         keep = to_numpy(keep).astype(bool)
         position = np.cumsum(keep) - 1  # new position of every kept probe
@@ -129,4 +157,4 @@ class GramPreconditioner:
             if stay.any():
                 groups.append(_Group(g.columns, g.vectors, g.scale[:, self.xp.asarray(stay)],
                                      position[g.positions[stay]], self.xp))
-        return GramPreconditioner(groups, self.xp)
+        return GramPreconditioner(groups, self.xp, self.intercept)

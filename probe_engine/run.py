@@ -35,6 +35,8 @@ def plan_groups(options: dict) -> list[dict]:
                                       "max_memory", "seed")}
     if options.get("grid_schedule", "batched") != "batched":  # absent = batched: older runs' groups still resume
         common["grid_schedule"] = options["grid_schedule"]
+    if options.get("gap_tol") is not None:  # absent = off, as above
+        common["gap_tol"] = options["gap_tol"]
     specs = []
     for pool in options.get("pools") or [None]:
         stores = open_stores({**options, "pool": pool})
@@ -168,6 +170,7 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
                          "labels": options["labels"], "layers": options["layers_spec"],
                          "pool": options.get("pools"),
                          "l1": options["l1"], "l2": options["l2"], "tol": options["tol"],
+                         "gap_tol": options.get("gap_tol"),
                          "max_iter": options["max_iter"], "device": options["device"],
                          "grid_schedule": options.get("grid_schedule", "batched"),
                          "scheduler": "threads" if scheduler == "threads" else "distributed",

@@ -24,7 +24,9 @@ probe's trial point.  Stopping rule: at the accepted point X we hold the exact
 datafit gradient, so we compute the exact distance from 0 to the subdifferential
 of the whole objective there (penalty part from the penalty, intercept part
 ``|grad_b|``).  A probe stops, with X as its answer, once that distance is at
-most ``tol`` in every coordinate: a certificate, not an iteration count.  X is a
+most ``tol`` in every coordinate (or, when asked, once its duality gap certifies the
+objective within a relative ``gap_tol`` of the optimum, :mod:`probe_engine.duality_gap`):
+a certificate, not an iteration count.  X is a
 prox output, so its zeros are exact.  Converged probes leave the batch; a probe
 that reaches ``max_iter`` passes returns its last accepted point with
 ``converged = False`` and the distance it reached.
@@ -51,6 +53,7 @@ class Solutions:
     converged: np.ndarray  # (P,) bool
     iterations: np.ndarray  # (P,) int, data passes until the answer was certified (or max_iter)
     optimality: np.ndarray  # (P,) distance from 0 to the subdifferential at the answer
+    gap: np.ndarray  # (P,) duality gap at the answer: objective - optimum <= gap (inf: not computed)
 
 
 @dataclass
@@ -64,14 +67,15 @@ class _Batch:
     loss: object
     objective: object
     optimality: object
+    gap: object
     alpha: object  # curvature estimate, 1 / step
     history: object  # (P, memory) last accepted objectives
     penalty: object
 
     def subset(self, keep):
         return _Batch(self.W[:, keep], self.b[keep], self.grad_W[:, keep], self.grad_b[keep], self.loss[keep],
-                      self.objective[keep], self.optimality[keep], self.alpha[keep], self.history[keep],
-                      self.penalty.subset(keep))
+                      self.objective[keep], self.optimality[keep], self.gap[keep], self.alpha[keep],
+                      self.history[keep], self.penalty.subset(keep))
 
 
 def _optimality(penalty, W, grad_W, grad_b):
@@ -79,18 +83,37 @@ def _optimality(penalty, W, grad_W, grad_b):
     return xp.maximum(penalty.subdiff_distance(W, grad_W), xp.abs(grad_b).max(axis=1))
 
 
-def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, max_iter: int):
+def _gap_of(gap, penalty, W, b, loss, objective, grad_W, grad_b):
+    """The duality gap of every probe, or inf when the caller gave no ``gap``."""
+    if gap is None:
+        return module_of(W).full(W.shape[1], np.inf)
+    return gap(penalty, W, b, loss, objective, grad_W, grad_b)
+
+
+def _certified(optimality, gap, objective, tol, gap_tol):
+    """A probe is done when its distance to the subdifferential is at most ``tol``, or
+    (``gap_tol`` given) when its duality gap is at most ``gap_tol`` times the dual value,
+    the lower bound ``objective - gap`` on the optimum: then ``objective - optimum <=
+    gap_tol * optimum``."""
+    ok = optimality <= tol
+    if gap_tol is not None:
+        ok = ok | (gap <= gap_tol * (objective - gap))
+    return ok
+
+
+def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, max_iter: int, gap_tol=None):
     """Copy the probes that are certified (or out of passes) from the batch state ``s``
     into ``out`` at their original indices ``active``.  Returns the state and indices
     of the probes still running, or ``(None, [])`` when none is."""
-    done = to_numpy(s.optimality <= tol) | (iteration >= max_iter)
+    certified = to_numpy(_certified(s.optimality, s.gap, s.objective, tol, gap_tol))
+    done = certified | (iteration >= max_iter)
     if not done.any():
         return s, active
     idx = active[done]
     out.W[:, idx], out.b[idx] = to_numpy(s.W[:, done]), to_numpy(s.b[done])
     out.loss[idx], out.objective[idx] = to_numpy(s.loss[done]), to_numpy(s.objective[done])
-    out.optimality[idx] = to_numpy(s.optimality[done])
-    out.converged[idx] = out.optimality[idx] <= tol
+    out.optimality[idx], out.gap[idx] = to_numpy(s.optimality[done]), to_numpy(s.gap[done])
+    out.converged[idx] = certified[done]
     out.iterations[idx] = iteration
     if done.all():
         return None, active[:0]
@@ -98,27 +121,31 @@ def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, m
 
 
 def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
-           memory: int = 5, sigma: float = 1e-4, on_iteration=None, h0=None) -> Solutions:
+           memory: int = 5, sigma: float = 1e-4, on_iteration=None, h0=None, gap=None,
+           gap_tol: float | None = None) -> Solutions:
     """Solve all probes from ``W0 (d, P, C)``, ``b0 (P, C)`` (device arrays).
 
     ``on_iteration(iteration, n_active)`` is called after every data pass.  ``h0`` (the
     quasi-Newton preconditioner of :func:`owlqn`) is accepted and not used: a prox step
-    is exact only in a diagonal metric.
+    is exact only in a diagonal metric.  ``gap`` (a :class:`probe_engine.duality_gap.DualityGap`)
+    gives each accepted point its duality gap, and with ``gap_tol`` a second stopping test
+    (see :func:`_certified`).
     """
     xp = module_of(W0)
     d, P, C = W0.shape
     out = Solutions(W=np.zeros((d, P, C), np.float32), b=np.zeros((P, C), np.float32),
                     objective=np.zeros(P), loss=np.zeros(P), converged=np.zeros(P, bool),
-                    iterations=np.zeros(P, int), optimality=np.zeros(P))
+                    iterations=np.zeros(P, int), optimality=np.zeros(P), gap=np.full(P, np.inf))
     loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.columns())
     objective = loss + penalty.value(W0)
     s = _Batch(W0, b0, grad_W, grad_b, loss, objective, _optimality(penalty, W0, grad_W, grad_b),
+               _gap_of(gap, penalty, W0, b0, loss, objective, grad_W, grad_b),
                alpha=xp.full(P, 1e-2 * lipschitz), history=xp.tile(objective[:, None], (1, memory)),
                penalty=penalty)
     active = np.arange(P)  # original index of each probe still in the batch
     iteration = 1
     while True:
-        s, active = _retire(out, s, active, iteration, tol, max_iter)
+        s, active = _retire(out, s, active, iteration, tol, max_iter, gap_tol)
         if s is None:
             break
         # one trial step per probe, one pass for all of them
@@ -138,6 +165,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
                    xp.where(a3, z_grad_W, s.grad_W), xp.where(a2, z_grad_b, s.grad_b),
                    xp.where(a1, z_loss, s.loss), xp.where(a1, z_objective, s.objective),
                    xp.where(a1, _optimality(s.penalty, Z_W, z_grad_W, z_grad_b), s.optimality),
+                   xp.where(a1, _gap_of(gap, s.penalty, Z_W, Z_b, z_loss, z_objective, z_grad_W, z_grad_b), s.gap),
                    alpha=xp.where(a1, bb, xp.minimum(2.0 * s.alpha, lipschitz)),
                    history=xp.where(a2, xp.concatenate([s.history[:, 1:], z_objective[:, None]], axis=1), s.history),
                    penalty=s.penalty)
@@ -165,6 +193,7 @@ class _QNBatch:
     loss: object
     objective: object
     optimality: object
+    gap: object
     D_W: object  # search direction from the accepted point
     D_b: object
     t: object  # (P,) step along it of the next trial
@@ -182,7 +211,7 @@ class _QNBatch:
 
     def subset(self, keep):
         return _QNBatch(self.W[:, keep], self.b[keep], self.grad_W[:, keep], self.grad_b[keep], self.pseudo[:, keep],
-                        self.loss[keep], self.objective[keep], self.optimality[keep], self.D_W[:, keep],
+                        self.loss[keep], self.objective[keep], self.optimality[keep], self.gap[keep], self.D_W[:, keep],
                         self.D_b[keep], self.t[keep], self.fails[keep], self.S_W[:, :, keep], self.S_b[:, keep],
                         self.Y_W[:, :, keep], self.Y_b[:, keep], self.rho[:, keep], self.history[keep],
                         self.pg[keep], self.alpha[keep], self.penalty.subset(keep), self.h0.subset(keep))
@@ -190,7 +219,7 @@ class _QNBatch:
 
 def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma, h0):
     """``H q`` for every probe by the L-BFGS two-loop recursion (Nocedal 1980), ``H_0 = gamma h0``
-    (``h0`` acts on the weights; the intercept's is the identity); empty slots have ``rho = 0``
+    (``h0`` acts on the weights, ``h0.apply_intercept`` on the intercept); empty slots have ``rho = 0``
     and drop out."""
     m = rho.shape[0]
     a = [None] * m
@@ -199,7 +228,7 @@ def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma, h0):
         q_W = q_W - a[i].astype(q_W.dtype)[None, :, None] * Y_W[i]
         q_b = q_b - a[i].astype(q_b.dtype)[:, None] * Y_b[i]
     g = gamma.astype(q_W.dtype)
-    r_W, r_b = h0.apply(q_W) * g[None, :, None], q_b * g[:, None]
+    r_W, r_b = h0.apply(q_W) * g[None, :, None], h0.apply_intercept(q_b) * g[:, None]
     for i in range(m):
         c = (a[i] - rho[i] * _dot(Y_W[i], Y_b[i], r_W, r_b)).astype(r_W.dtype)
         r_W = r_W + c[None, :, None] * S_W[i]
@@ -209,7 +238,7 @@ def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma, h0):
 
 def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max_iter: int,
           memory: int = 10, nonmonotone: int = 5, sigma: float = 1e-4, max_fails: int = 3,
-          on_iteration=None, h0=None) -> Solutions:
+          on_iteration=None, h0=None, gap=None, gap_tol: float | None = None) -> Solutions:
     """Solve all probes from ``W0 (d, P, C)``, ``b0 (P, C)`` (device arrays) by batched OWL-QN.
 
     Method: orthant-wise limited-memory quasi-Newton (Andrew & Gao, "Scalable training
@@ -234,20 +263,21 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
 
     As in :func:`sparsa`, one data pass evaluates every active probe's trial point, the
     stopping test is the exact distance to the subdifferential at an accepted point
-    (datafit gradient from a full pass), converged probes leave the batch, and
-    ``iterations`` counts data passes.  Deterministic: no randomness anywhere.
+    (datafit gradient from a full pass) or, with ``gap`` and ``gap_tol``, its duality
+    gap, converged probes leave the batch, and ``iterations`` counts data passes.  Deterministic: no randomness anywhere.
     """
     xp = module_of(W0)
     d, P, C = W0.shape
     f32 = W0.dtype
     out = Solutions(W=np.zeros((d, P, C), np.float32), b=np.zeros((P, C), np.float32),
                     objective=np.zeros(P), loss=np.zeros(P), converged=np.zeros(P, bool),
-                    iterations=np.zeros(P, int), optimality=np.zeros(P))
+                    iterations=np.zeros(P, int), optimality=np.zeros(P), gap=np.full(P, np.inf))
     loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.columns())
     objective = loss + penalty.value(W0)
     pseudo = penalty.min_norm_subgradient(W0, grad_W)
     inv_L = 1.0 / lipschitz
     s = _QNBatch(W0, b0, grad_W, grad_b, pseudo, loss, objective, _optimality(penalty, W0, grad_W, grad_b),
+                 _gap_of(gap, penalty, W0, b0, loss, objective, grad_W, grad_b),
                  D_W=-pseudo * f32.type(1.0 / lipschitz), D_b=-grad_b * f32.type(1.0 / lipschitz),
                  t=xp.ones(P), fails=xp.zeros(P, dtype=np.int64),
                  S_W=xp.zeros((memory, d, P, C), f32), S_b=xp.zeros((memory, P, C), f32),
@@ -258,7 +288,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     active = np.arange(P)
     iteration = 1
     while True:
-        s, active = _retire(out, s, active, iteration, tol, max_iter)
+        s, active = _retire(out, s, active, iteration, tol, max_iter, gap_tol)
         if s is None:
             break
         # the trial point of every probe, one pass for all of them
@@ -298,7 +328,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         bb = xp.clip(sy / xp.maximum(ss, 1e-30), 1e-6 * lipschitz, lipschitz)
         alpha = xp.where(a1, bb, xp.where(s.pg, xp.minimum(2.0 * s.alpha, lipschitz), s.alpha))
         # new direction for the probes that moved (or restart): -H pseudo, sign-aligned with -pseudo
-        yy_last = _dot(Y_W[-1], Y_b[-1], s.h0.apply(Y_W[-1]), Y_b[-1])
+        yy_last = _dot(Y_W[-1], Y_b[-1], s.h0.apply(Y_W[-1]), s.h0.apply_intercept(Y_b[-1]))
         gamma = xp.where(rho[-1] > 0, 1.0 / xp.maximum(rho[-1] * yy_last, 1e-300), inv_L)  # <s, y> / <y, h0 y>
         D_W, D_b = _two_loop(S_W, S_b, Y_W, Y_b, rho, -pseudo, -grad_b, gamma, s.h0)
         D_W = s.penalty.align_direction(D_W, pseudo)
@@ -311,6 +341,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         s = _QNBatch(W, b, grad_W, grad_b, pseudo,
                      xp.where(a1, z_loss, s.loss), objective,
                      xp.where(a1, _optimality(s.penalty, Z_W, z_grad_W, z_grad_b), s.optimality),
+                     xp.where(a1, _gap_of(gap, s.penalty, Z_W, Z_b, z_loss, z_objective, z_grad_W, z_grad_b), s.gap),
                      D_W=xp.where(moved[None, :, None], D_W, s.D_W), D_b=xp.where(moved[:, None], D_b, s.D_b),
                      t=xp.where(moved, 1.0, 0.5 * s.t), fails=xp.where(reset, 0, fails),
                      S_W=S_W, S_b=S_b, Y_W=Y_W, Y_b=Y_b, rho=rho,

@@ -16,8 +16,9 @@ import numpy as np
 
 from probe_engine.blocks import ColumnBlocks
 from probe_engine.datafit import MultinomialLogistic
+from probe_engine.duality_gap import DualityGap
 from probe_engine.penalty import ElasticNet, Restricted
-from probe_engine.preconditioner import GramPreconditioner
+from probe_engine.preconditioner import GramPreconditioner, intercept_scale
 from probe_engine.solver import Solutions, owlqn, sparsa  # noqa: F401 (sparsa: the previous default)
 
 #: Solver defaults, shared by the estimator and ``strata probe``.
@@ -34,8 +35,8 @@ def class_counts(blocks, n_classes: int) -> np.ndarray:
 
 
 def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL,
-                 max_iter: int = DEFAULT_MAX_ITER, counts=None, gram=None, support=None,
-                 on_iteration=None, solver=owlqn, start=None) -> Solutions:
+                 max_iter: int = DEFAULT_MAX_ITER, gap_tol: float | None = None, counts=None, gram=None,
+                 support=None, on_iteration=None, solver=owlqn, start=None) -> Solutions:
     """Fit one probe per ``(l1[p], l2[p])`` on ``blocks`` (pairs of device arrays
     ``X`` float32 standardized and ``y`` class indices ``0..n_classes-1``).
 
@@ -51,7 +52,10 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     arrays, e.g. the solutions of neighbouring grid points) replaces that starting point.
 
     ``gram`` is the blocks' :meth:`MultinomialLogistic.gram` when the caller has it (one
-    pass saved); it gives the solver its Lipschitz bound and preconditioner.
+    pass saved); it gives the solver its Lipschitz bound and preconditioner, and the
+    duality gap its label moments.  Every answer carries its duality gap; a probe stops
+    when its distance to the subdifferential is at most ``tol`` or, with ``gap_tol``, when
+    the gap certifies its objective within ``gap_tol`` (relative) of the optimum.
 
     ``solver`` is any function with the signature of :func:`probe_engine.solver.owlqn`
     (the default, batched OWL-QN) or :func:`probe_engine.solver.sparsa`.
@@ -60,10 +64,11 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
         support = np.asarray(support, dtype=bool)
         used = np.flatnonzero(support.any(axis=1))
         if len(used) < blocks.n_features:  # every probe lives in these columns: read only them
-            gram_used = None if gram is None else gram[np.ix_(*[np.append(used, blocks.n_features)] * 2)]
+            keep = np.concatenate([used, blocks.n_features + np.arange(1 + n_classes)])  # and the [1 Y] columns
+            gram_used = None if gram is None else gram[np.ix_(keep, keep)]
             start_used = None if start is None else (np.asarray(start[0])[used], start[1])
             sol = train_probes(ColumnBlocks(blocks, used, xp), n_classes, l1, l2, xp=xp, tol=tol, max_iter=max_iter,
-                               counts=counts, gram=gram_used, support=support[used], on_iteration=on_iteration,
+                               gap_tol=gap_tol, counts=counts, gram=gram_used, support=support[used], on_iteration=on_iteration,
                                solver=solver, start=start_used)
             W = np.zeros((blocks.n_features, *sol.W.shape[1:]), sol.W.dtype)
             W[used] = sol.W
@@ -73,9 +78,9 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     if (counts == 0).any():
         raise ValueError("every class must occur in the training rows")
     gram = datafit.gram(blocks) if gram is None else gram
-    if gram.shape != (blocks.n_features + 1, blocks.n_features + 1):
-        raise ValueError(f"gram: shape {gram.shape} is not that of these blocks' [X 1] "
-                         f"({blocks.n_features + 1} x {blocks.n_features + 1})")
+    k = blocks.n_features + 1 + n_classes
+    if gram.shape != (k, k):
+        raise ValueError(f"gram: shape {gram.shape} is not that of these blocks' [X 1 Y] ({k} x {k})")
     P, d = len(l1), blocks.n_features
     penalty = ElasticNet(xp.asarray(l1, dtype=np.float32), xp.asarray(l2, dtype=np.float32))
     if support is not None:
@@ -87,9 +92,11 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
         W0, b0 = (xp.asarray(a, dtype=np.float32) for a in start)
         if support is not None:
             W0 = W0 * penalty.support[:, :, None]
-    h0 = GramPreconditioner.build(gram[:d, :d], penalty.curvature(), penalty.smooth(), support, xp)
+    h0 = GramPreconditioner.build(gram[:d, :d], penalty.curvature(), penalty.smooth(), support, xp,
+                                  intercept_scale(counts, xp))
+    gap = DualityGap(datafit, datafit.label_moments(gram, xp))
     return solver(datafit, penalty, blocks, W0, b0, lipschitz=datafit.lipschitz_of(gram, xp), tol=tol,
-                  max_iter=max_iter, on_iteration=on_iteration, h0=h0)
+                  max_iter=max_iter, on_iteration=on_iteration, h0=h0, gap=gap, gap_tol=gap_tol)
 
 
 #: How a grid's probes are scheduled (see :func:`train_grid`).
@@ -97,7 +104,8 @@ GRID_SCHEDULES = ("batched", "path")
 
 
 def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched", tol: float = DEFAULT_TOL,
-               max_iter: int = DEFAULT_MAX_ITER, counts=None, on_iteration=None) -> Solutions:
+               max_iter: int = DEFAULT_MAX_ITER, gap_tol: float | None = None, counts=None,
+               on_iteration=None) -> Solutions:
     """All probes of the grid ``l1s x l2s``, in grid order (l1 outer, l2 inner).
 
     ``batched``: every probe in one :func:`train_probes` call, all of them in every pass.
@@ -121,7 +129,7 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     if schedule == "batched":
         grid = [(a, b) for a in l1s for b in l2s]
         return train_probes(blocks, n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp, tol=tol,
-                            max_iter=max_iter, counts=counts, gram=gram, on_iteration=on_iteration)
+                            max_iter=max_iter, gap_tol=gap_tol, counts=counts, gram=gram, on_iteration=on_iteration)
     stages, start, passes = {}, None, 0
     order = sorted(range(len(l2s)), key=lambda j: -l2s[j])
     for k, j in enumerate(order):
@@ -129,7 +137,7 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
         progress = None if on_iteration is None else (
             lambda it, active, before=passes, later=later: on_iteration(before + it, active + later))
         sol = train_probes(blocks, n_classes, list(l1s), [l2s[j]] * len(l1s), xp=xp, tol=tol, max_iter=max_iter,
-                           counts=counts, gram=gram, on_iteration=progress, start=start)
+                           gap_tol=gap_tol, counts=counts, gram=gram, on_iteration=progress, start=start)
         stages[j], start = sol, (sol.W, sol.b)
         passes += int(sol.iterations.max())
 

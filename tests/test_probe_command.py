@@ -167,7 +167,10 @@ def test_distributed_equals_local(first_run, stores, tmp_path, strata):
     # the same solutions up to float32 rounding, not bitwise (and the step sizes
     # follow the rounding, so pass counts differ).
     for a, b in zip(dist["probes"], local["probes"]):
-        assert (a["feature_set"], a["l1"], a["l2"], a["converged"]) == (b["feature_set"], b["l1"], b["l2"], b["converged"])
+        assert (a["feature_set"], a["l1"], a["l2"]) == (b["feature_set"], b["l1"], b["l2"])
+        # with l2 = 0 the all-layer l1 probes certify near --max-iter (1,889 and 1,941 of 2,000
+        # passes measured): which run gets there first is down to rounding
+        assert a["converged"] == b["converged"] or b["l2"] == 0
         assert abs(a["nonzeros"] - b["nonzeros"]) <= (0.05 if b["l2"] > 0 else 0.2) * b["nonzeros"]
         # with l2 > 0 the objective is strongly convex and the certificate bounds the objective gap;
         # with l2 = 0 (l1 = 0 above all: no minimizer on separable data) two runs stop at

