@@ -315,11 +315,13 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     dev_acc = (pred == truth[:, None]).mean(axis=0)
     records = [{"l1": l1, "l2": l2, "objective": float(sol.objective[p]), "loss": float(sol.loss[p]),
                 "converged": bool(sol.converged[p]), "iterations": int(sol.iterations[p]),
-                "optimality": float(sol.optimality[p]), "nonzeros": int(np.count_nonzero(sol.W[:, p])),
+                "optimality": float(sol.optimality[p]), "duality_gap": float(sol.gap[p]),
+                "relative_duality_gap": float(sol.gap[p] / (sol.objective[p] - sol.gap[p])),
+                "nonzeros": int(np.count_nonzero(sol.W[:, p])),
                 "dev_accuracy": float(dev_acc[p])} for p, (l1, l2) in enumerate(grid)]
     chosen = choose(records)
     log(f"strata: {seconds:.2f} s for {len(grid)} probes ({seconds / len(grid):.3f} s/probe), "
-        f"{int(sol.converged.sum())}/{len(grid)} converged, chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
+        f"{int(sol.converged.sum())}/{len(grid)} converged, mean passes {sol.iterations.mean():.0f}, chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
         f"dev acc {dev_acc[chosen]:.4f}")
     result = {"solver": "batched OWL-QN with SpaRSA endgame (probe_engine.solver.owlqn, the default)",
               "grid_schedule": schedule,
@@ -329,6 +331,9 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
               "seconds_train_probes": seconds, "seconds_per_probe": seconds / len(grid),
               "seconds_read_blocks": seconds_read, "converged": int(sol.converged.sum()),
               "passes": int(sol.iterations.max()), "chosen": {"index": chosen, **records[chosen]},
+              "probe_passes_mean": float(sol.iterations.mean()),
+              # objective - optimum <= gap (weak duality): the largest certified relative distance
+              "relative_duality_gap_max": max(r["relative_duality_gap"] for r in records),
               "records": records}
     return result, sol
 
@@ -480,6 +485,7 @@ def saga_section(problem: Problem, points, grid: dict, sol, args) -> list[dict]:
                      sol.W[:, p], sol.b[p], float(sol.objective[p]), check_public=(k == 0))
         r["strata_objective_solver"] = float(sol.objective[p])
         r["strata_converged"], r["strata_iterations"] = bool(sol.converged[p]), int(sol.iterations[p])
+        r["strata_relative_duality_gap"] = grid["records"][p]["relative_duality_gap"]  # certified distance to the optimum
         r["objective_relative_difference_strata_minus_saga"] = \
             (r["strata_objective"] - r["saga_objective"]) / abs(r["saga_objective"])
         r["saga_over_strata_seconds_per_probe"] = r["seconds"] / grid["seconds_per_probe"]
