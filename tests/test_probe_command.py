@@ -154,6 +154,23 @@ def test_interrupted_run_resumes_from_finished_groups(first_run, stores, tmp_pat
     assert strip_times(load(tmp_path / "resumed")["probes"]) == strip_times(load(first_run)["probes"])
 
 
+def test_gap_tol_stops_on_a_certified_duality_gap(stores, tmp_path, strata):
+    """With --gap-tol every probe stops on one of its two certificates, and each record carries
+    its gap: objective - optimum <= duality_gap."""
+    out = tmp_path / "gap"
+    code, _, err = strata(*probe_args(stores, out, "--layers", "1", "--gap-tol", "1e-2"))
+    assert code == 0, err
+    doc = load(out)
+    assert doc["strata_probe"]["gap_tol"] == 1e-2
+    for p in doc["probes"]:
+        gap, objective = p["duality_gap"], p["objective"]
+        assert gap >= -1e-7 * objective
+        if p["converged"]:
+            assert p["optimality"] <= 1e-5 or gap <= 1e-2 * (objective - gap), p
+    by_gap = [p for p in doc["probes"] if p["optimality"] > 1e-5 and p["converged"]]
+    assert by_gap, "no probe stopped on its gap"
+
+
 def test_distributed_equals_local(first_run, stores, tmp_path, strata):
     from dask.distributed import LocalCluster
 

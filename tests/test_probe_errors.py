@@ -74,6 +74,7 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
     ("--layers", "top", "--layers: 'top' is not each, all, a layer id or ids joined by +"),
     ("--max-memory", "lots", "--max-memory: 'lots' is not a size such as 4GB or 512MiB"),
     ("--tol", "0", "--tol: must be > 0, got 0.0"),
+    ("--gap-tol", "0", "--gap-tol: must be > 0, got 0.0"),
     ("--device", "tpu", "--device: 'tpu' is not cpu or cuda"),
 ])
 def test_bad_options(run, option, value, message):

@@ -121,6 +121,22 @@ def test_estimator_rejects_bad_parameters(problem):
         ElasticNetProbe(l1=-1).fit(X, y)
     with pytest.raises(ValueError, match="need at least two classes"):
         ElasticNetProbe().fit(X, np.zeros(len(y)))
+    with pytest.raises(ValueError, match=r"^gap_tol must be > 0 or None, got 0$"):
+        ElasticNetProbe(gap_tol=0).fit(X, y)
+
+
+def test_estimator_reports_its_duality_gap(problem):
+    """duality_gap_ bounds the distance of objective_ to scikit-learn's optimum; gap_tol stops on it."""
+    X, y = problem
+    l1, l2 = 1e-3, 1e-2
+    ref = sklearn_fit(X, y, l1, l2, solver="saga", tol=1e-10, max_iter=200000)
+    optimum = objective(X, y, ref.coef_, ref.intercept_, l1, l2)
+    loose = ElasticNetProbe(l1, l2, standardize=False, tol=1e-12, gap_tol=1e-2, max_iter=5000).fit(X, y)
+    tight = ElasticNetProbe(l1, l2, standardize=False, tol=1e-6, max_iter=5000).fit(X, y)
+    assert loose.converged_ and loose.n_iter_ < tight.n_iter_
+    for fitted in (loose, tight):
+        assert -1e-7 <= fitted.objective_ - optimum <= fitted.duality_gap_ + 1e-7  # (float32 rounding)
+    assert loose.duality_gap_ <= 1e-2 * (loose.objective_ - loose.duality_gap_)
 
 
 def test_owlqn_and_sparsa_reach_the_same_objective(problem):
