@@ -70,6 +70,11 @@ def test_the_dual_point_is_feasible_and_its_bound_holds_row_by_row(rare_class_pr
         np.testing.assert_allclose(V[:, p], X.T.astype(np.float64) @ (Q - Y) / n, atol=2e-5)
         neg_entropy = xlogy(Q, Q).sum(axis=1).mean()
         assert neg_entropy <= bound[p] + 1e-6
+        # the bound term by term, from the rows: P's own negative entropy, what each shrunk class
+        # may add (Jensen), and the mass moved to the others
+        over = np.maximum(gb, 0)
+        shrunk = np.where(over > 0, over * np.log(1 / m) + freq * np.log(freq / m), 0).sum()
+        assert bound[p] == pytest.approx(xlogy(P, P).sum(axis=1).mean() + shrunk + over.sum(), abs=2e-6)
     assert bound[1] - neg_entropy < 1e-3  # near the optimum (grad_b ~ 1e-4) the bound is tight
 
 
