@@ -321,7 +321,8 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
                 "dev_accuracy": float(dev_acc[p])} for p, (l1, l2) in enumerate(grid)]
     chosen = choose(records)
     log(f"strata: {seconds:.2f} s for {len(grid)} probes ({seconds / len(grid):.3f} s/probe), "
-        f"{int(sol.converged.sum())}/{len(grid)} converged, mean passes {sol.iterations.mean():.0f}, chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
+        f"{int(sol.converged.sum())}/{len(grid)} converged, mean passes {sol.iterations.mean():.0f}, "
+        f"chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
         f"dev acc {dev_acc[chosen]:.4f}")
     result = {"solver": "batched OWL-QN with SpaRSA endgame (probe_engine.solver.owlqn, the default)",
               "grid_schedule": schedule,
@@ -485,7 +486,8 @@ def saga_section(problem: Problem, points, grid: dict, sol, args) -> list[dict]:
                      sol.W[:, p], sol.b[p], float(sol.objective[p]), check_public=(k == 0))
         r["strata_objective_solver"] = float(sol.objective[p])
         r["strata_converged"], r["strata_iterations"] = bool(sol.converged[p]), int(sol.iterations[p])
-        r["strata_relative_duality_gap"] = grid["records"][p]["relative_duality_gap"]  # certified distance to the optimum
+        # strata's certified distance to the optimum
+        r["strata_relative_duality_gap"] = grid["records"][p]["relative_duality_gap"]
         r["objective_relative_difference_strata_minus_saga"] = \
             (r["strata_objective"] - r["saga_objective"]) / abs(r["saga_objective"])
         r["saga_over_strata_seconds_per_probe"] = r["seconds"] / grid["seconds_per_probe"]

@@ -81,7 +81,8 @@ def options_from_args(args) -> dict:
     return {"train": str(Path(args.train).resolve()), "dev": str(Path(args.dev).resolve()),
             "test": str(Path(args.test).resolve()) if args.test else None, "labels": labels,
             "pools": pools, "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
-            "tol": args.tol, "gap_tol": gap_tol, "max_iter": args.max_iter, "device": args.device, "max_memory": int(max_memory),
+            "tol": args.tol, "gap_tol": gap_tol, "max_iter": args.max_iter, "device": args.device,
+            "max_memory": int(max_memory),
             "grid_schedule": getattr(args, "grid_schedule", "batched"),  # strata neurons has no such option
             "seed": args.seed, "command": getattr(args, "argv", None)}
 

@@ -102,12 +102,13 @@ class MultinomialLogistic:
             counts += np.bincount(to_numpy(y), minlength=C)
         n = blocks.n_rows
         d = blocks.n_features
+        xx, x1, xy = to_numpy(xx), to_numpy(x1), to_numpy(xy)
         full = np.zeros((d + 1 + C, d + 1 + C), dtype=np.float64)
-        full[:d, :d], full[:d, d], full[:d, d + 1:] = to_numpy(xx), to_numpy(x1), to_numpy(xy)
-        full[d, d], full[d, d + 1:] = n, counts
-        full[d + 1:, d + 1:] = np.diag(counts)
-        upper = np.triu(full, 1)
-        return (full + upper.T - np.tril(full, -1)) / n  # mirror the upper triangle
+        full[:d, :d], full[d, d], full[d + 1:, d + 1:] = xx, n, np.diag(counts)
+        full[:d, d], full[d, :d] = x1, x1
+        full[:d, d + 1:], full[d + 1:, :d] = xy, xy.T
+        full[d, d + 1:], full[d + 1:, d] = counts, counts
+        return full / n
 
     def lipschitz_of(self, gram, xp=np) -> float:
         """A bound on the gradient's Lipschitz constant, shared by all probes, from

@@ -3,8 +3,8 @@
 Following skglm's Datafit x Penalty x Solver split (Bertrand et al., "Beyond L1:
 faster and better sparse models with skglm", NeurIPS 2022), a penalty is a small
 object with ``value``, ``prox`` and ``subdiff_distance`` (and ``conjugate`` for the
-duality gap); the solver never looks inside it.  Weights of P probes are one array ``W`` of shape ``(d, P, C)``;
-penalty strengths are per probe, shape ``(P,)``, and broadcast over ``d`` and ``C``.
+duality gap); the solver never looks inside it.  Weights of P probes are one array
+``W`` of shape ``(d, P, C)``; penalty strengths are per probe, shape ``(P,)``, and broadcast over ``d`` and ``C``.
 The intercept is never penalized, so it never reaches a penalty.
 """
 
@@ -65,7 +65,8 @@ class ElasticNet:
         penalty term."""
         xp = _xp(V)
         excess = xp.maximum(xp.abs(V) - self.l1[None, :, None], 0.0)
-        quadratic = (excess * excess).sum(axis=(0, 2), dtype=np.float64) / (4.0 * xp.maximum(self.l2.astype(np.float64), 1e-300))
+        l2 = xp.maximum(self.l2.astype(np.float64), 1e-300)  # (only used where l2 > 0)
+        quadratic = (excess * excess).sum(axis=(0, 2), dtype=np.float64) / (4.0 * l2)
         return xp.where(self.l2 > 0, quadratic, xp.where(excess.max(axis=(0, 2)) > 0, np.inf, 0.0))
 
     def dual_scale(self, V):

@@ -29,8 +29,9 @@ A probe restricted to a support (top-k neurons) gets the inverse
 of its own support's block ``G_SS``: probes that share a support share one
 eigendecomposition.
 
-Every probe, smooth or not, starts its intercept from ``gamma / (C f_k)`` per class (:func:`intercept_scale`): the intercept of a class seen once is otherwise
-the slowest coordinate of all.  It is diagonal, so OWL-QN keeps it.
+Every probe, smooth or not, starts its intercept from ``gamma / (C f_k)`` per class
+(:func:`intercept_scale`): the intercept of a class seen once is otherwise the slowest
+coordinate of all.  It is diagonal, so OWL-QN keeps it.
 """
 
 from __future__ import annotations

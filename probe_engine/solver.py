@@ -264,7 +264,8 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     As in :func:`sparsa`, one data pass evaluates every active probe's trial point, the
     stopping test is the exact distance to the subdifferential at an accepted point
     (datafit gradient from a full pass) or, with ``gap`` and ``gap_tol``, its duality
-    gap, converged probes leave the batch, and ``iterations`` counts data passes.  Deterministic: no randomness anywhere.
+    gap, converged probes leave the batch, and ``iterations`` counts data passes.
+    Deterministic: no randomness anywhere.
     """
     xp = module_of(W0)
     d, P, C = W0.shape

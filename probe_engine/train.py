@@ -68,7 +68,8 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
             gram_used = None if gram is None else gram[np.ix_(keep, keep)]
             start_used = None if start is None else (np.asarray(start[0])[used], start[1])
             sol = train_probes(ColumnBlocks(blocks, used, xp), n_classes, l1, l2, xp=xp, tol=tol, max_iter=max_iter,
-                               gap_tol=gap_tol, counts=counts, gram=gram_used, support=support[used], on_iteration=on_iteration,
+                               gap_tol=gap_tol, counts=counts, gram=gram_used, support=support[used],
+                               on_iteration=on_iteration,
                                solver=solver, start=start_used)
             W = np.zeros((blocks.n_features, *sol.W.shape[1:]), sol.W.dtype)
             W[used] = sol.W
