@@ -116,7 +116,7 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     along its lambda path; Friedman, Hastie & Tibshirani 2010).  Every probe still stops
     on its own certificate, so both schedules solve the same problems to the same ``tol``;
     only the work differs.  Measured (README): on MiniLM layer 4, XPOS, 2 CPU cores, the
-    benchmark's 8 x 8 grid took 349 s with ``path`` and 628 s ``batched`` (staging alone,
+    benchmark's 8 x 8 grid took 208 s with ``path`` and 268 s ``batched`` (staging alone,
     without the warm start, saved nothing on a 4 x 4 grid); on an ill-conditioned
     synthetic problem ``path`` took 23% more passes.  On a GPU
     a pass costs about the same for 4 or 64 probes, so fewer, wider passes (``batched``)
