@@ -39,7 +39,8 @@ def add_parser(subparsers) -> None:
                    help=f"data passes per probe at most (default {DEFAULT_MAX_ITER})")
     p.add_argument("--grid-schedule", default="batched", choices=GRID_SCHEDULES,
                    help="batched (default): every grid probe in every data pass; path: the probes of one l2 "
-                        "value at a time, largest first, each warm-started from the previous l2's solutions")
+                        "value at a time, largest first, each warm-started from the previous l2's solutions; "
+                        "l1-path: the same along l1")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--scheduler", default="threads",
                    help="threads (this process) or the address of a dask.distributed scheduler")

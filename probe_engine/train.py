@@ -101,7 +101,7 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
 
 
 #: How a grid's probes are scheduled (see :func:`train_grid`).
-GRID_SCHEDULES = ("batched", "path")
+GRID_SCHEDULES = ("batched", "path", "l1-path")
 
 
 def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched", tol: float = DEFAULT_TOL,
@@ -113,12 +113,13 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     ``path``: one call per l2 value, largest first (the best-conditioned problems), each
     holding every l1 and started from the previous call's solutions at the same l1: a
     warm start along the regularization path, strong to weak penalty (as glmnet does
-    along its lambda path; Friedman, Hastie & Tibshirani 2010).  Every probe still stops
-    on its own certificate, so both schedules solve the same problems to the same ``tol``;
-    only the work differs.  Measured (README): on MiniLM layer 4, XPOS, 2 CPU cores, the
-    benchmark's 8 x 8 grid took 208 s with ``path`` and 268 s ``batched`` (staging alone,
-    without the warm start, saved nothing on a 4 x 4 grid); on an ill-conditioned
-    synthetic problem ``path`` took 23% more passes.  On a GPU
+    along its lambda path; Friedman, Hastie & Tibshirani 2010).  ``l1-path``: the same
+    along l1, one call per l1 value, largest first, each holding every l2.  Every probe
+    still stops on its own certificate, so all schedules solve the same problems to the
+    same ``tol``; only the work differs.  Measured (README): on MiniLM layer 4, XPOS, 2 CPU
+    cores, the benchmark's 8 x 8 grid took 268 s ``batched``, 208 s with ``path`` and 187 s
+    along l1 (staging alone, without the warm start, saved nothing on a 4 x 4 grid); on an
+    ill-conditioned synthetic problem ``path`` took 23% more passes.  On a GPU
     a pass costs about the same for 4 or 64 probes, so fewer, wider passes (``batched``)
     should win there.  ``iterations`` count each probe's own passes;
     ``on_iteration(passes so far, probes still to finish)`` counts the whole grid.
@@ -131,22 +132,27 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
         grid = [(a, b) for a in l1s for b in l2s]
         return train_probes(blocks, n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp, tol=tol,
                             max_iter=max_iter, gap_tol=gap_tol, counts=counts, gram=gram, on_iteration=on_iteration)
+    along_l1 = schedule == "l1-path"
+    path, held = (l1s, l2s) if along_l1 else (l2s, l1s)  # one call per path value, each holding every held value
     stages, start, passes = {}, None, 0
-    order = sorted(range(len(l2s)), key=lambda j: -l2s[j])
+    order = sorted(range(len(path)), key=lambda j: -path[j])
     for k, j in enumerate(order):
-        later = (len(order) - k - 1) * len(l1s)  # probes of the stages still to come
+        later = (len(order) - k - 1) * len(held)  # probes of the stages still to come
         progress = None if on_iteration is None else (
             lambda it, active, before=passes, later=later: on_iteration(before + it, active + later))
-        sol = train_probes(blocks, n_classes, list(l1s), [l2s[j]] * len(l1s), xp=xp, tol=tol, max_iter=max_iter,
+        l1, l2 = ([l1s[j]] * len(l2s), list(l2s)) if along_l1 else (list(l1s), [l2s[j]] * len(l1s))
+        sol = train_probes(blocks, n_classes, l1, l2, xp=xp, tol=tol, max_iter=max_iter,
                            gap_tol=gap_tol, counts=counts, gram=gram, on_iteration=progress, start=start)
         stages[j], start = sol, (sol.W, sol.b)
         passes += int(sol.iterations.max())
 
     def grid_order(name: str) -> np.ndarray:
-        """Probe (i, j) of the grid is probe i of the call for l2s[j]."""
+        """Probe (i, j) of the grid is probe j of the call for l1s[i] (``l1-path``), or probe i
+        of the call for l2s[j] (``path``)."""
         axis = 1 if name == "W" else 0  # W is (d, P, C); the others have the probe axis first
-        return np.stack([np.take(getattr(stages[j], name), i, axis=axis)
-                         for i in range(len(l1s)) for j in range(len(l2s))], axis=axis)
+        stage_probe = [(stages[i], j) if along_l1 else (stages[j], i)
+                       for i in range(len(l1s)) for j in range(len(l2s))]
+        return np.stack([np.take(getattr(stage, name), p, axis=axis) for stage, p in stage_probe], axis=axis)
 
     return Solutions(**{name: grid_order(name) for name in Solutions.__dataclass_fields__})
 

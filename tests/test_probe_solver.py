@@ -214,14 +214,15 @@ def test_start_from_a_solution_is_certified_after_one_pass(problem):
     assert np.array_equal(again.W, first.W)
 
 
-def test_path_schedule_solves_the_same_grid(problem):
-    """Both grid schedules certify every probe; probe (i, j) of each is the same problem."""
+@pytest.mark.parametrize("schedule", ["path", "l1-path"])
+def test_path_schedule_solves_the_same_grid(problem, schedule):
+    """Every grid schedule certifies every probe; probe (i, j) of each is the same problem."""
     X, y = problem
     X = X.astype(np.float32)
     blocks = InMemoryBlocks([(X[:300], y[:300]), (X[300:], y[300:])], X.shape[1])
-    l1s, l2s = [0.0, 1e-3, 1e-2], [1e-3, 1e-1, 1e-2]  # l2 deliberately unsorted
+    l1s, l2s = [0.0, 1e-2, 1e-3], [1e-3, 1e-1, 1e-2]  # deliberately unsorted
     batched = train_grid(blocks, 4, l1s, l2s, xp=np, schedule="batched", tol=1e-6)
-    path = train_grid(blocks, 4, l1s, l2s, xp=np, schedule="path", tol=1e-6)
+    path = train_grid(blocks, 4, l1s, l2s, xp=np, schedule=schedule, tol=1e-6)
     assert batched.converged.all() and path.converged.all()
     np.testing.assert_allclose(path.objective, batched.objective, rtol=1e-6)
     for p, (l1, l2) in enumerate([(a, b) for a in l1s for b in l2s]):
@@ -247,6 +248,27 @@ def test_path_schedule_warm_starts_from_the_previous_l2(problem, monkeypatch):
     assert [l2[0] for l2, _, _ in calls] == [1e-1, 1e-2, 1e-3]  # strongest penalty first
     assert calls[0][1] is None
     for (_, _, previous), (_, start, _) in zip(calls, calls[1:]):
+        assert start[0] is previous.W and start[1] is previous.b
+
+
+def test_l1_path_schedule_warm_starts_from_the_previous_l1(problem, monkeypatch):
+    import probe_engine.train as train_module
+
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    calls, real = [], train_module.train_probes
+
+    def spy(*args, **kwargs):
+        sol = real(*args, **kwargs)
+        calls.append((args[2], args[3], kwargs.get("start"), sol))
+        return sol
+
+    monkeypatch.setattr(train_module, "train_probes", spy)
+    train_grid(blocks, 4, [0.0, 1e-2, 1e-3], [1e-3, 1e-1], xp=np, schedule="l1-path", tol=1e-5)
+    assert [(l1, l2) for l1, l2, _, _ in calls] == [([1e-2] * 2, [1e-3, 1e-1]), ([1e-3] * 2, [1e-3, 1e-1]),
+                                                    ([0.0] * 2, [1e-3, 1e-1])]  # strongest l1 first
+    assert calls[0][2] is None
+    for (_, _, _, previous), (_, _, start, _) in zip(calls, calls[1:]):
         assert start[0] is previous.W and start[1] is previous.b
 
 
