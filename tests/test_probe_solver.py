@@ -231,7 +231,12 @@ def test_path_schedule_solves_the_same_grid(problem, schedule):
         np.testing.assert_allclose(path.W[:, p], batched.W[:, p], atol=2 * 1e-6 / (2 * l2))
 
 
-def test_path_schedule_warm_starts_from_the_previous_l2(problem, monkeypatch):
+@pytest.mark.parametrize("schedule,stages", [
+    ("path", [([0.0, 1e-2], [1e-1] * 2), ([0.0, 1e-2], [1e-2] * 2), ([0.0, 1e-2], [1e-3] * 2)]),
+    ("l1-path", [([1e-2] * 3, [1e-3, 1e-1, 1e-2]), ([0.0] * 3, [1e-3, 1e-1, 1e-2])]),
+])
+def test_path_schedules_warm_start_from_the_previous_stage(problem, monkeypatch, schedule, stages):
+    """Strongest penalty first along the path's axis; every stage starts from the one before."""
     import probe_engine.train as train_module
 
     X, y = problem
@@ -240,35 +245,14 @@ def test_path_schedule_warm_starts_from_the_previous_l2(problem, monkeypatch):
 
     def spy(*args, **kwargs):
         sol = real(*args, **kwargs)
-        calls.append((args[3], kwargs.get("start"), sol))
+        calls.append(((args[2], args[3]), kwargs.get("start"), sol))
         return sol
 
     monkeypatch.setattr(train_module, "train_probes", spy)
-    train_grid(blocks, 4, [0.0, 1e-2], [1e-3, 1e-1, 1e-2], xp=np, schedule="path", tol=1e-5)
-    assert [l2[0] for l2, _, _ in calls] == [1e-1, 1e-2, 1e-3]  # strongest penalty first
+    train_grid(blocks, 4, [0.0, 1e-2], [1e-3, 1e-1, 1e-2], xp=np, schedule=schedule, tol=1e-5)
+    assert [penalties for penalties, _, _ in calls] == stages
     assert calls[0][1] is None
     for (_, _, previous), (_, start, _) in zip(calls, calls[1:]):
-        assert start[0] is previous.W and start[1] is previous.b
-
-
-def test_l1_path_schedule_warm_starts_from_the_previous_l1(problem, monkeypatch):
-    import probe_engine.train as train_module
-
-    X, y = problem
-    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
-    calls, real = [], train_module.train_probes
-
-    def spy(*args, **kwargs):
-        sol = real(*args, **kwargs)
-        calls.append((args[2], args[3], kwargs.get("start"), sol))
-        return sol
-
-    monkeypatch.setattr(train_module, "train_probes", spy)
-    train_grid(blocks, 4, [0.0, 1e-2, 1e-3], [1e-3, 1e-1], xp=np, schedule="l1-path", tol=1e-5)
-    assert [(l1, l2) for l1, l2, _, _ in calls] == [([1e-2] * 2, [1e-3, 1e-1]), ([1e-3] * 2, [1e-3, 1e-1]),
-                                                    ([0.0] * 2, [1e-3, 1e-1])]  # strongest l1 first
-    assert calls[0][2] is None
-    for (_, _, _, previous), (_, _, start, _) in zip(calls, calls[1:]):
         assert start[0] is previous.W and start[1] is previous.b
 
 
