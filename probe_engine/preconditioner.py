@@ -51,18 +51,22 @@ FLOOR = 0.01
 MAX_BYTES = 1 << 30
 
 
-class Identity:
-    """``H_0 = gamma I`` on the weights: plain L-BFGS scaling for every probe; on the
-    intercept, ``gamma`` times ``intercept`` (per class, see :func:`intercept_scale`) or 1."""
+class _InterceptScale:
+    """The intercept's part of ``H_0``, shared by both preconditioners: ``intercept`` per
+    class (:func:`intercept_scale`), or 1 when ``None``."""
 
     def __init__(self, intercept=None):
         self.intercept = intercept
 
-    def apply(self, Q):
-        return Q
-
     def apply_intercept(self, q):
         return q if self.intercept is None else q * self.intercept[None, :]
+
+
+class Identity(_InterceptScale):
+    """``H_0 = gamma I`` on the weights: plain L-BFGS scaling for every probe."""
+
+    def apply(self, Q):
+        return Q
 
     def subset(self, keep):
         return self
@@ -92,13 +96,14 @@ class _Group:
         self.positions, self.probes = probes, xp.asarray(probes)  # the probes' batch positions, host and device
 
 
-class GramPreconditioner:
+class GramPreconditioner(_InterceptScale):
     """``H_0 = gamma (G_SS + mu_p I)^-1`` for smooth probes, ``gamma I`` for the others
     (see the module docstring).  ``apply`` maps ``Q (d, P, C)`` probe by probe;
     ``subset`` follows the solver's batch when probes leave it."""
 
     def __init__(self, groups: list[_Group], xp, intercept=None):
-        self.groups, self.xp, self.intercept = groups, xp, intercept
+        super().__init__(intercept)
+        self.groups, self.xp = groups, xp
 
     @classmethod
     def build(cls, gram: np.ndarray, curvature, smooth, support, xp, intercept=None) -> "GramPreconditioner | Identity":
@@ -145,9 +150,6 @@ class GramPreconditioner:
             else:
                 R[g.columns[:, None], g.probes[None, :]] = mapped
         return R
-
-    def apply_intercept(self, q):
-        return q if self.intercept is None else q * self.intercept[None, :]
 
     def subset(self, keep) -> "GramPreconditioner":
         keep = to_numpy(keep).astype(bool)
