@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
                         "of the optimum, e.g. 1e-3 (default: off; the gap is reported either way)")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
                    help=f"data passes per probe at most (default {DEFAULT_MAX_ITER})")
+    add_screening_arguments(p, default_tol=None)
     p.add_argument("--grid-schedule", default="batched", choices=GRID_SCHEDULES,
                    help="batched (default): every grid probe in every data pass; path: the probes of one l2 "
                         "value at a time, largest first, each warm-started from the previous l2's solutions; "
@@ -51,6 +52,36 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory (results.json, weights/, plot)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=probe)
+
+
+def add_screening_arguments(p, default_tol) -> None:
+    """``--screen-tol`` and ``--screen-margin`` (probe_engine.screening), shared by probe and neurons."""
+    from probe_engine.screening import DEFAULT_MARGIN
+
+    shown = "off" if default_tol is None else default_tol
+    p.add_argument("--screen-tol", default=default_tol,
+                   help="solve every grid point to this tolerance first, then only those within --screen-margin "
+                        f"of the best dev accuracy to --tol, and choose among them (default {shown}; off: every "
+                        "grid point to --tol)")
+    p.add_argument("--screen-margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"dev accuracy (a fraction) a grid point may trail the best by and still be solved to "
+                        f"--tol when screening (default {DEFAULT_MARGIN})")
+
+
+def screening_options(args) -> dict:
+    """``{"screen_tol": float or None, "screen_margin": float}`` from the parsed arguments."""
+    if not args.screen_margin >= 0:
+        raise StrataError(f"--screen-margin: must be >= 0, got {args.screen_margin}")
+    text = args.screen_tol
+    if text is None or str(text).strip().lower() == "off":
+        return {"screen_tol": None, "screen_margin": args.screen_margin}
+    try:
+        screen_tol = float(text)
+    except ValueError:
+        raise StrataError(f"--screen-tol: {text!r} is not a number or off") from None
+    if not screen_tol > 0:
+        raise StrataError(f"--screen-tol: must be > 0 or off, got {text}")
+    return {"screen_tol": screen_tol, "screen_margin": args.screen_margin}
 
 
 def options_from_args(args) -> dict:
@@ -85,6 +116,7 @@ def options_from_args(args) -> dict:
             "tol": args.tol, "gap_tol": gap_tol, "max_iter": args.max_iter, "device": args.device,
             "max_memory": int(max_memory),
             "grid_schedule": getattr(args, "grid_schedule", "batched"),  # strata neurons has no such option
+            **screening_options(args),
             "seed": args.seed, "command": getattr(args, "argv", None)}
 
 

@@ -18,6 +18,7 @@ from probe_engine.features import FeatureSet, block_tokens_for
 from probe_engine.grid import feature_set_name
 from probe_engine.labels import mapped_classes, training_classes
 from probe_engine.stores import ProbeStore, check_same_model
+from probe_engine.screening import screened_grid
 from probe_engine.train import predict, train_grid
 
 
@@ -37,10 +38,12 @@ def open_stores(spec: dict) -> dict[str, ProbeStore]:
 
 
 def choose(records: list[dict]) -> int:
-    """The probe picked on dev: best dev accuracy; ties go to fewer non-zeros, then
+    """The probe picked on dev among those solved to the run's tolerance (all of them
+    unless the grid was screened): best dev accuracy; ties go to fewer non-zeros, then
     the larger l1, then the larger l2 (the simpler probe)."""
-    return max(range(len(records)), key=lambda i: (records[i]["dev_accuracy"], -records[i]["nonzeros"],
-                                                   records[i]["l1"], records[i]["l2"]))
+    eligible = [i for i, r in enumerate(records) if not r.get("screened_out")]
+    return max(eligible, key=lambda i: (records[i]["dev_accuracy"], -records[i]["nonzeros"],
+                                        records[i]["l1"], records[i]["l2"]))
 
 
 def run_group(spec: dict, progress=None) -> dict:
@@ -60,20 +63,31 @@ def run_group(spec: dict, progress=None) -> dict:
     stats = features.statistics()
     in_memory = features.memory_bytes() <= spec["max_memory"]
 
-    started = time.perf_counter()
-    blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
-    sol = train_grid(blocks, len(classes), spec["l1"], spec["l2"], xp=xp, tol=spec["tol"],
-                     gap_tol=spec.get("gap_tol"), max_iter=spec["max_iter"], counts=counts, on_iteration=progress,
-                     schedule=spec.get("grid_schedule", "batched"))
-    train_seconds = time.perf_counter() - started
-
-    predictions = {"train": predict(blocks, sol.W, sol.b, xp)}
-    unseen = {}
+    evaluation, unseen = {}, {}
     for split in ("dev", "test"):
         if split in stores:
             y, unseen[split] = mapped_classes(stores[split], spec["label"], classes)
-            fs = FeatureSet(stores[split], positions, y, block)
-            predictions[split] = predict(fs.blocks(stats, xp, in_memory=False), sol.W, sol.b, xp)
+            evaluation[split] = FeatureSet(stores[split], positions, y, block).blocks(stats, xp, in_memory=False)
+
+    started = time.perf_counter()
+    blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
+    common = dict(xp=xp, tol=spec["tol"], gap_tol=spec.get("gap_tol"), max_iter=spec["max_iter"], counts=counts,
+                  on_iteration=progress, schedule=spec.get("grid_schedule", "batched"))
+    screen_tol = spec.get("screen_tol")
+    if screen_tol is not None and "dev" in evaluation:
+        def dev_accuracy(W, b):
+            pred, truth = predict(evaluation["dev"], W, b, xp)
+            return (pred == truth[:, None]).mean(axis=0) if len(truth) else np.full(W.shape[1], np.nan)
+
+        sol, refined = screened_grid(blocks, len(classes), spec["l1"], spec["l2"], dev_accuracy=dev_accuracy,
+                                     screen_tol=screen_tol, margin=spec["screen_margin"], **common)
+    else:
+        sol, refined = train_grid(blocks, len(classes), spec["l1"], spec["l2"], **common), np.ones(len(grid), bool)
+    train_seconds = time.perf_counter() - started
+
+    predictions = {"train": predict(blocks, sol.W, sol.b, xp)}
+    for split, split_blocks in evaluation.items():
+        predictions[split] = predict(split_blocks, sol.W, sol.b, xp)
     accuracy = {split: (pred == truth[:, None]).mean(axis=0) if len(truth) else np.full(len(grid), np.nan)
                 for split, (pred, truth) in predictions.items()}
 
@@ -85,6 +99,7 @@ def run_group(spec: dict, progress=None) -> dict:
         for split in ("train", "dev", "test"):
             record[f"{split}_accuracy"] = float(accuracy[split][p]) if split in accuracy else None
         record.update(objective=float(sol.objective[p]), loss=float(sol.loss[p]),
+                      tol=spec["tol"] if refined[p] else screen_tol, screened_out=not bool(refined[p]),
                       converged=bool(sol.converged[p]), iterations=int(sol.iterations[p]),
                       optimality=float(sol.optimality[p]), duality_gap=finite_or_none(sol.gap[p]),
                       nonzeros=int(np.count_nonzero(sol.W[:, p])),

@@ -13,8 +13,9 @@ and Durrani et al. 2020), with Hewitt & Liang's control tasks (EMNLP 2019):
    as the wider probes finish, and each probe's own top-k is a column mask in the
    penalty, penalty.Restricted); the
    smallest k whose dev accuracy is within ``delta`` of the oracle's;
-4. **ablation** at that k: top, bottom and random k, retrained (one batch) and as
-   the oracle with every other weight zeroed (no training);
+4. **ablation** at that k: top, bottom and random k, retrained (bottom and random in
+   one batch; top is step 3's probe at k, the same problem) and as the oracle with
+   every other weight zeroed (no training);
 5. **layers**: how the selected neurons spread over layers;
 6. **control** (optional): every word type gets one label drawn from the training
    label distribution; all-neuron and top-k probes retrained on those labels;
@@ -183,8 +184,11 @@ def check_options(options: dict) -> None:
 def _spec_hash(options: dict, step: str) -> str:
     """What a step's result depends on: every option up to and including that step."""
     keys = ["train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter", "device", "seed"]
-    if options.get("gap_tol") is not None:  # absent = off: steps finished before the option existed still count
-        keys += ["gap_tol"]
+    for key in ("gap_tol", "screen_tol"):  # absent = off: steps finished before the option existed still count
+        if options.get(key) is not None:
+            keys += [key]
+    if options.get("screen_tol") is not None:
+        keys += ["screen_margin"]
     if step != "oracle":
         keys += ["ranking"]
     if step in ("minimal", "ablation", "control"):
@@ -236,6 +240,8 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
                                         "device", "max_memory", "seed")}
         if options.get("gap_tol") is not None:
             spec["gap_tol"] = options["gap_tol"]
+        if options.get("screen_tol") is not None:
+            spec.update(screen_tol=options["screen_tol"], screen_margin=options["screen_margin"])
         spec["layers"] = stores["train"].layers
         result = run_group(spec)
         s, a = result["summary"], result["arrays"]
@@ -274,7 +280,7 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     k = ks[j]
     selected = ordering[:k]
 
-    # 4. ablations at k: top / bottom / random, retrained in one batch and zeroed in the oracle
+    # 4. ablations at k: top / bottom / random, retrained and zeroed in the oracle
     ablation = steps.load("ablation")
     if ablation is None:
         say(f"strata neurons: 4/6 ablations at k = {k}")
@@ -283,7 +289,11 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
         support = np.zeros((d, 3), bool)
         for col, neurons in enumerate(sets.values()):
             support[neurons, col] = True
-        retrained = data.train_and_score(l1, l2, support, data.y, "task", "  ablation probes", quiet)
+        # the top-k probe is the minimal step's probe at k (same support, same penalty): reused, not retrained
+        others = data.train_and_score(l1, l2, support[:, 1:], data.y, "task", "  ablation probes", quiet)
+        retrained = {"scores": {split: [minimal["scores"][split][j], *acc] for split, acc in others["scores"].items()},
+                     **{key: [minimal[key][j], *others[key]] for key in ("converged", "iterations", "nonzeros")},
+                     "seconds": others["seconds"], "top_from": "minimal"}
         masked = W_oracle[:, None, :] * support[:, :, None]
         zeroed = {split: data.accuracy(split, data.y, "task", masked, np.tile(b_oracle, (3, 1)))
                   for split in ("dev", "test")}
@@ -333,7 +343,10 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
                            "dev": options["dev"],
                            "test": options["test"], "ranking": options["ranking"], "delta": options["delta"],
                            "fractions": options["fractions"], "l1_grid": options["l1"], "l2_grid": options["l2"],
-                           "tol": options["tol"], "gap_tol": options.get("gap_tol"), "max_iter": options["max_iter"],
+                           "tol": options["tol"], "gap_tol": options.get("gap_tol"),
+                           "screen_tol": options.get("screen_tol"),
+                           "screen_margin": options.get("screen_margin") if options.get("screen_tol") else None,
+                           "max_iter": options["max_iter"],
                            "seed": options["seed"],
                            "control": options["control"], "device": options["device"],
                            "command": options.get("command"), "seconds_this_run": round(seconds, 3),
@@ -343,7 +356,8 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
         "unseen_label_tokens": data.unseen,
         "oracle": {k2: best[k2] for k2 in ("l1", "l2", "train_accuracy", "dev_accuracy", "test_accuracy",
                                            "nonzeros", "converged")},
-        "oracle_grid": [{k2: r[k2] for k2 in ("l1", "l2", "dev_accuracy", "converged", "iterations", "nonzeros")}
+        "oracle_grid": [{k2: r.get(k2) for k2 in ("l1", "l2", "dev_accuracy", "tol", "screened_out", "converged",
+                                                  "iterations", "nonzeros")}
                         for r in oracle["grid"]],
         "top_k": [{"fraction": f, "k": kk, "dev_accuracy": minimal["scores"]["dev"][i],
                    "test_accuracy": minimal["scores"]["test"][i], "converged": minimal["converged"][i]}

@@ -7,10 +7,12 @@ from __future__ import annotations
 from store.errors import StrataError
 
 DEFAULT_FRACTIONS = ",".join(f"{f / 100:g}" for f in range(1, 21))  # 0.01 .. 0.2
+#: The oracle's grid exists only to choose (l1, l2): screen it by default (probe_engine.screening).
+DEFAULT_SCREEN_TOL = 1e-3
 
 
 def add_parser(subparsers) -> None:
-    from probe_engine.cli import DEFAULT_GRID
+    from probe_engine.cli import DEFAULT_GRID, add_screening_arguments
     from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL
 
     p = subparsers.add_parser(
@@ -38,6 +40,7 @@ def add_parser(subparsers) -> None:
                    help="also stop a probe once its duality gap certifies its objective within this fraction "
                         "of the optimum, e.g. 1e-3 (default: off)")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help=f"passes per batch (default {DEFAULT_MAX_ITER})")
+    add_screening_arguments(p, default_tol=DEFAULT_SCREEN_TOL)
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--max-memory", default="4GB", help="hold features in memory up to this size; beyond it, hold what fits and stream the rest")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ablation set and the control labels")

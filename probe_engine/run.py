@@ -37,6 +37,8 @@ def plan_groups(options: dict) -> list[dict]:
         common["grid_schedule"] = options["grid_schedule"]
     if options.get("gap_tol") is not None:  # absent = off, as above
         common["gap_tol"] = options["gap_tol"]
+    if options.get("screen_tol") is not None:  # absent = off, as above
+        common.update(screen_tol=options["screen_tol"], screen_margin=options["screen_margin"])
     specs = []
     for pool in options.get("pools") or [None]:
         stores = open_stores({**options, "pool": pool})
@@ -170,7 +172,8 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
                          "labels": options["labels"], "layers": options["layers_spec"],
                          "pool": options.get("pools"),
                          "l1": options["l1"], "l2": options["l2"], "tol": options["tol"],
-                         "gap_tol": options.get("gap_tol"),
+                         "gap_tol": options.get("gap_tol"), "screen_tol": options.get("screen_tol"),
+                         "screen_margin": options.get("screen_margin") if options.get("screen_tol") else None,
                          "max_iter": options["max_iter"], "device": options["device"],
                          "grid_schedule": options.get("grid_schedule", "batched"),
                          "scheduler": "threads" if scheduler == "threads" else "distributed",

@@ -105,7 +105,7 @@ GRID_SCHEDULES = ("batched", "path", "l1-path")
 
 
 def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched", tol: float = DEFAULT_TOL,
-               max_iter: int = DEFAULT_MAX_ITER, gap_tol: float | None = None, counts=None,
+               max_iter: int = DEFAULT_MAX_ITER, gap_tol: float | None = None, counts=None, gram=None,
                on_iteration=None) -> Solutions:
     """All probes of the grid ``l1s x l2s``, in grid order (l1 outer, l2 inner).
 
@@ -123,11 +123,12 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     a pass costs about the same for 4 or 64 probes, so fewer, wider passes (``batched``)
     should win there.  ``iterations`` count each probe's own passes;
     ``on_iteration(passes so far, probes still to finish)`` counts the whole grid.
+    ``gram``: the blocks' :meth:`MultinomialLogistic.gram`, when the caller has it.
     """
     if schedule not in GRID_SCHEDULES:
         raise ValueError(f"schedule must be one of {GRID_SCHEDULES}, got {schedule!r}")
     counts = class_counts(blocks, n_classes) if counts is None else counts
-    gram = MultinomialLogistic(n_classes).gram(blocks)  # one pass for every call
+    gram = MultinomialLogistic(n_classes).gram(blocks) if gram is None else gram  # one pass for every call
     if schedule == "batched":
         grid = [(a, b) for a in l1s for b in l2s]
         return train_probes(blocks, n_classes, [g[0] for g in grid], [g[1] for g in grid], xp=xp, tol=tol,

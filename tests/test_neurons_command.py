@@ -38,7 +38,12 @@ def test_the_analysis_hangs_together(analysis):
     doc = load(analysis)
     d = doc["neurons_total"]
     assert d == 3 * 32 and doc["layers"] == [0, 1, 2]
-    assert doc["oracle"]["dev_accuracy"] == max(r["dev_accuracy"] for r in doc["oracle_grid"])
+    # the oracle's grid is screened by default: chosen among the points solved to --tol
+    assert doc["strata_neurons"]["screen_tol"] == 1e-3
+    refined = [r for r in doc["oracle_grid"] if not r["screened_out"]]
+    assert refined and all(r["tol"] == doc["strata_neurons"]["tol"] and r["converged"] for r in refined)
+    assert all(r["tol"] == 1e-3 for r in doc["oracle_grid"] if r["screened_out"])
+    assert doc["oracle"]["dev_accuracy"] == max(r["dev_accuracy"] for r in refined)
     assert [t["k"] for t in doc["top_k"]] == [5, 10, 29, 58]  # ceil(fraction * 96)
     m = doc["minimal"]
     within = [t for t in doc["top_k"] if t["dev_accuracy"] >= doc["oracle"]["dev_accuracy"] - 0.02]
@@ -52,6 +57,11 @@ def test_the_analysis_hangs_together(analysis):
     assert list(doc["layer_distribution"].values()) == counts.tolist()
     for name in ("top", "bottom", "random"):
         assert set(doc["ablation"][name]) == {"retrained_dev", "retrained_test", "zeroed_dev", "zeroed_test"}
+    # the retrained top k is the minimal step's probe at k, not a second training of it
+    assert (doc["ablation"]["top"]["retrained_dev"], doc["ablation"]["top"]["retrained_test"]) == \
+        (m["dev_accuracy"], m["test_accuracy"])
+    steps = json.loads((analysis / "steps" / "ablation.json").read_text())
+    assert steps["retrained"]["top_from"] == "minimal" and len(steps["retrained"]["iterations"]) == 3
     c = doc["control"]
     for key in ("all_neurons", "selected_neurons"):
         assert c[key]["selectivity_test"] == pytest.approx(c[key]["task_test"] - c[key]["control_test"])

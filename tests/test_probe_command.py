@@ -215,3 +215,38 @@ def test_path_schedule_gives_the_batched_solutions(first_run, stores, tmp_path, 
             assert a["objective"] == pytest.approx(b["objective"], rel=1e-5)
             compared += 1
     assert compared >= 8
+
+
+def test_screened_grid_solves_only_the_contenders_to_tol(first_run, stores, tmp_path, strata):
+    """--screen-tol: round 1 is exactly the grid solved to the screen tolerance; the probes
+    within --screen-margin of its best dev accuracy, and only those, go on to --tol and
+    reach the exhaustive run's objectives; the choice is made among them."""
+    margin = 0.01
+    code, _, err = strata(*probe_args(stores, tmp_path / "loose", "--layers", "all", "--tol", "1e-2"))
+    assert code == 0, err
+    code, _, err = strata(*probe_args(stores, tmp_path / "screened", "--layers", "all", "--screen-tol", "1e-2",
+                                      "--screen-margin", str(margin)))
+    assert code == 0, err
+    loose, screened = load(tmp_path / "loose")["probes"], load(tmp_path / "screened")
+    exhaustive = [p for p in load(first_run)["probes"] if p["layers"] == [0, 1, 2]]
+    accuracy = np.array([p["dev_accuracy"] for p in loose])
+    contender = accuracy >= accuracy.max() - margin
+    assert 0 < contender.sum() < len(contender)  # the test screens something out, and keeps something
+    assert [not p["screened_out"] for p in screened["probes"]] == contender.tolist()
+    for p, first, full in zip(screened["probes"], loose, exhaustive):
+        assert (p["l1"], p["l2"]) == (first["l1"], first["l2"]) == (full["l1"], full["l2"])
+        if p["screened_out"]:  # round 1's answer, bit for bit
+            assert p["tol"] == 1e-2 and p["converged"]
+            assert {k: p[k] for k in ("objective", "iterations", "optimality", "dev_accuracy", "nonzeros")} == \
+                {k: first[k] for k in ("objective", "iterations", "optimality", "dev_accuracy", "nonzeros")}
+        else:  # warm-started from it: certified to --tol where the exhaustive run was (l2 > 0 here)
+            assert p["tol"] == 1e-5 and first["iterations"] < p["iterations"] <= 2000
+            assert p["converged"] == full["converged"]
+            if full["converged"]:
+                assert p["optimality"] <= 1e-5
+                np.testing.assert_allclose(p["objective"], full["objective"], rtol=1e-6)
+    chosen = screened["chosen"][0]
+    refined = [p for p in screened["probes"] if not p["screened_out"]]
+    best = max(refined, key=lambda p: p["dev_accuracy"])
+    assert (chosen["l1"], chosen["l2"]) == (best["l1"], best["l2"])
+    assert screened["strata_probe"]["screen_tol"] == 1e-2 and screened["strata_probe"]["screen_margin"] == margin

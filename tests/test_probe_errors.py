@@ -75,6 +75,9 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
     ("--max-memory", "lots", "--max-memory: 'lots' is not a size such as 4GB or 512MiB"),
     ("--tol", "0", "--tol: must be > 0, got 0.0"),
     ("--gap-tol", "0", "--gap-tol: must be > 0, got 0.0"),
+    ("--screen-tol", "0", "--screen-tol: must be > 0 or off, got 0"),
+    ("--screen-tol", "loose", "--screen-tol: 'loose' is not a number or off"),
+    ("--screen-margin", "-0.1", "--screen-margin: must be >= 0, got -0.1"),
     ("--device", "tpu", "--device: 'tpu' is not cpu or cuda"),
 ])
 def test_bad_options(run, option, value, message):

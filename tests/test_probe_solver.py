@@ -370,3 +370,44 @@ def test_supports_inside_a_few_columns_train_on_those_columns_alone(problem):
     assert full.W.shape == (X.shape[1], 2, 4) and np.array_equal(full.W[used], narrow.W)
     assert not np.delete(full.W, used, axis=0).any()
     assert np.array_equal(full.b, narrow.b) and np.array_equal(full.iterations, narrow.iterations)
+
+
+def test_contenders_are_the_probes_within_the_margin_of_the_best():
+    from probe_engine.screening import contenders
+
+    acc = [0.90, 0.915, np.nan, 0.92, 0.917, 0.8]
+    assert contenders(acc, 0.003).tolist() == [3, 4]  # 0.917 >= 0.92 - 0.003; 0.915 is not
+    assert contenders(acc, 0.0).tolist() == [3]
+    assert contenders(acc, 0.2).tolist() == [0, 1, 3, 4, 5]  # NaN (no dev rows) never is
+
+
+def test_screened_grid_refines_the_contenders_from_their_round_one_answers(problem, monkeypatch):
+    """Round 2 is one batch of the contenders, started from round 1's answers and given the
+    passes round 1 left them; with screen_tol <= tol there is a single round."""
+    import probe_engine.screening as screening
+
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    l1s, l2s = [0.0, 1e-2], [1e-3, 1e-1]
+    scores = np.array([0.5, 0.8, 0.79, 0.6])  # what dev "says" of the round-1 answers
+    calls = []
+    real = screening.train_probes
+    monkeypatch.setattr(screening, "train_probes", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    sol, refined = screening.screened_grid(blocks, 4, l1s, l2s, xp=np, dev_accuracy=lambda W, b: scores,
+                                           screen_tol=1e-2, margin=0.01, tol=1e-6, max_iter=500)
+    first = train_grid(blocks, 4, l1s, l2s, xp=np, tol=1e-2, max_iter=500)
+    assert refined.tolist() == [False, True, True, False]
+    (args, kwargs), = calls
+    assert args[2:] == ([0.0, 1e-2], [1e-1, 1e-3]) and kwargs["tol"] == 1e-6
+    assert kwargs["max_iter"] == 500 - first.iterations[[1, 2]].max()
+    np.testing.assert_array_equal(kwargs["start"][0], first.W[:, [1, 2]])
+    for p in (0, 3):  # round 1's answers, untouched
+        np.testing.assert_array_equal(sol.W[:, p], first.W[:, p])
+        assert sol.iterations[p] == first.iterations[p]
+    exact = train_grid(blocks, 4, l1s, l2s, xp=np, tol=1e-6, max_iter=500)
+    assert sol.converged.all() and (sol.optimality[[1, 2]] <= 1e-6).all()
+    np.testing.assert_allclose(sol.objective[[1, 2]], exact.objective[[1, 2]], rtol=1e-7)
+    calls.clear()
+    single, refined = screening.screened_grid(blocks, 4, l1s, l2s, xp=np, dev_accuracy=lambda W, b: scores,
+                                              screen_tol=1e-6, margin=0.01, tol=1e-6, max_iter=500)
+    assert refined.all() and np.array_equal(single.W, exact.W)
