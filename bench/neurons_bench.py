@@ -13,8 +13,10 @@ Both ways run in this process, one after the other, with the same grid, fraction
 delta, seed and control task:
 
 * **strata**: ``probe_engine.neurons.run_neurons`` (what ``strata neurons --control``
-  runs): the grid in one batch, all top-k probes in one batch (column masks),
-  ablations in one batch, control probes in one batch.
+  runs): the grid in one batch, screened as ``strata neurons`` does by default (every
+  point to ``--screen-tol`` 1e-3, those within ``--screen-margin`` of the best dev
+  accuracy on to ``--tol``), all top-k probes in one batch (column masks), the bottom and
+  random ablations in one batch (top is the top-k probe at k), control probes in one batch.
 * **NeuroX way** (Durrani et al.'s toolkit, ``neurox.interpretation.linear_probe``):
   one probe per training: ``torch.nn.Linear`` trained with Adam (lr 1e-3), 10 epochs,
   minibatches of 32, loss = CE + l1*sum|W| + l2*||W||_2 (NeuroX's penalty), one
@@ -51,6 +53,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
+from probe_engine.neurons_cli import DEFAULT_SCREEN_TOL  # noqa: E402
+from probe_engine.screening import DEFAULT_MARGIN  # noqa: E402
 
 EWT = REPO.parent / "shared" / "data" / "ud_english_ewt"
 STRATA = [sys.executable, "-m", "strata"]  # this interpreter's strata (python -m works from the repo root)
@@ -195,6 +199,10 @@ def main() -> None:
     p.add_argument("--fractions", default=",".join(f"{f / 100:g}" for f in range(1, 21)))
     p.add_argument("--delta", type=float, default=0.01)
     p.add_argument("--tol", type=float, default=1e-4, help="strata's certificate tolerance")
+    p.add_argument("--screen-tol", type=float, default=DEFAULT_SCREEN_TOL,
+                   help=f"strata's oracle grid screening tolerance (default {DEFAULT_SCREEN_TOL}, as strata neurons; "
+                        "0: off)")
+    p.add_argument("--screen-margin", type=float, default=DEFAULT_MARGIN)
     p.add_argument("--loose-tol", type=float, default=1e-3,
                    help="a second strata run at this tolerance, compared with the same NeuroX run (0: none)")
     p.add_argument("--max-iter", type=int, default=1000)
@@ -224,7 +232,7 @@ def main() -> None:
                    "pool": None, "label": args.labels, "l1": l1s, "l2": l2s, "tol": args.tol,
                    "max_iter": args.max_iter, "device": args.device, "max_memory": 8 << 30, "seed": args.seed,
                    "fractions": fractions, "delta": args.delta, "ranking": "lca", "control": True,
-                   "command": None}
+                   "screen_tol": args.screen_tol or None, "screen_margin": args.screen_margin, "command": None}
         log("strata neurons")
         t = time.perf_counter()
         strata_doc = run_neurons(options, tmp / "strata_out", quiet=True)

@@ -288,13 +288,17 @@ def sklearn_parameters(l1: float, l2: float, n: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- 1. strata grid
 def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float, max_iter: int,
-                device: str = "cpu", schedule: str = "batched") -> tuple[dict, object]:
+                device: str = "cpu", schedule: str = "batched", screen_tol: float | None = None,
+                screen_margin: float | None = None) -> tuple[dict, object]:
     """Train the whole grid at once with the features in memory; time the ``train_probes`` call.
 
     Reading and standardizing the blocks is timed apart (``seconds_read_blocks``):
-    it is done once per feature set and shared by every probe of every grid.
+    it is done once per feature set and shared by every probe of every grid.  With
+    ``screen_tol`` the grid is screened (``strata probe --screen-tol``); the time then
+    includes the dev pass that picks the contenders.
     """
     from probe_engine.group import choose
+    from probe_engine.screening import screened_grid
     from probe_engine.train import predict, train_grid
 
     xp, sync = device_module(device)
@@ -306,14 +310,25 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     seconds_read = time.perf_counter() - start
     log(f"strata: {len(grid)} probes, {blocks.n_rows:,} rows x {blocks.n_features} features, "
         f"{problem.n_classes} classes, blocks of {features.block_tokens} tokens")
-    start = time.perf_counter()
-    sol = train_grid(blocks, problem.n_classes, l1s, l2s, xp=xp, schedule=schedule, tol=tol, max_iter=max_iter,
-                     counts=problem.counts)
-    seconds = time.perf_counter() - start  # the solutions are on the host: the device is done
     dev_blocks = problem.dev_feature_set(features.block_tokens).blocks(problem.stats, xp, in_memory=True)
-    pred, truth = predict(dev_blocks, sol.W, sol.b, xp)
-    dev_acc = (pred == truth[:, None]).mean(axis=0)
-    records = [{"l1": l1, "l2": l2, "objective": float(sol.objective[p]), "loss": float(sol.loss[p]),
+
+    def dev_accuracy(W, b):
+        pred, truth = predict(dev_blocks, W, b, xp)
+        return (pred == truth[:, None]).mean(axis=0)
+
+    start = time.perf_counter()
+    if screen_tol:
+        sol, refined = screened_grid(blocks, problem.n_classes, l1s, l2s, xp=xp, dev_accuracy=dev_accuracy,
+                                     screen_tol=screen_tol, margin=screen_margin, schedule=schedule, tol=tol,
+                                     max_iter=max_iter, counts=problem.counts)
+    else:
+        sol = train_grid(blocks, problem.n_classes, l1s, l2s, xp=xp, schedule=schedule, tol=tol, max_iter=max_iter,
+                         counts=problem.counts)
+        refined = np.ones(len(grid), bool)
+    seconds = time.perf_counter() - start  # the solutions are on the host: the device is done
+    dev_acc = dev_accuracy(sol.W, sol.b)
+    records = [{"l1": l1, "l2": l2, "screened_out": not refined[p], "objective": float(sol.objective[p]),
+                "loss": float(sol.loss[p]),
                 "converged": bool(sol.converged[p]), "iterations": int(sol.iterations[p]),
                 "optimality": float(sol.optimality[p]), "duality_gap": float(sol.gap[p]),
                 "relative_duality_gap": float(sol.gap[p] / (sol.objective[p] - sol.gap[p])),
@@ -325,7 +340,8 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
         f"chosen l1={grid[chosen][0]:g} l2={grid[chosen][1]:g} "
         f"dev acc {dev_acc[chosen]:.4f}")
     result = {"solver": "batched OWL-QN with SpaRSA endgame (probe_engine.solver.owlqn, the default)",
-              "grid_schedule": schedule,
+              "grid_schedule": schedule, "screen_tol": screen_tol, "screen_margin": screen_margin if screen_tol else None,
+              "refined": int(refined.sum()),
               "probes": len(grid), "l1": l1s, "l2": l2s, "tol": tol, "max_iter": max_iter,
               "rows": blocks.n_rows, "features": blocks.n_features, "classes": problem.n_classes,
               "block_tokens": features.block_tokens, "in_memory": True, "device": device,
@@ -569,7 +585,24 @@ def run_neurox(problem: Problem, l1: float, l2: float, args) -> dict:
             "train_accuracy": accuracy(problem.X, problem.y, W, b)}
 
 
-def neurox_section(problem: Problem, points, grid: dict, args, loose: dict | None = None) -> dict:
+def versus_neurox(run: dict, per_probe: float, best: dict) -> dict:
+    """strata's grid run ``run`` (a :func:`strata_grid` result) against NeuroX's best probe."""
+    diff = 100 * (run["chosen"]["dev_accuracy"] - best["dev_accuracy"])
+    ratio = per_probe / run["seconds_per_probe"]
+    return {"tol": run["tol"], "screen_tol": run["screen_tol"], "screen_margin": run["screen_margin"],
+            "refined": run["refined"], "seconds_train_probes": run["seconds_train_probes"],
+            "seconds_per_probe": run["seconds_per_probe"], "converged": run["converged"],
+            "passes": run["passes"], "chosen": run["chosen"],
+            "probe_passes": int(sum(r["iterations"] for r in run["records"])),
+            "dev_accuracy_strata_minus_neurox_points": diff,
+            "neurox_over_strata_seconds_per_probe": ratio,
+            "targets_met": {"speed": ratio >= TARGETS["neurox_over_strata_seconds_per_probe"],
+                            "dev_accuracy_equal_or_better": diff >= -TARGETS["dev_accuracy_points"]},
+            "records": run["records"]}
+
+
+def neurox_section(problem: Problem, points, grid: dict, args, loose: dict | None = None,
+                   screened: dict | None = None) -> dict:
     import torch
 
     threads, calibration = neurox_threads(problem, args)
@@ -586,21 +619,13 @@ def neurox_section(problem: Problem, points, grid: dict, args, loose: dict | Non
     diff = 100 * (strata_acc - best["dev_accuracy"])
     ratio = per_probe / grid["seconds_per_probe"]
     torch.set_num_threads(calibration["default_threads"])
-    at_loose = None
-    if loose is not None:  # the same comparison with strata at --loose-tol
-        loose_diff = 100 * (loose["chosen"]["dev_accuracy"] - best["dev_accuracy"])
-        loose_ratio = per_probe / loose["seconds_per_probe"]
-        at_loose = {"tol": loose["tol"], "seconds_train_probes": loose["seconds_train_probes"],
-                    "seconds_per_probe": loose["seconds_per_probe"], "converged": loose["converged"],
-                    "passes": loose["passes"], "chosen": loose["chosen"],
-                    "probe_passes": int(sum(r["iterations"] for r in loose["records"])),
-                    "dev_accuracy_strata_minus_neurox_points": loose_diff,
-                    "neurox_over_strata_seconds_per_probe": loose_ratio,
-                    "targets_met": {"speed": loose_ratio >= TARGETS["neurox_over_strata_seconds_per_probe"],
-                                    "dev_accuracy_equal_or_better": loose_diff >= -TARGETS["dev_accuracy_points"]},
-                    "records": loose["records"]}
-        log(f"strata at tol {loose['tol']:g}: {loose['seconds_per_probe']:.3f} s/probe, chosen dev acc "
-            f"{loose['chosen']['dev_accuracy']:.4f}: NeuroX/strata {loose_ratio:.1f}x")
+    at = {}
+    for name, run in (("strata_at_loose_tol", loose), ("strata_screened", screened)):
+        if run is not None:  # the same comparison with strata at --loose-tol, and with the grid screened
+            at[name] = versus_neurox(run, per_probe, best)
+            log(f"{name} (tol {run['tol']:g}, screen {run['screen_tol']}): {run['seconds_per_probe']:.3f} s/probe, "
+                f"chosen dev acc {run['chosen']['dev_accuracy']:.4f}: NeuroX/strata "
+                f"{at[name]['neurox_over_strata_seconds_per_probe']:.1f}x")
     return {"runs": runs, "torch_threads": threads, "thread_calibration": calibration,
             "seconds_per_probe_median": per_probe,
             "best_dev_accuracy": best["dev_accuracy"], "best_point": [best["l1"], best["l2"]],
@@ -611,7 +636,8 @@ def neurox_section(problem: Problem, points, grid: dict, args, loose: dict | Non
             "notes": "NeuroX defaults: Adam lr 1e-3, 10 epochs, batch_size=32 (neurox/interpretation/"
                      "linear_probe.py _train_probe), batches in corpus order (utils.batch_generator), "
                      "L2 penalty sqrt(sum W^2) on linear.weight only; no amp; tqdm left out.",
-            "strata_at_loose_tol": at_loose, "device": args.device}
+            "strata_at_loose_tol": at.get("strata_at_loose_tol"), "strata_screened": at.get("strata_screened"),
+            "device": args.device}
 
 
 # --------------------------------------------------------------------------- 4. FLOP/s
@@ -731,6 +757,11 @@ def parse_args():
     p.add_argument("--loose-tol", type=float, default=1e-3,
                    help="strata's tolerance for the second, accuracy-matched NeuroX comparison (default 1e-3; "
                         "0 leaves it out)")
+    p.add_argument("--screen-tol", type=float, default=1e-3,
+                   help="a third strata grid, screened at this tolerance and refined to --tol (strata probe "
+                        "--screen-tol), in the NeuroX comparison (default 1e-3; 0 leaves it out)")
+    p.add_argument("--screen-margin", type=float, default=0.003,
+                   help="its margin (strata probe --screen-margin; default 0.003)")
     p.add_argument("--saga-points", help="'diagonal' (default: 3 points on the grid's diagonal) or l1:l2 pairs on "
                                          "the grid, comma-separated; 'chosen' = strata's dev-chosen point")
     p.add_argument("--saga-tol", type=float, default=1e-4, help="saga tol, its own stopping rule (default 1e-4)")
@@ -833,11 +864,14 @@ def run_all(args, train_path: Path, dev_path: Path, seconds: dict) -> dict:
         saga = timed("saga", saga_section, problem, saga_points(args.saga_points, l1s, l2s, chosen), grid, sol,
                      args)
     if "neurox" not in skip:
-        loose = None
+        loose = screened = None
         if args.loose_tol > 0:
             loose, _ = timed("strata_grid_loose_tol", strata_grid, problem, l1s, l2s, args.loose_tol, args.max_iter,
                              args.device, args.grid_schedule)
-        neurox = timed("neurox", neurox_section, problem, pairs(args.neurox_points), grid, args, loose)
+        if args.screen_tol > 0:
+            screened, _ = timed("strata_grid_screened", strata_grid, problem, l1s, l2s, args.tol, args.max_iter,
+                                args.device, args.grid_schedule, args.screen_tol, args.screen_margin)
+        neurox = timed("neurox", neurox_section, problem, pairs(args.neurox_points), grid, args, loose, screened)
     met = {"flops_fraction_of_gemm": flop_rate["targets_met"]["fraction_of_gemm"]}
     if saga is not None:
         met.update(saga_speed=all(r["targets_met"]["speed"] for r in saga),
@@ -892,9 +926,13 @@ def summary(r: dict) -> str:
                   f"| dev acc strata chosen - NeuroX best: {nx['strata_chosen_dev_accuracy']:.4f} vs "
                   f"{nx['best_dev_accuracy']:.4f} | {nx['dev_accuracy_strata_minus_neurox_points']:+.2f} pt "
                   f"| >= -{t['dev_accuracy_points']:g} pt | {yes(met['neurox_dev_accuracy'])} |"]
-        lo = nx.get("strata_at_loose_tol")
-        if lo is not None:
-            lines += [f"| NeuroX-style/strata at tol {lo['tol']:g} ({lo['seconds_per_probe']:.3f} s/probe, chosen dev acc "
+        for key in ("strata_at_loose_tol", "strata_screened"):
+            lo = nx.get(key)
+            if lo is None:
+                continue
+            how = f"at tol {lo['tol']:g}" + (f", screened at {lo['screen_tol']:g} ({lo['refined']} refined)"
+                                              if lo.get("screen_tol") else "")
+            lines += [f"| NeuroX-style/strata {how} ({lo['seconds_per_probe']:.3f} s/probe, chosen dev acc "
                       f"{lo['chosen']['dev_accuracy']:.4f}, {lo['dev_accuracy_strata_minus_neurox_points']:+.2f} pt) "
                       f"| {lo['neurox_over_strata_seconds_per_probe']:.1f}x "
                       f"| >= {t['neurox_over_strata_seconds_per_probe']:g}x "
