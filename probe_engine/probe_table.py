@@ -19,6 +19,12 @@ def format_table(document: dict) -> str:
         lines.append(f"{c['label']:<8} {features:<20} {c['l1']:>8.0e} {c['l2']:>8.0e} "
                      f"{_pct(c['train_accuracy']):>6} {_pct(c['dev_accuracy']):>6} {_pct(c['test_accuracy']):>6} "
                      f"{c['nonzeros']:>8} {len(group):>6} {converged:>5}/{len(group):<3}")
+    screened = sum(bool(p.get("screened_out")) for p in probes)
+    if screened:
+        run = document["strata_probe"]
+        lines.append(f"screened: {screened} of {len(probes)} probes stopped at --screen-tol {run['screen_tol']:g} "
+                     f"(more than {100 * run['screen_margin']:g} dev points behind); the chosen ones are "
+                     f"certified to --tol {run['tol']:g}")
     unseen = {s: n for c in document["chosen"][:1] for s, n in c["unseen_label_tokens"].items() if n}
     if unseen:
         lines.append("unseen in training (counted as errors): "

@@ -224,8 +224,8 @@ def test_screened_grid_solves_only_the_contenders_to_tol(first_run, stores, tmp_
     margin = 0.01
     code, _, err = strata(*probe_args(stores, tmp_path / "loose", "--layers", "all", "--tol", "1e-2"))
     assert code == 0, err
-    code, _, err = strata(*probe_args(stores, tmp_path / "screened", "--layers", "all", "--screen-tol", "1e-2",
-                                      "--screen-margin", str(margin)))
+    code, out, err = strata(*probe_args(stores, tmp_path / "screened", "--layers", "all", "--screen-tol", "1e-2",
+                                        "--screen-margin", str(margin)))
     assert code == 0, err
     loose, screened = load(tmp_path / "loose")["probes"], load(tmp_path / "screened")
     exhaustive = [p for p in load(first_run)["probes"] if p["layers"] == [0, 1, 2]]
@@ -250,3 +250,6 @@ def test_screened_grid_solves_only_the_contenders_to_tol(first_run, stores, tmp_
     best = max(refined, key=lambda p: p["dev_accuracy"])
     assert (chosen["l1"], chosen["l2"]) == (best["l1"], best["l2"])
     assert screened["strata_probe"]["screen_tol"] == 1e-2 and screened["strata_probe"]["screen_margin"] == margin
+    n_out = len(contender) - int(contender.sum())
+    assert f"screened: {n_out} of {len(contender)} probes stopped at --screen-tol 0.01 (more than 1 dev points " \
+           "behind); the chosen ones are certified to --tol 1e-05" in out
