@@ -118,7 +118,20 @@ def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):  
     assert doc["strata_neurons"]["ranking"] == "probeless"
 
 
+def test_screening_off_solves_every_oracle_point_to_tol(analysis, stores, tmp_path, strata):  # noqa: F811
+    """--screen-tol off: every grid point to --tol, and only the oracle step's inputs change
+    (its steps are not reused from a screened run)."""
+    shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
+    code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--screen-tol", "off"))
+    assert code == 0, err
+    doc = load(tmp_path / "run")
+    assert doc["strata_neurons"]["screen_tol"] is None and doc["strata_neurons"]["steps_reused"] == []
+    assert all(r["tol"] == doc["strata_neurons"]["tol"] and not r["screened_out"] and r["converged"]
+               for r in doc["oracle_grid"])
+
+
 @pytest.mark.parametrize("option,value,message", [
+    ("--screen-tol", "-1", "--screen-tol: must be > 0 or off, got -1"),
     ("--fractions", "0.1,1.5", "--fractions: 1.5 is not in (0, 1]"),
     ("--fractions", "0", "--fractions: 0.0 is not in (0, 1]"),
     ("--delta", "-0.1", "--delta: must be >= 0, got -0.1"),
@@ -126,7 +139,10 @@ def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):  
 ])
 def test_bad_options(stores, tmp_path, strata, option, value, message):  # noqa: F811
     args = neurons_args(stores, tmp_path / "out")
-    args[args.index(option) + 1] = value
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
     assert strata(*args)[0] == 1
     assert strata(*args)[2].strip() == f"strata neurons: error: {message}"
 
