@@ -61,8 +61,8 @@ def add_screening_arguments(p, default_tol) -> None:
     shown = "off" if default_tol is None else default_tol
     p.add_argument("--screen-tol", default=default_tol,
                    help="solve every grid point to this tolerance first, then only those within --screen-margin "
-                        f"of the best dev accuracy to --tol, and choose among them (default {shown}; off: every "
-                        "grid point to --tol)")
+                        f"of the best dev accuracy to --tol, and choose among them (default {shown}; off, or a "
+                        "value <= --tol: every grid point to --tol)")
     p.add_argument("--screen-margin", type=float, default=DEFAULT_MARGIN,
                    help=f"dev accuracy (a fraction) a grid point may trail the best by and still be solved to "
                         f"--tol when screening (default {DEFAULT_MARGIN})")
@@ -79,8 +79,10 @@ def screening_options(args) -> dict:
         screen_tol = float(text)
     except ValueError:
         raise StrataError(f"--screen-tol: {text!r} is not a number or off") from None
-    if not screen_tol > 0:
-        raise StrataError(f"--screen-tol: must be > 0 or off, got {text}")
+    if not 0 < screen_tol < float("inf"):
+        raise StrataError(f"--screen-tol: must be > 0 and finite, or off, got {text}")
+    if screen_tol <= args.tol:  # round 1 would already be the answer: nothing is screened, nothing recorded
+        return {"screen_tol": None, "screen_margin": args.screen_margin}
     return {"screen_tol": screen_tol, "screen_margin": args.screen_margin}
 
 

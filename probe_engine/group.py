@@ -41,7 +41,7 @@ def choose(records: list[dict]) -> int:
     """The probe picked on dev among those solved to the run's tolerance (all of them
     unless the grid was screened): best dev accuracy; ties go to fewer non-zeros, then
     the larger l1, then the larger l2 (the simpler probe)."""
-    eligible = [i for i, r in enumerate(records) if not r.get("screened_out")]
+    eligible = [i for i, r in enumerate(records) if not r.get("screened_out")] or range(len(records))
     return max(eligible, key=lambda i: (records[i]["dev_accuracy"], -records[i]["nonzeros"],
                                         records[i]["l1"], records[i]["l2"]))
 

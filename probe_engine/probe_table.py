@@ -22,7 +22,7 @@ def format_table(document: dict) -> str:
     screened = sum(bool(p.get("screened_out")) for p in probes)
     if screened:
         run = document["strata_probe"]
-        lines.append(f"screened: {screened} of {len(probes)} probes stopped at --screen-tol {run['screen_tol']:g} "
+        lines.append(f"screened: {screened} of {len(probes)} probes were left at --screen-tol {run['screen_tol']:g} "
                      f"(more than {100 * run['screen_margin']:g} dev points behind); the chosen ones are "
                      f"certified to --tol {run['tol']:g}")
     unseen = {s: n for c in document["chosen"][:1] for s, n in c["unseen_label_tokens"].items() if n}

@@ -36,8 +36,11 @@ DEFAULT_MARGIN = 0.003
 
 
 def contenders(dev_accuracy, margin: float) -> np.ndarray:
-    """Indices of the probes whose dev accuracy is at least ``best - margin`` (NaN never is)."""
+    """Indices of the probes whose dev accuracy is at least ``best - margin`` (NaN never is);
+    every probe when no accuracy is a number (no dev rows: nothing to screen on)."""
     acc = np.asarray(dev_accuracy, dtype=np.float64)
+    if not np.isfinite(acc).any():
+        return np.arange(len(acc))
     return np.flatnonzero(acc >= np.nanmax(acc) - margin)
 
 
@@ -50,8 +53,10 @@ def screened_grid(blocks, n_classes: int, l1s, l2s, *, xp, dev_accuracy, screen_
     runs with ``schedule`` (see :func:`probe_engine.train.train_grid`) and without
     ``gap_tol``; round 2 is one batch of the contenders.  Returns ``(solutions, refined)``:
     every probe's answer, ``refined[p]`` true for the probes of round 2 (certified to
-    ``tol``, their ``iterations`` counting both rounds' passes, at most ``max_iter`` in all);
-    the others are certified to ``screen_tol``.  With ``screen_tol <= tol`` round 1 already is the answer: every probe
+    ``tol``, their ``iterations`` counting both rounds' passes: at most ``max_iter`` in all, or
+    ``max_iter + 1`` for a contender that used every pass in round 1 and gets the one pass that
+    checks its answer); the others are certified to ``screen_tol`` (or ran out of passes).
+    Round 1 ignores ``gap_tol``; round 2 is one batch whatever the ``schedule``.  With ``screen_tol <= tol`` round 1 already is the answer: every probe
     is refined.
     """
     counts = class_counts(blocks, n_classes) if counts is None else counts
@@ -61,13 +66,20 @@ def screened_grid(blocks, n_classes: int, l1s, l2s, *, xp, dev_accuracy, screen_
         sol = train_grid(blocks, n_classes, l1s, l2s, xp=xp, schedule=schedule, tol=tol, max_iter=max_iter,
                          gap_tol=gap_tol, counts=counts, gram=gram, on_iteration=on_iteration)
         return sol, np.ones(P, bool)
+    passes = [0]  # round 1's passes as its progress reports them (a path schedule's stages add up)
+
+    def first_progress(it, active):
+        passes[0] = max(passes[0], it)
+        if on_iteration is not None:
+            on_iteration(it, active)
+
     first = train_grid(blocks, n_classes, l1s, l2s, xp=xp, schedule=schedule, tol=screen_tol, max_iter=max_iter,
-                       counts=counts, gram=gram, on_iteration=on_iteration)
+                       counts=counts, gram=gram, on_iteration=first_progress)
     keep = contenders(dev_accuracy(first.W, first.b), margin)
     grid = [(a, c) for a in l1s for c in l2s]
-    before = int(first.iterations.max())
-    progress = None if on_iteration is None else (lambda it, active: on_iteration(before + it, active))
-    budget = max(1, max_iter - int(first.iterations[keep].max()))  # no contender passes max_iter in all
+    progress = None if on_iteration is None else (lambda it, active: on_iteration(passes[0] + it, active))
+    # each contender gets the passes round 1 left it (at least the one that checks its start)
+    budget = np.maximum(1, max_iter - first.iterations[keep])
     second = train_probes(blocks, n_classes, [grid[p][0] for p in keep], [grid[p][1] for p in keep], xp=xp,
                           tol=tol, max_iter=budget, gap_tol=gap_tol, counts=counts, gram=gram,
                           on_iteration=progress, start=(first.W[:, keep], first.b[keep]))

@@ -28,7 +28,7 @@ most ``tol`` in every coordinate (or, when asked, once its duality gap certifies
 objective within a relative ``gap_tol`` of the optimum, :mod:`probe_engine.duality_gap`):
 a certificate, not an iteration count.  X is a
 prox output, so its zeros are exact.  Converged probes leave the batch; a probe
-that reaches ``max_iter`` passes returns its last accepted point with
+that reaches ``max_iter`` passes (one budget for all, or one per probe) returns its last accepted point with
 ``converged = False`` and the distance it reached.
 """
 
@@ -101,12 +101,13 @@ def _certified(optimality, gap, objective, tol, gap_tol):
     return ok
 
 
-def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, max_iter: int, gap_tol=None):
+def _retire(out: Solutions, s, active: np.ndarray, iteration: int, tol: float, max_iter, gap_tol=None):
     """Copy the probes that are certified (or out of passes) from the batch state ``s``
-    into ``out`` at their original indices ``active``.  Returns the state and indices
+    into ``out`` at their original indices ``active``.  ``max_iter``: one pass budget for
+    every probe, or one per probe (original order).  Returns the state and indices
     of the probes still running, or ``(None, [])`` when none is."""
     certified = to_numpy(_certified(s.optimality, s.gap, s.objective, tol, gap_tol))
-    done = certified | (iteration >= max_iter)
+    done = certified | (iteration >= (max_iter if np.isscalar(max_iter) else np.asarray(max_iter)[active]))
     if not done.any():
         return s, active
     idx = active[done]

@@ -119,8 +119,8 @@ def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):  
 
 
 def test_screening_off_solves_every_oracle_point_to_tol(analysis, stores, tmp_path, strata):  # noqa: F811
-    """--screen-tol off: every grid point to --tol, and only the oracle step's inputs change
-    (its steps are not reused from a screened run)."""
+    """--screen-tol off: every grid point to --tol; no step of a screened run is reused (the
+    option is an input of every step)."""
     shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
     code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--screen-tol", "off"))
     assert code == 0, err
@@ -130,8 +130,20 @@ def test_screening_off_solves_every_oracle_point_to_tol(analysis, stores, tmp_pa
                for r in doc["oracle_grid"])
 
 
+def test_a_screened_out_oracle_point_is_not_chosen(stores, tmp_path, strata):  # noqa: F811
+    """With no margin only round 1's best grid point goes on to --tol; the oracle is that point,
+    the other is reported at the screen tolerance."""
+    code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--screen-margin", "0"))
+    assert code == 0, err
+    doc = load(tmp_path / "run")
+    out = [r for r in doc["oracle_grid"] if r["screened_out"]]
+    kept = [r for r in doc["oracle_grid"] if not r["screened_out"]]
+    assert len(out) == 1 and len(kept) == 1 and out[0]["tol"] == 1e-3 and kept[0]["tol"] == 1e-5
+    assert (doc["oracle"]["l1"], doc["oracle"]["l2"]) == (kept[0]["l1"], kept[0]["l2"])
+
+
 @pytest.mark.parametrize("option,value,message", [
-    ("--screen-tol", "-1", "--screen-tol: must be > 0 or off, got -1"),
+    ("--screen-tol", "-1", "--screen-tol: must be > 0 and finite, or off, got -1"),
     ("--fractions", "0.1,1.5", "--fractions: 1.5 is not in (0, 1]"),
     ("--fractions", "0", "--fractions: 0.0 is not in (0, 1]"),
     ("--delta", "-0.1", "--delta: must be >= 0, got -0.1"),

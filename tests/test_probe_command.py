@@ -251,5 +251,5 @@ def test_screened_grid_solves_only_the_contenders_to_tol(first_run, stores, tmp_
     assert (chosen["l1"], chosen["l2"]) == (best["l1"], best["l2"])
     assert screened["strata_probe"]["screen_tol"] == 1e-2 and screened["strata_probe"]["screen_margin"] == margin
     n_out = len(contender) - int(contender.sum())
-    assert f"screened: {n_out} of {len(contender)} probes stopped at --screen-tol 0.01 (more than 1 dev points " \
+    assert f"screened: {n_out} of {len(contender)} probes were left at --screen-tol 0.01 (more than 1 dev points " \
            "behind); the chosen ones are certified to --tol 1e-05" in out

@@ -399,7 +399,7 @@ def test_screened_grid_refines_the_contenders_from_their_round_one_answers(probl
     assert refined.tolist() == [False, True, True, False]
     (args, kwargs), = calls
     assert args[2:] == ([0.0, 1e-2], [1e-1, 1e-3]) and kwargs["tol"] == 1e-6
-    assert kwargs["max_iter"] == 500 - first.iterations[[1, 2]].max()
+    np.testing.assert_array_equal(kwargs["max_iter"], 500 - first.iterations[[1, 2]])  # each its own rest
     np.testing.assert_array_equal(kwargs["start"][0], first.W[:, [1, 2]])
     for p in (0, 3):  # round 1's answers, untouched
         np.testing.assert_array_equal(sol.W[:, p], first.W[:, p])
@@ -411,3 +411,16 @@ def test_screened_grid_refines_the_contenders_from_their_round_one_answers(probl
     single, refined = screening.screened_grid(blocks, 4, l1s, l2s, xp=np, dev_accuracy=lambda W, b: scores,
                                               screen_tol=1e-6, margin=0.01, tol=1e-6, max_iter=500)
     assert refined.all() and np.array_equal(single.W, exact.W)
+
+
+def test_a_pass_budget_per_probe(problem):
+    """max_iter may be one budget per probe: each stops at its own, the others run on."""
+    X, y = problem
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    free = train_probes(blocks, 4, [1e-3, 1e-3], [1e-4, 1e-4], xp=np, tol=1e-6, max_iter=500)
+    capped = train_probes(blocks, 4, [1e-3, 1e-3], [1e-4, 1e-4], xp=np, tol=1e-6, max_iter=np.array([5, 500]))
+    assert free.converged.all() and free.iterations[0] > 5
+    assert capped.iterations[0] == 5 and capped.converged.tolist() == [False, True]
+    assert capped.iterations[1] > 5 and capped.optimality[1] <= 1e-6  # (a narrower batch rounds otherwise)
+    np.testing.assert_allclose(capped.objective[1], free.objective[1], rtol=1e-7)
+    assert capped.objective[0] > free.objective[0]
