@@ -397,7 +397,10 @@ def summary_markdown(doc: dict) -> str:
     lines = [f"# Neuron analysis: {meta['label']}{pooled}",
              "",
              f"Oracle (all {doc['neurons_total']:,} neurons, l1={o['l1']:g}, l2={o['l2']:g}): "
-             f"dev {_pct(o['dev_accuracy'])}, test {_pct(o['test_accuracy'])}.",
+             f"dev {_pct(o['dev_accuracy'])}, test {_pct(o['test_accuracy'])}; chosen on dev from "
+             f"{len(doc['oracle_grid'])} grid points"
+             + (f", {screened} of them screened out at tol {meta['screen_tol']:g}"
+                if (screened := sum(bool(r.get("screened_out")) for r in doc["oracle_grid"])) else "") + ".",
              "",
              f"Minimal neuron set ({meta['ranking']} ranking, delta {meta['delta']:g}): **k = {m['k']:,} "
              f"({100 * m['fraction']:.1f}% of neurons)**, dev {_pct(m['dev_accuracy'])}, "

@@ -140,6 +140,8 @@ def test_a_screened_out_oracle_point_is_not_chosen(stores, tmp_path, strata):  #
     kept = [r for r in doc["oracle_grid"] if not r["screened_out"]]
     assert len(out) == 1 and len(kept) == 1 and out[0]["tol"] == 1e-3 and kept[0]["tol"] == 1e-5
     assert (doc["oracle"]["l1"], doc["oracle"]["l2"]) == (kept[0]["l1"], kept[0]["l2"])
+    assert "chosen on dev from 2 grid points, 1 of them screened out at tol 0.001." in \
+        (tmp_path / "run" / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("option,value,message", [
