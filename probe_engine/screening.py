@@ -14,7 +14,8 @@ hyperparameter optimization", AISTATS 2016), the grid is solved in two rounds:
    is made among them alone.
 
 A probe left after round 1 keeps its round-1 answer and says so (its record's
-``tol`` is ``screen_tol``).  The chosen probe is always certified to ``tol``.  What
+``tol`` is ``screen_tol``).  The chosen probe is one of round 2's, certified to ``tol``
+unless it ran out of passes (then reported not converged, as always).  What
 screening can change is the choice itself, and only when a screened-out probe
 would have overtaken every contender by more than ``margin`` after round 2.
 Measured on MiniLM layer 4, XPOS, the benchmark's 64 probes: dev accuracies at
@@ -50,14 +51,14 @@ def screened_grid(blocks, n_classes: int, l1s, l2s, *, xp, dev_accuracy, screen_
     """The grid ``l1s x l2s`` (grid order: l1 outer, l2 inner) in two rounds (module docstring).
 
     ``dev_accuracy(W (d, P, C), b (P, C)) -> (P,)`` scores host weights on dev.  Round 1
-    runs with ``schedule`` (see :func:`probe_engine.train.train_grid`) and without
-    ``gap_tol``; round 2 is one batch of the contenders.  Returns ``(solutions, refined)``:
-    every probe's answer, ``refined[p]`` true for the probes of round 2 (certified to
-    ``tol``, their ``iterations`` counting both rounds' passes: at most ``max_iter`` in all, or
-    ``max_iter + 1`` for a contender that used every pass in round 1 and gets the one pass that
-    checks its answer); the others are certified to ``screen_tol`` (or ran out of passes).
-    Round 1 ignores ``gap_tol``; round 2 is one batch whatever the ``schedule``.  With ``screen_tol <= tol`` round 1 already is the answer: every probe
-    is refined.
+    runs with ``schedule`` (see :func:`probe_engine.train.train_grid`) and ignores
+    ``gap_tol``; round 2 is one batch of the contenders, whatever the schedule.  Returns
+    ``(solutions, refined)``: every probe's answer, ``refined[p]`` true for the probes of
+    round 2 (certified to ``tol``, their ``iterations`` counting both rounds' passes: at most
+    ``max_iter`` in all, or ``max_iter + 1`` for a contender that used every pass in round 1
+    and gets the one pass that checks its answer); the others are certified to
+    ``screen_tol`` (or ran out of passes).  With ``screen_tol <= tol`` round 1 already is
+    the answer: every probe is refined.
     """
     counts = class_counts(blocks, n_classes) if counts is None else counts
     gram = MultinomialLogistic(n_classes).gram(blocks)  # one pass for both rounds
