@@ -299,7 +299,7 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     """
     from probe_engine.group import choose
     from probe_engine.screening import screened_grid
-    from probe_engine.train import predict, train_grid
+    from probe_engine.train import accuracies, predict, train_grid
 
     xp, sync = device_module(device)
     grid = [(a, b) for a in l1s for b in l2s]
@@ -313,8 +313,7 @@ def strata_grid(problem: Problem, l1s: list[float], l2s: list[float], tol: float
     dev_blocks = problem.dev_feature_set(features.block_tokens).blocks(problem.stats, xp, in_memory=True)
 
     def dev_accuracy(W, b):
-        pred, truth = predict(dev_blocks, W, b, xp)
-        return (pred == truth[:, None]).mean(axis=0)
+        return accuracies(*predict(dev_blocks, W, b, xp))
 
     start = time.perf_counter()
     if screen_tol:

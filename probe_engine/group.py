@@ -19,7 +19,7 @@ from probe_engine.grid import feature_set_name
 from probe_engine.labels import mapped_classes, training_classes
 from probe_engine.stores import ProbeStore, check_same_model
 from probe_engine.screening import screened_grid
-from probe_engine.train import predict, train_grid
+from probe_engine.train import accuracies, predict, train_grid
 
 
 def finite_or_none(x) -> float | None:
@@ -76,8 +76,7 @@ def run_group(spec: dict, progress=None) -> dict:
     screen_tol = spec.get("screen_tol")
     if screen_tol is not None and "dev" in evaluation:
         def dev_accuracy(W, b):
-            pred, truth = predict(evaluation["dev"], W, b, xp)
-            return (pred == truth[:, None]).mean(axis=0) if len(truth) else np.full(W.shape[1], np.nan)
+            return accuracies(*predict(evaluation["dev"], W, b, xp))
 
         sol, refined = screened_grid(blocks, len(classes), spec["l1"], spec["l2"], dev_accuracy=dev_accuracy,
                                      screen_tol=screen_tol, margin=spec["screen_margin"], **common)
@@ -88,8 +87,7 @@ def run_group(spec: dict, progress=None) -> dict:
     predictions = {"train": predict(blocks, sol.W, sol.b, xp)}
     for split, split_blocks in evaluation.items():
         predictions[split] = predict(split_blocks, sol.W, sol.b, xp)
-    accuracy = {split: (pred == truth[:, None]).mean(axis=0) if len(truth) else np.full(len(grid), np.nan)
-                for split, (pred, truth) in predictions.items()}
+    accuracy = {split: accuracies(pred, truth) for split, (pred, truth) in predictions.items()}
 
     name = feature_set_name(tuple(spec["layers"]), train.layers)
     records = []

@@ -45,7 +45,7 @@ from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
 from probe_engine.outputs import read_npz, write_json, write_npz
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
-from probe_engine.train import predict, train_probes
+from probe_engine.train import accuracies, predict, train_probes
 from store import schema
 from store.errors import StrataError
 
@@ -156,7 +156,7 @@ class NeuronData:
 
     def accuracy(self, split: str, y: dict, kind: str, W: np.ndarray, b: np.ndarray) -> list[float]:
         pred, truth = predict(self.blocks(split, y[split], kind), W, b, self.xp)
-        return [float(a) for a in (pred == truth[:, None]).mean(axis=0)] if len(truth) else [float("nan")] * W.shape[1]
+        return [float(a) for a in accuracies(pred, truth)]
 
 
 # --------------------------------------------------------------------------- the pipeline

@@ -169,3 +169,8 @@ def predict(blocks, W: np.ndarray, b: np.ndarray, xp) -> tuple[np.ndarray, np.nd
         preds.append(to_numpy(((X @ W2).reshape(len(y), P, C) + bd).argmax(axis=2)))
         truth.append(to_numpy(y))
     return np.concatenate(preds), np.concatenate(truth)
+
+
+def accuracies(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per probe, the share of rows :func:`predict` got right; NaN for a split with no rows."""
+    return (pred == truth[:, None]).mean(axis=0) if len(truth) else np.full(pred.shape[1], np.nan)
