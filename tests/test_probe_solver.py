@@ -256,6 +256,19 @@ def test_path_schedules_warm_start_from_the_previous_stage(problem, monkeypatch,
         assert start[0] is previous.W and start[1] is previous.b
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_standardize_slice_by_slice_gives_the_whole_array_expression_bitwise(dtype):
+    """Standardizing in row slices (fewer temporaries) is the plain float32 expression, bit for
+    bit, for any row count (here not a multiple of a slice) and input dtype."""
+    from probe_engine.blocks import standardize
+    rng = np.random.default_rng(3)
+    X = (rng.standard_normal((1300, 7)) * 4 + 2).astype(dtype)
+    mean, scale = rng.standard_normal(7).astype(np.float32), rng.uniform(0.1, 3, 7).astype(np.float32)
+    got = standardize(X, mean, scale)
+    assert got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), ((X.astype(np.float32) - mean) / scale).view(np.uint32))
+
+
 def test_held_blocks_are_kept_as_read_and_finished_every_pass(problem):
     """Held blocks stay as ``read`` returned them (e.g. float16 rows); ``finish`` runs on every pass."""
     from probe_engine.blocks import StreamedBlocks
