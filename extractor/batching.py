@@ -12,8 +12,9 @@ to its longest.  On the first 3,000 EWT train sentences (64,938 subwords, 5
 units) greedy batches at a 2,048-token budget computed 77,948 padded tokens,
 sorted batches of 32 over the whole corpus 66,984.  So the cut points are chosen
 by dynamic programming over the sorted sentences: the fewest padded tokens plus
-a fixed cost per batch (``budget / 32`` tokens: on the CPU a batch's own overhead
-measured about 1/30 of a full batch's time), every batch within the budget.
+a fixed cost per batch (``budget / 32`` tokens: the bare model loop on the CPU took about
+10 ms more per batch at batch 8 than at 32, about 1/30 of a full 2,048-token batch's time),
+every batch within the budget.
 Batches of the sorted order that are contiguous are optimal for a cost of
 (sentences x longest), so the program is exact.
 """
