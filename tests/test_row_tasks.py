@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from probe_engine import row_tasks
 from probe_engine.blocks import InMemoryBlocks
@@ -26,9 +27,19 @@ def _problem(seed=0, n=3000, d=12, P=3, C=4):
     return InMemoryBlocks([(X[:1700], y[:1700]), (X[1700:], y[1700:])], d), X, y, W, b
 
 
-def test_pass_matches_a_float64_reference():
+@pytest.mark.parametrize("row_scale", ["small", "large", "mixed"])
+def test_pass_matches_a_float64_reference(row_scale):
+    """Small logits are exponentiated as they are, large ones (|logit| > 64, where exp
+    would overflow float32 unshifted) after the row max is subtracted; "mixed" puts
+    large rows in some 512-row slices only, so a pass takes both branches."""
     blocks, X, y, W, b = _problem()
+    if row_scale != "small":
+        X = X.copy()
+        X[slice(None) if row_scale == "large" else slice(0, 700)] *= 60.0  # logits of several hundred
+        assert np.abs(np.einsum("nd,dpc->npc", X, W)).max() > 2 * 89  # float32 exp overflows past 88.7
+        blocks = InMemoryBlocks([(X[:1700], y[:1700]), (X[1700:], y[1700:])], X.shape[1])
     loss, grad_W, grad_b = MultinomialLogistic(4).value_and_gradient(blocks, W, b)
+    assert np.isfinite(loss).all() and np.isfinite(grad_W).all()
     logits = np.einsum("nd,dpc->npc", X.astype(np.float64), W.astype(np.float64)) + b
     logp = logits - logits.max(axis=2, keepdims=True)
     logp -= np.log(np.exp(logp).sum(axis=2, keepdims=True))
