@@ -34,6 +34,8 @@ that reaches ``max_iter`` passes (one budget for all, or one per probe) returns 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,6 +220,14 @@ class _QNBatch:
                         self.pg[keep], self.alpha[keep], self.penalty.subset(keep), self.h0.subset(keep))
 
 
+def _shift_history(xp, all_store, M, new, mask):
+    """History ``M`` (pairs on axis 0) with ``new`` appended and the oldest dropped where
+    ``mask``.  When every probe stores (the usual case) the ``where`` is skipped: it read
+    and wrote the whole (memory, d, probes, classes) history again, ~6% of a 64-probe grid."""
+    rolled = xp.concatenate([M[1:], new[None]], axis=0)
+    return rolled if all_store else xp.where(mask, rolled, M)
+
+
 def _two_loop(S_W, S_b, Y_W, Y_b, rho, q_W, q_b, gamma, h0):
     """``H q`` for every probe by the L-BFGS two-loop recursion (Nocedal 1980), ``H_0 = gamma h0``
     (``h0`` acts on the weights, ``h0.apply_intercept`` on the intercept); empty slots have ``rho = 0``
@@ -315,7 +325,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         store = accept & (sy > 1e-10 * xp.sqrt(_dot(d_W, d_b, d_W, d_b) * yy))
         a1, a2, a3 = accept, accept[:, None], accept[None, :, None]
         st2, st3, st4 = store[None, :], store[None, :, None], store[None, None, :, None]
-        shift = lambda M, new, mask: xp.where(mask, xp.concatenate([M[1:], new[None]], axis=0), M)  # noqa: E731
+        shift = functools.partial(_shift_history, xp, bool(store.all()))
         S_W, S_b = shift(s.S_W, d_W, st4), shift(s.S_b, d_b, st3)
         Y_W, Y_b = shift(s.Y_W, y_W, st4), shift(s.Y_b, y_b, st3)
         rho = shift(s.rho, 1.0 / xp.where(store, sy, 1.0), st2)
