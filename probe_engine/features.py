@@ -50,7 +50,8 @@ class FeatureSet:
         self.y_tokens = y_tokens  # per token: class index, -1 missing (dropped), -2 unseen (kept)
         # Dask chunks of a whole block per layer, not the store's 1,024-token chunks: dask
         # then asks zarr for a block's rows in one call, and zarr reads its chunks in one
-        # go; per store chunk, a block cost 18-25 ms to read instead of 8 (5,120 x 384 float16).
+        # go (a 5,120 x 384 float16 block of one layer: 14.7 ms instead of 20.5, all 7
+        # layers 89 instead of 127; the streamed path pays this on every pass).
         acts = da.from_zarr(store.features, chunks=(1, block_tokens, store.features.shape[2]))
         self.X = da.concatenate([acts[p] for p in self.positions], axis=1).rechunk((block_tokens, -1))
         self.block_tokens = block_tokens

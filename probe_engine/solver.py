@@ -35,7 +35,6 @@ that reaches ``max_iter`` passes (one budget for all, or one per probe) returns 
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import numpy as np
