@@ -60,7 +60,7 @@ class MultinomialLogistic:
             # here and as exact as X.T @ Z beside it (float32 over one slice's rows).
             return part_loss, X.T @ Z, (xp.ones(len(y), dtype=Z.dtype) @ Z).reshape(P, C).astype(np.float64)
 
-        for X, y in blocks:
+        for X, y in blocks.row_sources():  # X may be unstandardized rows that each task finishes
             for part_loss, part_W, part_b in map_row_slices(rows_terms, X, y):  # in row order: same bits always
                 loss += part_loss
                 grad_W += part_W

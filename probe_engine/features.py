@@ -102,6 +102,9 @@ class FeatureSet:
         held_bytes = np.cumsum([np.count_nonzero(self.rows_in_block(i)[1]) * self.n_features * self.X.dtype.itemsize
                                 for i in range(self.n_blocks)])
         keep = int(np.searchsorted(held_bytes, hold_bytes, side="right"))  # leading blocks that fit, as stored
+        if xp is np:  # on the host the data pass standardizes each row slice itself (row_sources)
+            return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
+                                  finish_rows=lambda raw: standardize(raw, stats.mean, stats.scale))
         return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
                               finish=lambda pair: self.finish(pair, stats, xp))
 

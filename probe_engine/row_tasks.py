@@ -46,12 +46,34 @@ def row_slices(n_rows: int) -> list[slice]:
     return [slice(lo, min(lo + ROWS_PER_TASK, n_rows)) for lo in range(0, n_rows, ROWS_PER_TASK)]
 
 
+class SlicedRows:
+    """A block's rows as read from the store (float16 by default), finished on the host one
+    row slice at a time: ``rows[s]`` is ``finish_rows(raw[s])``.
+
+    Why: a streamed pass used to standardize each whole block into a float32 buffer (on the
+    prefetch thread, competing with the pass for the 2 cores) and then read that buffer back
+    slice by slice.  Handed to :func:`map_row_slices` instead, each row task standardizes
+    its own slice just before its GEMMs, on every core, while the slice is in cache.
+    ``finish_rows`` must work row by row, so any cut gives the same bits as the whole block.
+    """
+
+    def __init__(self, raw, finish_rows):
+        self.raw, self.finish_rows = raw, finish_rows
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, rows):
+        return self.finish_rows(self.raw[rows])
+
+
 def map_row_slices(task, X, y) -> list:
     """``[task(X[s], y[s]) for s in row_slices(len(y))]``, run concurrently on the CPU.
 
+    ``X``: a host array or :class:`SlicedRows`, or a CuPy array (one task, the whole block).
     ``task`` must only read shared arrays; its results come back in slice order.
     """
-    if not isinstance(X, np.ndarray):  # CuPy: one task per block
+    if not isinstance(X, (np.ndarray, SlicedRows)):  # CuPy: one task per block
         return [task(X, y)]
     slices = row_slices(len(y))
     pool = _pool()

@@ -292,6 +292,44 @@ def test_held_blocks_are_kept_as_read_and_finished_every_pass(problem):
     assert all(b.dtype == np.float16 for b, _ in held.held.values())
 
 
+def test_row_tasks_standardize_their_own_slices_with_the_same_bits(problem):
+    """With ``finish_rows``, a pass gets each streamed block's rows as read (float16, held or
+    not) and every row task standardizes its own slice; iterating still gives finished blocks,
+    and training equals in-memory standardized blocks bit for bit."""
+    from probe_engine.blocks import StreamedBlocks, standardize
+    from probe_engine.row_tasks import ROWS_PER_TASK, SlicedRows, map_row_slices, row_slices
+    X, y = problem
+    X16 = (X * 3 + 1).astype(np.float16)
+    mean, scale = X16.astype(np.float32).mean(axis=0), X16.astype(np.float32).std(axis=0)
+    cuts = [(0, 250), (250, 600)]
+    finished = []
+
+    def finish_rows(raw):
+        finished.append(len(raw))
+        return standardize(raw, mean, scale)
+
+    def read(i):
+        return X16[cuts[i][0]:cuts[i][1]].copy(), y[cuts[i][0]:cuts[i][1]]
+
+    streamed = StreamedBlocks(read, len(cuts), len(y), X.shape[1], keep=1, finish_rows=finish_rows)
+    sources = list(streamed.row_sources())
+    assert [type(rows) for rows, _ in sources] == [SlicedRows, SlicedRows] and finished == []
+    assert all(rows.raw.dtype == np.float16 for rows, _ in sources) and streamed.held[0][0].dtype == np.float16
+    assert ROWS_PER_TASK < len(y)  # so the rows below are cut into several slices
+    sliced = map_row_slices(lambda part, _: part, SlicedRows(X16, finish_rows), y)
+    assert [len(part) for part in sliced] == [len(y[s]) for s in row_slices(len(y))] and len(sliced) > 1
+    assert np.array_equal(np.concatenate(sliced), standardize(X16, mean, scale))
+    assert [b.dtype for b, _ in streamed] == [np.float32, np.float32]
+    in_memory = InMemoryBlocks([(standardize(X16[a:b], mean, scale), y[a:b]) for a, b in cuts], X.shape[1])
+    grid = ([1e-3, 0.0], [1e-4, 1e-3])
+    ref = train_probes(in_memory, 4, *grid, xp=np, tol=1e-6, max_iter=5000)
+    got = train_probes(streamed, 4, *grid, xp=np, tol=1e-6, max_iter=5000)
+    assert np.array_equal(got.W, ref.W) and np.array_equal(got.b, ref.b)
+    assert np.array_equal(got.iterations, ref.iterations)
+    with pytest.raises(ValueError, match="^StreamedBlocks takes finish or finish_rows, not both$"):
+        StreamedBlocks(read, 2, 600, X.shape[1], finish=lambda p: p, finish_rows=finish_rows)
+
+
 def test_a_float16_store_fits_whole_under_its_float32_size(tiny_bert, ud_dev, tmp_path, monkeypatch):
     """The cap is compared with the rows as stored: a cap below the standardized float32
     bytes holds every block of a float16 store, read once; results equal the in-memory blocks."""
