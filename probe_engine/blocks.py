@@ -100,6 +100,13 @@ class StreamedBlocks:
     def __iter__(self):
         return self._prefetched(lambda i: self.finish(self._raw(i)))
 
+    def relabeled(self, labels):
+        """The same features with ``labels[i]`` (host class indices) as block ``i``'s
+        labels: blocks held here stay the only copy, the others are read again as here."""
+        return StreamedBlocks(lambda i: (self._raw(i)[0], labels[i]), self.n_blocks, self.n_rows, self.n_features,
+                              finish=None if self.finish_rows is not None else self.finish,
+                              finish_rows=self.finish_rows)
+
     def row_sources(self):
         """The pairs a pass cut into row slices reads: with ``finish_rows``, each block's
         features unfinished as :class:`~probe_engine.row_tasks.SlicedRows` (a held float16

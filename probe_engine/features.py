@@ -79,10 +79,15 @@ class FeatureSet:
                               f"(layer {layer}, neuron {col % hidden})")
         return Standardizer(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
 
+    def labels_in_block(self, i: int) -> np.ndarray:
+        """Block ``i``'s class indices (its labelled rows only), on the host."""
+        tokens, keep = self.rows_in_block(i)
+        return self.y_tokens[tokens][keep]
+
     def read_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Block ``i``'s labelled rows as stored (float16 by default) and their class indices, on the host."""
-        tokens, keep = self.rows_in_block(i)
-        return self.X.blocks[i].compute(scheduler="threads")[keep], self.y_tokens[tokens][keep]
+        _, keep = self.rows_in_block(i)
+        return self.X.blocks[i].compute(scheduler="threads")[keep], self.labels_in_block(i)
 
     @staticmethod
     def finish(pair, stats: Standardizer, xp):
@@ -107,6 +112,26 @@ class FeatureSet:
                                   finish_rows=lambda raw: standardize(raw, stats.mean, stats.scale))
         return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
                               finish=lambda pair: self.finish(pair, stats, xp))
+
+    def relabeled(self, blocks, source: "FeatureSet", xp):
+        """``blocks`` of ``source`` (the same store and layers) with this set's labels
+        instead: the features are shared, not read or held again (the neuron pipeline's
+        control task trains on the task's features).  Both label sets must keep the same
+        rows."""
+        if not np.array_equal(self.y_tokens != -1, source.y_tokens != -1) or self.block_tokens != source.block_tokens:
+            raise ValueError("relabeled: the two label sets keep different rows")
+        labels = [self.labels_in_block(i) for i in range(self.n_blocks)]
+        if isinstance(blocks, InMemoryBlocks):
+            return InMemoryBlocks([(X, xp.asarray(y)) for (X, _), y in zip(blocks.pairs, labels, strict=True)],
+                                  self.n_features)
+        return blocks.relabeled(labels)
+
+    def held_bytes(self, blocks) -> int:
+        """Bytes of features ``blocks`` (from :meth:`blocks`) hold in memory."""
+        if isinstance(blocks, InMemoryBlocks):
+            return self.memory_bytes()
+        rows = sum(np.count_nonzero(self.rows_in_block(i)[1]) for i in range(min(blocks.keep, self.n_blocks)))
+        return rows * self.n_features * self.X.dtype.itemsize
 
     def memory_bytes(self) -> int:
         """Bytes the standardized float32 rows take when held in memory."""

@@ -104,7 +104,11 @@ def selectivity(task_accuracy: float, control_accuracy: float) -> float:
 # --------------------------------------------------------------------------- data for the pipeline
 class NeuronData:
     """The three stores' features (all layers side by side) standardized with the oracle's
-    training statistics, as row blocks, cached, under task or control labels."""
+    training statistics, as row blocks, cached, under task or control labels.
+
+    Each split's features are read once and shared by both label kinds (the control task
+    relabels the task's blocks).  ``max_memory`` caps what all splits hold together,
+    train first (its blocks are read on every training pass), then dev and test."""
 
     def __init__(self, options: dict, stats: Standardizer, classes: list[str], n_probes: int):
         self.options = options
@@ -120,7 +124,9 @@ class NeuronData:
         self.unseen = {}
         for split in ("dev", "test"):
             self.y[split], self.unseen[split] = mapped_classes(self.stores[split], options["label"], classes)
-        self._cache = {}
+        self._cache = {}  # (split, kind) -> blocks
+        self._task_features = {}  # split -> the FeatureSet of its task blocks
+        self._unheld = int(options["max_memory"])  # what the cap still lets the splits hold
 
     @property
     def d(self) -> int:
@@ -131,12 +137,19 @@ class NeuronData:
 
     def blocks(self, split: str, y_tokens: np.ndarray, kind: str):
         key = (split, kind)
-        if key not in self._cache:
-            fs = FeatureSet(self.stores[split], self.positions, y_tokens, self.block)
-            in_memory = fs.memory_bytes() <= self.options["max_memory"]
-            self._cache[key] = fs.blocks(self.stats, self.xp, in_memory=in_memory,
-                                         hold_bytes=self.options["max_memory"])
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        fs = FeatureSet(self.stores[split], self.positions, y_tokens, self.block)
+        if kind == "task":
+            in_memory = fs.memory_bytes() <= self._unheld
+            blocks = fs.blocks(self.stats, self.xp, in_memory=in_memory, hold_bytes=self._unheld)
+            self._unheld -= fs.held_bytes(blocks)
+            self._task_features[split] = fs
+        else:  # the task's features under other labels: not read or held a second time
+            task = self.blocks(split, self.y[split], "task")
+            blocks = fs.relabeled(task, self._task_features[split], self.xp)
+        self._cache[key] = blocks
+        return blocks
 
     def train_and_score(self, l1: float, l2: float, support: np.ndarray, y: dict, kind: str, desc: str,
                         quiet: bool, n_classes: int | None = None) -> dict:

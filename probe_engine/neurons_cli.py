@@ -42,7 +42,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help=f"passes per batch (default {DEFAULT_MAX_ITER})")
     add_screening_arguments(p, default_tol=DEFAULT_SCREEN_TOL)
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
-    p.add_argument("--max-memory", default="4GB", help="hold features in memory up to this size; beyond it, hold what fits and stream the rest")
+    p.add_argument("--max-memory", default="4GB",
+                   help="hold the features of train, dev and test together up to this size (train first); "
+                        "beyond it, hold what fits and stream the rest")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ablation set and the control labels")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -182,3 +182,53 @@ def test_control_on_a_sentence_level_task_is_refused(tiny_bert, tmp_path, strata
     assert code == 1
     assert err.strip() == ("strata neurons: error: --control: a control task is not defined for a sentence-level "
                            "label set (Hewitt & Liang draw control labels per word type); drop --control or --pool")
+
+
+@pytest.mark.parametrize("cap", ["all", "train in memory, dev part", "train part"])
+def test_control_labels_share_the_task_features_under_one_memory_cap(analysis, stores, monkeypatch, cap):  # noqa: F811
+    """The control task relabels the task's blocks (each split read and held once, the same
+    feature arrays), and ``max_memory`` bounds what train, dev and test hold together, train first."""
+    from probe_engine.blocks import InMemoryBlocks
+    from probe_engine.features import FeatureSet, Standardizer
+
+    oracle = np.load(analysis / "steps" / "oracle.npz")
+    classes = load(analysis)["classes"]
+    reads = []
+    real_read = FeatureSet.read_raw
+    monkeypatch.setattr(FeatureSet, "read_raw", lambda self, i: reads.append((str(self.store.path), i))
+                        or real_read(self, i))
+
+    def data(max_memory):
+        options = {"device": "cpu", "label": "upos", "max_memory": max_memory,
+                   **{split: str(stores[split]) for split in ("train", "dev", "test")}}
+        return neuron_steps.NeuronData(options, Standardizer(oracle["mean"], oracle["scale"]), classes, n_probes=4)
+
+    probe = data(1 << 40)
+    sizes = {split: FeatureSet(probe.stores[split], probe.positions, probe.y[split], probe.block).memory_bytes()
+             for split in ("train", "dev", "test")}
+    max_memory = {"all": sum(sizes.values()), "train in memory, dev part": sizes["train"] + sizes["dev"] // 4,
+                  "train part": sizes["train"] // 3}[cap]
+    nd = data(max_memory)
+    held = 0
+    for split in ("train", "dev", "test"):
+        y_control = np.where(nd.y[split] != -1, (nd.y[split] + 1) % 3, -1)  # any labels keeping the same rows
+        task, control = nd.blocks(split, nd.y[split], "task"), nd.blocks(split, y_control, "control")
+        for (Xt, yt), (Xc, yc) in zip(task, control, strict=True):
+            assert np.array_equal(Xt, Xc) and np.array_equal(yc, (yt + 1) % 3)
+        if isinstance(task, InMemoryBlocks):
+            assert all(Xc is Xt for (Xt, _), (Xc, _) in zip(task.pairs, control.pairs))  # shared, not copied
+            held += sizes[split]
+        else:
+            assert control.keep == 0 and not control.held  # held blocks are the task's copy alone
+            held += nd._task_features[split].held_bytes(task)
+    assert held <= max_memory
+    in_memory = {split: isinstance(nd.blocks(split, nd.y[split], "task"), InMemoryBlocks) for split in sizes}
+    assert in_memory == {"all": dict(train=True, dev=True, test=True),
+                         "train in memory, dev part": dict(train=True, dev=False, test=False),
+                         "train part": dict(train=False, dev=False, test=False)}[cap]
+    if cap == "all":  # every split read once, whatever the label kind
+        assert sorted(reads) == sorted(set(reads))
+        train = nd._task_features["train"]
+        other = FeatureSet(nd.stores["train"], nd.positions, np.where(nd.y["train"] == 0, -1, nd.y["train"]), nd.block)
+        with pytest.raises(ValueError, match="^relabeled: the two label sets keep different rows$"):
+            other.relabeled(nd.blocks("train", nd.y["train"], "task"), train, np)
