@@ -163,10 +163,17 @@ def predict(blocks, W: np.ndarray, b: np.ndarray, xp) -> tuple[np.ndarray, np.nd
     rows' true classes ``(n_rows,)``, on the host."""
     from probe_engine.backend import to_numpy
     d, P, C = W.shape
-    W2, bd = xp.asarray(W.reshape(d, P * C)), xp.asarray(b)
+    # Features whose weights are 0 in every probe add exactly nothing to a logit, so only the
+    # others are read: top-k probes (20 fractions up to 20% of 2,688 neurons) then cost a
+    # fifth of the full-width product.
+    used = np.flatnonzero(np.any(to_numpy(W) != 0, axis=(1, 2)))
+    narrow = xp.asarray(used) if 0 < len(used) < d // 2 else None
+    W2 = xp.asarray((W if narrow is None else W[used]).reshape(-1, P * C))
+    bd = xp.asarray(b)
     preds, truth = [np.zeros((0, P), np.int64)], [np.zeros(0, np.int64)]
     for X, y in blocks:
-        preds.append(to_numpy(((X @ W2).reshape(len(y), P, C) + bd).argmax(axis=2)))
+        logits = (X if narrow is None else X[:, narrow]) @ W2
+        preds.append(to_numpy((logits.reshape(len(y), P, C) + bd).argmax(axis=2)))
         truth.append(to_numpy(y))
     return np.concatenate(preds), np.concatenate(truth)
 

@@ -97,3 +97,22 @@ def test_control_labels_are_a_function_of_word_type_and_follow_the_distribution(
 def test_layer_distribution_and_selectivity():
     assert layer_distribution(np.array([0, 3, 4, 9, 11]), [0, 2, 5], hidden=4) == {0: 2, 2: 1, 5: 2}
     assert selectivity(0.95, 0.7) == pytest.approx(0.25)
+
+
+def test_predict_reads_only_features_some_probe_weighs_and_predicts_as_the_full_product():
+    """Top-k probes: weights zero outside few features.  Predictions equal the float64 full
+    product's, and the zero-weight features are not read: a NaN in one of them (which the full
+    product would spread to every logit, 0 * NaN = NaN) changes nothing."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((700, 40)).astype(np.float32)
+    y = rng.integers(0, 5, 700)
+    W = rng.standard_normal((40, 3, 5)).astype(np.float32)
+    W[12:] = 0  # 12 of 40 features used
+    W[:4, 1] = 0
+    b = rng.standard_normal((3, 5)).astype(np.float32)
+    expected = (np.einsum("nd,dpc->npc", X.astype(np.float64), W) + b).argmax(axis=2)
+    pred, truth = predict(InMemoryBlocks([(X[:300], y[:300]), (X[300:], y[300:])], 40), W, b, np)
+    assert np.array_equal(pred, expected) and np.array_equal(truth, y)
+    X[:, 20] = np.nan
+    pred, _ = predict(InMemoryBlocks([(X, y)], 40), W, b, np)
+    assert np.array_equal(pred, expected)
