@@ -21,12 +21,15 @@ from functools import cache
 
 import numpy as np
 
-#: Rows per task.  Small slices keep a task's (rows, probes * classes) logits in cache
-#: for the softmax's several element-wise passes, and share a block evenly among cores;
-#: measured on 51,000 x 384 rows, 50 classes, 2 cores: a pass with 64 probes took
-#: 1.44-1.58 s at 256 or 512 rows, 1.59-1.68 s at 1024, 1.88 s at 8192, and 2.19 s
-#: before slicing (16 probes: 0.35 s vs 0.57 s).
-ROWS_PER_TASK = 512
+#: Rows per task.  Slices keep a task's (rows, probes * classes) logits in cache for the
+#: softmax's several element-wise passes and share a block evenly among cores, while each
+#: task's fixed cost (the hand-off to a thread, the BLAS calls) stays small against its GEMMs.
+#: Measured on the Intel Xeon (2 cores, 2 MB L2 per core), 2026-12-01: OWL-QN passes over
+#: MiniLM layer 4 (51,037 x 384, 49 classes), 30 passes per sample, 1024 rows vs 512: 8 probes
+#: 257-273 vs 300-323 ms, 4 probes 172-187 vs 189-191 ms, 64 probes 1.76-2.08 vs 1.84-2.09 s,
+#: 1 probe 83-96 vs 86-101 ms (2048 rows gained nothing more).  On the AMD EPYC of
+#: 2026-11-24, 64 probes had taken 1.44-1.58 s at 512 rows and 1.59-1.68 s at 1024.
+ROWS_PER_TASK = 1024
 
 
 @cache
@@ -42,8 +45,10 @@ def _blas():
     return ThreadpoolController()
 
 
-def row_slices(n_rows: int) -> list[slice]:
-    return [slice(lo, min(lo + ROWS_PER_TASK, n_rows)) for lo in range(0, n_rows, ROWS_PER_TASK)]
+def row_slices(n_rows: int, rows: int | None = None) -> list[slice]:
+    """``n_rows`` cut into slices of ``rows`` (default ``ROWS_PER_TASK``), the last one shorter."""
+    rows = ROWS_PER_TASK if rows is None else rows
+    return [slice(lo, min(lo + rows, n_rows)) for lo in range(0, n_rows, rows)]
 
 
 class SlicedRows:
@@ -67,15 +72,15 @@ class SlicedRows:
         return self.finish_rows(self.raw[rows])
 
 
-def map_row_slices(task, X, y) -> list:
-    """``[task(X[s], y[s]) for s in row_slices(len(y))]``, run concurrently on the CPU.
+def map_row_slices(task, X, y, rows: int | None = None) -> list:
+    """``[task(X[s], y[s]) for s in row_slices(len(y), rows)]``, run concurrently on the CPU.
 
     ``X``: a host array or :class:`SlicedRows`, or a CuPy array (one task, the whole block).
     ``task`` must only read shared arrays; its results come back in slice order.
     """
     if not isinstance(X, (np.ndarray, SlicedRows)):  # CuPy: one task per block
         return [task(X, y)]
-    slices = row_slices(len(y))
+    slices = row_slices(len(y), rows)
     pool = _pool()
     if pool is None or len(slices) == 1:
         return [task(X[s], y[s]) for s in slices]

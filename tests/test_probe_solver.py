@@ -297,7 +297,7 @@ def test_row_tasks_standardize_their_own_slices_with_the_same_bits(problem):
     not) and every row task standardizes its own slice; iterating still gives finished blocks,
     and training equals in-memory standardized blocks bit for bit."""
     from probe_engine.blocks import StreamedBlocks, standardize
-    from probe_engine.row_tasks import ROWS_PER_TASK, SlicedRows, map_row_slices, row_slices
+    from probe_engine.row_tasks import SlicedRows, map_row_slices, row_slices
     X, y = problem
     X16 = (X * 3 + 1).astype(np.float16)
     mean, scale = X16.astype(np.float32).mean(axis=0), X16.astype(np.float32).std(axis=0)
@@ -315,9 +315,8 @@ def test_row_tasks_standardize_their_own_slices_with_the_same_bits(problem):
     sources = list(streamed.row_sources())
     assert [type(rows) for rows, _ in sources] == [SlicedRows, SlicedRows] and finished == []
     assert all(rows.raw.dtype == np.float16 for rows, _ in sources) and streamed.held[0][0].dtype == np.float16
-    assert ROWS_PER_TASK < len(y)  # so the rows below are cut into several slices
-    sliced = map_row_slices(lambda part, _: part, SlicedRows(X16, finish_rows), y)
-    assert [len(part) for part in sliced] == [len(y[s]) for s in row_slices(len(y))] and len(sliced) > 1
+    sliced = map_row_slices(lambda part, _: part, SlicedRows(X16, finish_rows), y, rows=256)  # 3 slices
+    assert [len(part) for part in sliced] == [len(y[s]) for s in row_slices(len(y), 256)] == [256, 256, 88]
     assert np.array_equal(np.concatenate(sliced), standardize(X16, mean, scale))
     assert [b.dtype for b, _ in streamed] == [np.float32, np.float32]
     in_memory = InMemoryBlocks([(standardize(X16[a:b], mean, scale), y[a:b]) for a, b in cuts], X.shape[1])

@@ -16,6 +16,8 @@ def test_slices_are_fixed_and_results_come_back_in_order():
     starts = row_tasks.map_row_slices(lambda X_, y_: (int(X_[0, 0]), len(y_)), X, y)
     R = row_tasks.ROWS_PER_TASK
     assert starts == [(0, R), (R, R), (2 * R, 7)]
+    assert row_tasks.map_row_slices(lambda X_, y_: (int(X_[0, 0]), len(y_)), X, y, rows=R // 2)[:3] == \
+        [(0, R // 2), (R // 2, R // 2), (R, R // 2)]
 
 
 def _problem(seed=0, n=3000, d=12, P=3, C=4):
@@ -31,8 +33,10 @@ def _problem(seed=0, n=3000, d=12, P=3, C=4):
 def test_pass_matches_a_float64_reference(row_scale):
     """Small logits are exponentiated as they are, large ones (|logit| > 64, where exp
     would overflow float32 unshifted) after the row max is subtracted; "mixed" puts
-    large rows in some 512-row slices only, so a pass takes both branches."""
+    large rows in some row slices only (rows 0-699 of a 1,700-row block cut at
+    ROWS_PER_TASK), so a pass takes both branches."""
     blocks, X, y, W, b = _problem()
+    assert 700 < row_tasks.ROWS_PER_TASK < 1700
     if row_scale != "small":
         X = X.copy()
         X[slice(None) if row_scale == "large" else slice(0, 700)] *= 60.0  # logits of several hundred
