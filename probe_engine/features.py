@@ -104,8 +104,7 @@ class FeatureSet:
         many of the first blocks held, as stored, as ``hold_bytes`` allows."""
         if in_memory:
             return InMemoryBlocks((self.read_block(i, stats, xp) for i in range(self.n_blocks)), self.n_features)
-        held_bytes = np.cumsum([np.count_nonzero(self.rows_in_block(i)[1]) * self.n_features * self.X.dtype.itemsize
-                                for i in range(self.n_blocks)])
+        held_bytes = np.cumsum([self._stored_bytes(i) for i in range(self.n_blocks)])
         keep = int(np.searchsorted(held_bytes, hold_bytes, side="right"))  # leading blocks that fit, as stored
         if xp is np:  # on the host the data pass standardizes each row slice itself (row_sources)
             return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
@@ -130,8 +129,11 @@ class FeatureSet:
         """Bytes of features ``blocks`` (from :meth:`blocks`) hold in memory."""
         if isinstance(blocks, InMemoryBlocks):
             return self.memory_bytes()
-        rows = sum(np.count_nonzero(self.rows_in_block(i)[1]) for i in range(min(blocks.keep, self.n_blocks)))
-        return rows * self.n_features * self.X.dtype.itemsize
+        return sum(self._stored_bytes(i) for i in range(min(blocks.keep, self.n_blocks)))
+
+    def _stored_bytes(self, i: int) -> int:
+        """Bytes of block ``i``'s labelled rows as stored (what a held streamed block takes)."""
+        return int(np.count_nonzero(self.rows_in_block(i)[1])) * self.n_features * self.X.dtype.itemsize
 
     def memory_bytes(self) -> int:
         """Bytes the standardized float32 rows take when held in memory."""

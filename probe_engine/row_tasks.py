@@ -72,15 +72,15 @@ class SlicedRows:
         return self.finish_rows(self.raw[rows])
 
 
-def map_row_slices(task, X, y, rows: int | None = None) -> list:
-    """``[task(X[s], y[s]) for s in row_slices(len(y), rows)]``, run concurrently on the CPU.
+def map_row_slices(task, X, y) -> list:
+    """``[task(X[s], y[s]) for s in row_slices(len(y))]``, run concurrently on the CPU.
 
     ``X``: a host array or :class:`SlicedRows`, or a CuPy array (one task, the whole block).
     ``task`` must only read shared arrays; its results come back in slice order.
     """
     if not isinstance(X, (np.ndarray, SlicedRows)):  # CuPy: one task per block
         return [task(X, y)]
-    slices = row_slices(len(y), rows)
+    slices = row_slices(len(y))
     pool = _pool()
     if pool is None or len(slices) == 1:
         return [task(X[s], y[s]) for s in slices]

@@ -167,7 +167,7 @@ def predict(blocks, W: np.ndarray, b: np.ndarray, xp) -> tuple[np.ndarray, np.nd
     # others are read: top-k probes (20 fractions up to 20% of 2,688 neurons) then cost a
     # fifth of the full-width product.
     used = np.flatnonzero(np.any(to_numpy(W) != 0, axis=(1, 2)))
-    narrow = xp.asarray(used) if 0 < len(used) < d // 2 else None
+    narrow = xp.asarray(used) if len(used) < d // 2 else None
     W2 = xp.asarray((W if narrow is None else W[used]).reshape(-1, P * C))
     bd = xp.asarray(b)
     preds, truth = [np.zeros((0, P), np.int64)], [np.zeros(0, np.int64)]

@@ -315,9 +315,10 @@ def test_row_tasks_standardize_their_own_slices_with_the_same_bits(problem):
     sources = list(streamed.row_sources())
     assert [type(rows) for rows, _ in sources] == [SlicedRows, SlicedRows] and finished == []
     assert all(rows.raw.dtype == np.float16 for rows, _ in sources) and streamed.held[0][0].dtype == np.float16
-    sliced = map_row_slices(lambda part, _: part, SlicedRows(X16, finish_rows), y, rows=256)  # 3 slices
-    assert [len(part) for part in sliced] == [len(y[s]) for s in row_slices(len(y), 256)] == [256, 256, 88]
-    assert np.array_equal(np.concatenate(sliced), standardize(X16, mean, scale))
+    X_long, y_long = np.tile(X16, (5, 1)), np.tile(y, 5)  # 3,000 rows: several row tasks
+    sliced = map_row_slices(lambda part, _: part, SlicedRows(X_long, finish_rows), y_long)
+    assert [len(part) for part in sliced] == [len(y_long[s]) for s in row_slices(len(y_long))] and len(sliced) > 1
+    assert np.array_equal(np.concatenate(sliced), standardize(X_long, mean, scale))
     assert [b.dtype for b, _ in streamed] == [np.float32, np.float32]
     in_memory = InMemoryBlocks([(standardize(X16[a:b], mean, scale), y[a:b]) for a, b in cuts], X.shape[1])
     grid = ([1e-3, 0.0], [1e-4, 1e-3])
