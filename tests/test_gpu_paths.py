@@ -28,7 +28,9 @@ def load(out, name="results.json"):
 
 # Small, well-posed problems (l2 > 0: one minimizer): on tiny data a GPU pass is all
 # kernel launches, so the tests keep the passes few.
-PROBE = ["--labels", "upos", "--layers", "2,all", "--l1", "0,1e-3", "--l2", "1e-3", "--tol", "1e-5", "--quiet"]
+# one schedule on both devices (``auto`` picks l1-path on the CPU, batched on the GPU)
+PROBE = ["--labels", "upos", "--layers", "2,all", "--l1", "0,1e-3", "--l2", "1e-3", "--tol", "1e-5",
+         "--grid-schedule", "batched", "--quiet"]
 
 
 def probe(strata, stores, out, *extra):  # noqa: F811

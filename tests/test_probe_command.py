@@ -198,18 +198,23 @@ def test_distributed_equals_local(first_run, stores, tmp_path, strata):
         assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=5e-3 if b["l2"] > 0 else 2e-2)
 
 
-def test_path_schedule_gives_the_batched_solutions(first_run, stores, tmp_path, strata):
-    """``--grid-schedule path`` solves the same problems: where the minimizer is unique
-    (l2 > 0) and both runs certified it, the objectives agree; groups of another schedule
-    are not reused."""
-    out = tmp_path / "path"
+@pytest.mark.parametrize("schedule", ["path", "batched"])
+def test_grid_schedules_give_the_same_solutions(first_run, stores, tmp_path, strata, schedule):
+    """The default schedule on the CPU (``auto``) is ``l1-path``, and every schedule solves
+    the same problems: where the minimizer is unique (l2 > 0) and both runs certified it,
+    the objectives agree; groups of another schedule are not reused."""
+    from probe_engine.cli import grid_schedule
+
+    assert load(first_run)["strata_probe"]["grid_schedule"] == "l1-path"
+    assert grid_schedule("auto", "cuda") == "batched" and grid_schedule("path", "cuda") == "path"
+    out = tmp_path / schedule
     shutil.copytree(first_run / "groups", out / "groups")
-    code, _, err = strata(*probe_args(stores, out, "--layers", "each,all", "--grid-schedule", "path"))
+    code, _, err = strata(*probe_args(stores, out, "--layers", "each,all", "--grid-schedule", schedule))
     assert code == 0 and "reusing" not in err
-    path, batched = load(out), load(first_run)
-    assert path["strata_probe"]["grid_schedule"] == "path"
+    other, default = load(out), load(first_run)
+    assert other["strata_probe"]["grid_schedule"] == schedule
     compared = 0
-    for a, b in zip(path["probes"], batched["probes"], strict=True):
+    for a, b in zip(other["probes"], default["probes"], strict=True):
         assert (a["feature_set"], a["l1"], a["l2"]) == (b["feature_set"], b["l1"], b["l2"])
         if b["l2"] > 0 and a["converged"] and b["converged"]:
             assert a["objective"] == pytest.approx(b["objective"], rel=1e-5)
