@@ -256,6 +256,9 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
         if options.get("screen_tol") is not None:
             spec.update(screen_tol=options["screen_tol"], screen_margin=options["screen_margin"])
         spec["layers"] = stores["train"].layers
+        # cold starts: warm-started (l1-path) oracles were slower under screening and, at a loose
+        # tol, stopped the l1 = 0 points a pass after their start (README, Neurons)
+        spec["grid_schedule"] = "batched"
         result = run_group(spec)
         s, a = result["summary"], result["arrays"]
         best = s["records"][s["chosen"]]
