@@ -738,7 +738,7 @@ def resolve(args) -> None:
 
 
 def parse_args():
-    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, GRID_SCHEDULES, default_grid_schedule
+    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, GRID_SCHEDULE_OPTIONS, resolve_grid_schedule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -774,7 +774,7 @@ def parse_args():
     p.add_argument("--gemm-repeats", type=int, help="repeats of each reference GEMM, best kept (default 5)")
     p.add_argument("--max-rows", type=int, help="only the first N labelled train tokens are rows (default all)")
     p.add_argument("--seed", type=int, default=0, help="saga sampling and torch init")
-    p.add_argument("--grid-schedule", default="auto", choices=("auto", *GRID_SCHEDULES),
+    p.add_argument("--grid-schedule", default="auto", choices=GRID_SCHEDULE_OPTIONS,
                    help="strata's grid schedule (probe_engine.train.train_grid); default auto, what strata probe "
                         "runs: l1-path on cpu, batched on cuda")
     p.add_argument("--skip", default="", help="comma list of sections to leave out: stream, saga, neurox")
@@ -785,8 +785,7 @@ def parse_args():
     p.add_argument("--out", default=str(REPO / "bench/results/probe.json"), help="JSON results path")
     args = p.parse_args()
     resolve(args)
-    if args.grid_schedule == "auto":
-        args.grid_schedule = default_grid_schedule(args.device)
+    args.grid_schedule = resolve_grid_schedule(args.grid_schedule, args.device)
     if args.max_iter is None:
         args.max_iter = DEFAULT_MAX_ITER
     return args

@@ -10,7 +10,7 @@ DEFAULT_GRID = "0,1e-5,1e-4,1e-3"
 
 
 def add_parser(subparsers) -> None:
-    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, GRID_SCHEDULES
+    from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, GRID_SCHEDULE_OPTIONS
 
     p = subparsers.add_parser(
         "probe", help="train elastic-net probes on a store, many at once",
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
                    help=f"data passes per probe at most (default {DEFAULT_MAX_ITER})")
     add_screening_arguments(p, default_tol=None)
-    p.add_argument("--grid-schedule", default="auto", choices=("auto", *GRID_SCHEDULES),
+    p.add_argument("--grid-schedule", default="auto", choices=GRID_SCHEDULE_OPTIONS,
                    help="auto (default): l1-path on cpu, batched on cuda; batched: every grid probe in every "
                         "data pass; path: the probes of one l2 value at a time, largest first, each warm-started "
                         "from the previous l2's solutions; l1-path: the same along l1")
@@ -86,16 +86,11 @@ def screening_options(args) -> dict:
     return {"screen_tol": screen_tol, "screen_margin": args.screen_margin}
 
 
-def grid_schedule(name: str, device: str) -> str:
-    """``--grid-schedule`` with ``auto`` resolved for the device (results record what ran)."""
-    from probe_engine.train import default_grid_schedule
-    return default_grid_schedule(device) if name == "auto" else name
-
-
 def options_from_args(args) -> dict:
     from dask.utils import parse_bytes
 
     from probe_engine.grid import parse_floats
+    from probe_engine.train import resolve_grid_schedule
 
     if args.tol <= 0:
         raise StrataError(f"--tol: must be > 0, got {args.tol}")
@@ -123,7 +118,8 @@ def options_from_args(args) -> dict:
             "pools": pools, "layers_spec": args.layers, "l1": parse_floats(args.l1, "--l1"), "l2": parse_floats(args.l2, "--l2"),
             "tol": args.tol, "gap_tol": gap_tol, "max_iter": args.max_iter, "device": args.device,
             "max_memory": int(max_memory),
-            "grid_schedule": grid_schedule(getattr(args, "grid_schedule", "batched"), args.device),  # neurons: none
+            # resolved, so results record what ran; strata neurons has no such option
+            "grid_schedule": resolve_grid_schedule(getattr(args, "grid_schedule", "batched"), args.device),
             **screening_options(args),
             "seed": args.seed, "command": getattr(args, "argv", None)}
 

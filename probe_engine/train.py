@@ -104,8 +104,12 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
 GRID_SCHEDULES = ("batched", "path", "l1-path")
 
 
-def default_grid_schedule(device: str) -> str:
-    """The schedule ``--grid-schedule auto`` picks: ``l1-path`` on the CPU, ``batched`` on a GPU.
+#: What ``--grid-schedule`` accepts: a schedule, or ``auto`` (see :func:`resolve_grid_schedule`).
+GRID_SCHEDULE_OPTIONS = ("auto", *GRID_SCHEDULES)
+
+
+def resolve_grid_schedule(name: str, device: str) -> str:
+    """``name``, or for ``auto`` what it picks: ``l1-path`` on the CPU, ``batched`` on a GPU.
 
     On the CPU a pass costs about its probes' GEMM flops, so what counts is probe-passes:
     on MiniLM layer 4 (XPOS, 8 x 8 grid to 1e-5) ``l1-path`` needed 113 per probe against
@@ -114,6 +118,8 @@ def default_grid_schedule(device: str) -> str:
     costs about the same for 8 or 64 probes, so what counts is sequential passes: there the
     same grid is 716 passes ``batched`` against 1,834 along ``l1-path`` (the sum of its
     eight stages' longest probes; counted from the CPU run, not yet timed on a GPU)."""
+    if name != "auto":
+        return name
     return "batched" if device == "cuda" else "l1-path"
 
 
@@ -134,7 +140,8 @@ def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched
     along l1 (staging alone, without the warm start, saved nothing on a 4 x 4 grid); on an
     ill-conditioned synthetic problem ``path`` took 23% more passes.  On a GPU
     a pass costs about the same for 4 or 64 probes, so fewer, wider passes (``batched``)
-    should win there (:func:`default_grid_schedule`; counted, not yet timed on a GPU).  ``iterations`` count each probe's own passes;
+    should win there (:func:`resolve_grid_schedule`; counted, not yet timed on a GPU).
+    ``iterations`` count each probe's own passes;
     ``on_iteration(passes so far, probes still to finish)`` counts the whole grid.
     ``gram``: the blocks' :meth:`MultinomialLogistic.gram`, when the caller has it.
     """

@@ -203,10 +203,10 @@ def test_grid_schedules_give_the_same_solutions(first_run, stores, tmp_path, str
     """The default schedule on the CPU (``auto``) is ``l1-path``, and every schedule solves
     the same problems: where the minimizer is unique (l2 > 0) and both runs certified it,
     the objectives agree; groups of another schedule are not reused."""
-    from probe_engine.cli import grid_schedule
+    from probe_engine.train import resolve_grid_schedule
 
     assert load(first_run)["strata_probe"]["grid_schedule"] == "l1-path"
-    assert grid_schedule("auto", "cuda") == "batched" and grid_schedule("path", "cuda") == "path"
+    assert resolve_grid_schedule("auto", "cuda") == "batched" and resolve_grid_schedule("path", "cuda") == "path"
     out = tmp_path / schedule
     shutil.copytree(first_run / "groups", out / "groups")
     code, _, err = strata(*probe_args(stores, out, "--layers", "each,all", "--grid-schedule", schedule))
