@@ -134,14 +134,16 @@ class ColumnBlocks:
     def __init__(self, blocks, columns, xp):
         self.columns = xp.asarray(columns)
         self.n_rows, self.n_features = blocks.n_rows, len(columns)
-        self.source = blocks
+        self.source, self._xp = blocks, xp
         held = isinstance(blocks, InMemoryBlocks) or getattr(blocks, "pairs", None) is not None
         self.pairs = [(xp.ascontiguousarray(X[:, self.columns]), y) for X, y in blocks] if held else None
 
     def __iter__(self):
         if self.pairs is not None:
             return iter(self.pairs)
-        return ((X[:, self.columns], y) for X, y in self.source)
+        # C order as the held copy: numpy's column gather comes out in Fortran order, and
+        # BLAS sums X^T Z in another order then (other bits than the held rows)
+        return ((self._xp.ascontiguousarray(X[:, self.columns]), y) for X, y in self.source)
 
     def row_sources(self):
         return iter(self)

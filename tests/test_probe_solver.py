@@ -475,3 +475,20 @@ def test_a_pass_budget_per_probe(problem):
     assert capped.iterations[1] > 5 and capped.optimality[1] <= 1e-6  # (a narrower batch rounds otherwise)
     np.testing.assert_allclose(capped.objective[1], free.objective[1], rtol=1e-7)
     assert capped.objective[0] > free.objective[0]
+
+
+def test_narrowed_streamed_rows_have_the_held_rows_layout(problem):
+    """A streamed column gather comes out C-ordered like the held copy (numpy's own gather is
+    Fortran-ordered, and X^T Z then sums in another order): the same bits either way."""
+    from probe_engine.blocks import ColumnBlocks, StreamedBlocks
+
+    X, y = problem
+    X32 = X.astype(np.float32)
+    cuts = [(0, 256), (256, len(y))]
+    held = ColumnBlocks(InMemoryBlocks([(X32[a:c], y[a:c]) for a, c in cuts], X.shape[1]), [2, 7, 11], np)
+    streamed = ColumnBlocks(StreamedBlocks(lambda i: (X32[cuts[i][0]:cuts[i][1]].copy(), y[cuts[i][0]:cuts[i][1]]),
+                                           len(cuts), len(y), X.shape[1]), [2, 7, 11], np)
+    Z = np.random.default_rng(0).normal(size=(len(y), 4)).astype(np.float32)
+    for (Xh, _), (Xs, _), (a, c) in zip(held, streamed, cuts, strict=True):
+        assert Xs.flags.c_contiguous and np.array_equal(Xh, Xs)
+        assert np.array_equal(Xh.T @ Z[a:c], Xs.T @ Z[a:c])
