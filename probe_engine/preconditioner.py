@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from probe_engine.backend import to_numpy
+from probe_engine.row_tasks import map_on_cores
 
 #: The softmax curvature the data term is taken to have next to the penalty's ``2 * l2``
 #: (a scale, not an estimate: ``gamma`` fixes the overall size; measured 0.1 and 0.25
@@ -124,14 +125,19 @@ class GramPreconditioner(_InterceptScale):
         sizes = [d if cols is None else len(cols) for cols in columns.values()]
         if 4 * sum(k * k for k in sizes) > MAX_BYTES:  # all or none: a probe's H_0 never depends on its batch
             return Identity(intercept)
-        groups = []
-        for (key, probes), k in zip(by_support.items(), sizes):
+        kept = [(key, probes) for (key, probes), k in zip(by_support.items(), sizes) if k > 0]
+
+        def decomposed(key):
             cols = columns[key]
-            if k == 0:
-                continue
-            full = cols is None or k == d
-            block = xp.asarray(gram if full else gram[np.ix_(cols, cols)])
-            eigenvalues, vectors = xp.linalg.eigh(block)  # on the GPU when the probes are there
+            full = cols is None or len(cols) == d
+            return full, xp.linalg.eigh(xp.asarray(gram if full else gram[np.ix_(cols, cols)]))  # on the GPU there
+
+        keys = [key for key, _ in kept]
+        # one eigendecomposition per support: on the host, one per core (LAPACK releases the GIL)
+        parts = map_on_cores(decomposed, keys) if xp is np else map(decomposed, keys)
+        groups = []
+        for (key, probes), (full, (eigenvalues, vectors)) in zip(kept, parts):
+            cols = columns[key]
             mu = xp.asarray(curvature[probes] / CURVATURE + floor)
             scale = 1.0 / (xp.maximum(eigenvalues, 0.0)[:, None] + mu[None, :])
             groups.append(_Group(None if full else xp.asarray(cols), vectors.astype(np.float32),
@@ -140,11 +146,16 @@ class GramPreconditioner(_InterceptScale):
 
     def apply(self, Q):
         R = Q.copy()
-        for g in self.groups:
+
+        def mapped(g):
             block = Q[:, g.probes] if g.columns is None else Q[g.columns[:, None], g.probes[None, :]]
             k, p, C = block.shape
             spectral = (g.vectors.T @ block.reshape(k, p * C)).reshape(k, p, C) * g.scale[:, :, None]
-            mapped = (g.vectors @ spectral.reshape(k, p * C)).reshape(k, p, C)
+            return (g.vectors @ spectral.reshape(k, p * C)).reshape(k, p, C)
+
+        # many supports (top-k probes: one each) are many small products: one per core on the host
+        results = map_on_cores(mapped, self.groups) if self.xp is np else map(mapped, self.groups)
+        for g, mapped in zip(self.groups, results):
             if g.columns is None:
                 R[:, g.probes] = mapped
             else:

@@ -86,3 +86,15 @@ def map_row_slices(task, X, y) -> list:
         return [task(X[s], y[s]) for s in slices]
     with _blas().limit(limits=1, user_api="blas"):
         return list(pool.map(lambda s: task(X[s], y[s]), slices))
+
+
+def map_on_cores(task, items) -> list:
+    """``[task(item) for item in items]`` on the same pool, one BLAS thread per task: for
+    independent host products too small to keep BLAS's own threads busy (the preconditioner's
+    per-support eigenvector products, ~50 output columns each).  Results in item order."""
+    items = list(items)
+    pool = _pool()
+    if pool is None or len(items) < 2:
+        return [task(item) for item in items]
+    with _blas().limit(limits=1, user_api="blas"):
+        return list(pool.map(task, items))
