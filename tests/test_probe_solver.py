@@ -492,3 +492,21 @@ def test_narrowed_streamed_rows_have_the_held_rows_layout(problem):
     for (Xh, _), (Xs, _), (a, c) in zip(held, streamed, cuts, strict=True):
         assert Xs.flags.c_contiguous and np.array_equal(Xh, Xs)
         assert np.array_equal(Xh.T @ Z[a:c], Xs.T @ Z[a:c])
+
+
+@pytest.mark.parametrize("d", [30, 700])
+def test_lipschitz_bound_is_half_the_largest_eigenvalue_of_the_gram(d):
+    """Full spectrum (few features) or Lanczos (many): half of lambda_max of [X 1]^T [X 1] / n,
+    never below it."""
+    from probe_engine.datafit import MultinomialLogistic
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(1500, d)) * rng.uniform(0.1, 3, d) + 0.3).astype(np.float32)
+    y = rng.integers(0, 4, 1500)
+    datafit = MultinomialLogistic(4)
+    gram = datafit.gram(InMemoryBlocks([(X, y)], d))
+    X1 = np.hstack([X, np.ones((1500, 1), np.float32)]).astype(np.float64)
+    np.testing.assert_allclose(gram[:d + 1, :d + 1], X1.T @ X1 / 1500, rtol=1e-5, atol=1e-6)
+    exact = 0.5 * np.linalg.eigvalsh(gram[:d + 1, :d + 1])[-1]
+    bound = datafit.lipschitz_of(gram)
+    assert exact <= bound <= exact * (1 + 1e-8)
