@@ -29,6 +29,7 @@ def inspect(args) -> int:
 def verify(args) -> int:
     from store.verify import verify_store
 
-    checked = verify_store(args.store)
-    print(f"{args.store}: ok, complete, {checked} files match their checksums")
+    checked, metadata_recorded = verify_store(args.store)
+    note = "" if metadata_recorded else " (metadata not recorded: the store predates metadata checksums)"
+    print(f"{args.store}: ok, complete, {checked} files match their checksums{note}")
     return 0

@@ -11,11 +11,13 @@ attributes.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import zarr
 
 from store import schema
+from store.errors import StrataError
 
 _HASH_BLOCK = 8 << 20
 
@@ -44,6 +46,29 @@ def checksums(root: Path, files: list[str]) -> dict[str, str]:
     return {rel: sha256_file(root / rel) for rel in files}
 
 
+def store_files(root: Path) -> list[str]:
+    """Relative paths of every file in the store but the root ``zarr.json`` (sorted).
+
+    The root's file is rewritten when the store is marked complete, after
+    every record: its attributes are checksummed instead (``attributes_sha256``).
+    """
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p != root / schema.METADATA_FILE)
+
+
+def metadata_files(root: Path) -> list[str]:
+    """Every node's ``zarr.json`` except the root's and the metadata record's own."""
+    own = f"{schema.MANIFEST}/{schema.METADATA_RECORD}/{schema.METADATA_FILE}"
+    return [rel for rel in store_files(root)
+            if rel.rsplit("/", 1)[-1] == schema.METADATA_FILE and rel != own]
+
+
+def attributes_sha256(attrs: dict) -> str:
+    """sha256 of the root attributes as canonical JSON (sorted keys), independent
+    of how zarr lays the file out."""
+    return hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
+
+
 def write_record(group: zarr.Group, name: str, record: dict) -> None:
     """Write (or overwrite) one manifest record atomically."""
     manifest = group.require_group(schema.MANIFEST)
@@ -51,11 +76,22 @@ def write_record(group: zarr.Group, name: str, record: dict) -> None:
 
 
 def read_record(group: zarr.Group, name: str) -> dict | None:
+    """One manifest record, None when it was never written.
+
+    A record that is there but unreadable (a damaged or hand-edited
+    ``zarr.json``) is a one-line error, never a traceback: ``verify`` and
+    ``inspect`` are the tools people run on damaged stores.
+    """
     try:
         node = group[f"{schema.MANIFEST}/{name}"]
     except KeyError:
         return None
-    return dict(node.attrs)
+    except Exception:
+        raise StrataError(f"{group.store.root}: corrupt manifest record {name}") from None
+    record = dict(node.attrs)
+    if "checksums" in record and not isinstance(record["checksums"], dict):
+        raise StrataError(f"{group.store.root}: corrupt manifest record {name}")
+    return record
 
 
 def finished_units(root: Path) -> set[int]:

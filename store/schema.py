@@ -48,6 +48,8 @@ MANIFEST = "manifest"
 STAGING = "staging"
 PLAN_RECORD = "plan"  # manifest/plan: written last during creation
 FINAL_RECORD = "final"  # manifest/final: pooled arrays written and checksummed
+METADATA_RECORD = "metadata"  # manifest/metadata: every zarr.json and the root attributes, at finalize
+METADATA_FILE = "zarr.json"  # a node's metadata (attributes, array shape, dtype, codecs)
 
 
 def unit_record(unit: int) -> str:

@@ -50,17 +50,31 @@ def _label_sets(group: zarr.Group) -> dict:
 
 
 def summarize(path: Path) -> dict:
-    """Everything inspect shows, as plain JSON-able values."""
+    """Everything inspect shows, as plain JSON-able values.
+
+    Stores that were never finished being created, or whose arrays were
+    damaged afterwards, give a one-line error rather than a traceback.
+    """
+    path = Path(path)
     with quiet_codec_warnings():
-        return _summarize(Path(path))
+        group = open_store(path)
+        # Creation writes the plan record last: without it arrays may be missing.
+        if manifest.read_record(group, schema.PLAN_RECORD) is None:
+            raise StrataError(f"{path}: incomplete: creation did not finish; rerun the same extract command")
+        try:
+            return _summarize(path, group)
+        except StrataError:
+            raise
+        except Exception as e:  # any damaged array or attribute: say what, point to verify
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise StrataError(f"{path}: damaged store, cannot read it ({type(e).__name__}: {reason}); "
+                              "run strata verify") from None
 
 
-def _summarize(path: Path) -> dict:
-    group = open_store(path)
+def _summarize(path: Path, group: zarr.Group) -> dict:
     attrs = dict(group.attrs[schema.ROOT_ATTR])
     params = attrs["parameters"]
-    plan = manifest.read_record(group, schema.PLAN_RECORD) or {}
-    n_units = plan.get("n_units")
+    n_units = manifest.read_record(group, schema.PLAN_RECORD).get("n_units")
     done = len(manifest.finished_units(path))
     skipped = group[schema.SENTENCE_SKIPPED]
     acts = group[schema.ACTIVATIONS]

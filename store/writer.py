@@ -10,7 +10,8 @@ Life of a store:
    manifest record with the shard's sha256.
 3. ``StoreWriter.finalize`` (one process, once every unit is recorded): pooled
    arrays assembled from staging and checksummed (``manifest/final``), staging
-   removed, and only then ``complete: true`` in the root attributes.
+   removed, every metadata file and the final root attributes checksummed
+   (``manifest/metadata``), and only then ``complete: true`` in the root attributes.
 Every step can be killed and repeated; repeating it writes the same bytes.
 """
 
@@ -251,6 +252,13 @@ class StoreWriter:
             shutil.rmtree(self.path / schema.STAGING, ignore_errors=True)
             attrs = self.attrs
             attrs.update(complete=True, summary=summary)
+            # Metadata (label classes, shapes, codecs, attributes) changes what
+            # readers see as much as a shard does, so verify checks it too.
+            # Recorded after staging is gone, and rewritten on a repeat.
+            manifest.write_record(self.group, schema.METADATA_RECORD, {
+                "checksums": manifest.checksums(self.path, manifest.metadata_files(self.path)),
+                "root_attributes_sha256": manifest.attributes_sha256(attrs),
+            })
             self.group.attrs[schema.ROOT_ATTR] = attrs
 
     def _assemble_pooled(self, kind: str) -> None:

@@ -120,3 +120,100 @@ def test_bitround_codec(strata, tiny_bert, text_corpus, tmp_path):
     code, _, err = strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text",
                           "--out", tmp_path / "x.zarr", "--codec", "bitround:11")
     assert code == 1 and "--codec: bitround needs 1..10 mantissa bits for float16, got '11'" in err
+
+
+def _edit_json(path, change):
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def test_verify_covers_metadata(strata, ud_store, tmp_path):
+    """Label classes, array metadata and root attributes are checksummed at finalize."""
+    import shutil
+
+    def swap_first_classes(doc):
+        classes = doc["attributes"]["classes"]
+        classes[0], classes[1] = classes[1], classes[0]
+
+    def edit_summary(doc):
+        doc["attributes"]["strata"]["summary"]["tokens"] = 999
+
+    cases = [("label_upos/zarr.json", swap_first_classes, "checksum mismatch in label_upos/zarr.json"),
+             ("zarr.json", edit_summary, "checksum mismatch in the root attributes (zarr.json)"),
+             ("activations/zarr.json", lambda doc: doc.clear(), "checksum mismatch in activations/zarr.json")]
+    for i, (rel, change, message) in enumerate(cases):
+        copy = tmp_path / f"copy{i}.zarr"
+        shutil.copytree(ud_store, copy)
+        _edit_json(copy / rel, change)
+        code, _, err = strata("verify", copy)
+        assert code == 1
+        assert err.strip() == f"strata verify: error: {copy}: {message}"
+    # Rewriting the root zarr.json with the same attributes (another layout) is no change.
+    copy = tmp_path / "same.zarr"
+    shutil.copytree(ud_store, copy)
+    (copy / "zarr.json").write_text(json.dumps(json.loads((copy / "zarr.json").read_text())))
+    assert strata("verify", copy)[0] == 0
+
+
+def test_verify_flags_files_written_after_finishing(strata, tiny_bert, text_corpus, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text", "--out", out)[0] == 0
+    # No sentence is skipped, so the all-False (fill value) chunk was never written.
+    assert not (out / "sentence_skipped" / "c").exists()
+    zarr.open_group(out, mode="r+")["sentence_skipped"][0] = True
+    code, _, err = strata("verify", out)
+    assert code == 1
+    assert err.strip() == (f"strata verify: error: {out}: unrecorded file sentence_skipped/c/0 "
+                           "(not part of the finished store)")
+
+
+def test_verify_store_without_metadata_record(strata, ud_store, tmp_path):
+    """Stores finished before metadata checksums existed still verify their data files."""
+    import shutil
+
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(ud_store, copy)
+    shutil.rmtree(copy / "manifest" / "metadata")
+    code, out, _ = strata("verify", copy)
+    assert code == 0
+    assert out.strip().endswith("files match their checksums "
+                                "(metadata not recorded: the store predates metadata checksums)")
+    shard = copy / "activations" / "c" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-1])
+    assert strata("verify", copy)[2].strip() == f"strata verify: error: {copy}: checksum mismatch in activations/c/0/0/0"
+
+
+def test_verify_corrupt_manifest_record(strata, ud_store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(ud_store, copy)
+    (copy / "manifest" / "unit_0000000" / "zarr.json").write_text("garbage\n")
+    code, _, err = strata("verify", copy)
+    assert code == 1
+    assert err.strip() == f"strata verify: error: {copy}: corrupt manifest record unit_0000000"
+
+
+def test_inspect_damaged_or_unfinished_store(strata, ud_store, tmp_path):
+    import shutil
+
+    unfinished = tmp_path / "unfinished.zarr"
+    shutil.copytree(ud_store, unfinished)
+    # What an interrupted creation leaves: root attributes, no plan, arrays missing.
+    for name in ("manifest", "sentence_skipped", "activations"):
+        shutil.rmtree(unfinished / name)
+    for args in ((unfinished,), (unfinished, "--json")):
+        code, _, err = strata("inspect", *args)
+        assert code == 1
+        assert err.strip() == (f"strata inspect: error: {unfinished}: incomplete: creation did not finish; "
+                               "rerun the same extract command")
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(ud_store, damaged)
+    (damaged / "activations" / "zarr.json").write_text("{}")
+    code, _, err = strata("inspect", damaged)
+    assert code == 1
+    line = err.strip()
+    assert "\n" not in line
+    assert line.startswith(f"strata inspect: error: {damaged}: damaged store, cannot read it (")
+    assert line.endswith("); run strata verify")
