@@ -13,6 +13,7 @@ import numpy as np
 
 from probe_engine.backend import module_of, to_numpy
 from probe_engine.blocks import ColumnBlocks
+from probe_engine.column_groups import as_slice, column_order, partition
 from probe_engine.row_tasks import map_row_slices
 
 
@@ -24,60 +25,142 @@ UNSHIFTED_LOGIT_LIMIT = 64.0
 #: Features past which the host finds the Lipschitz bound's eigenvalue alone (Lanczos).
 LANCZOS_FROM = 512
 
+#: A grouped pass keeps its narrowed rows while they are at most this much wider than needed.
+REUSE_WIDTH = 1.25
+
 
 class MultinomialLogistic:
     """Mean cross-entropy of a softmax over ``C`` classes, for ``P`` probes at once."""
 
     def __init__(self, n_classes: int):
         self.n_classes = n_classes
-        self._narrowed = None  # (source blocks, columns as host bytes, ColumnBlocks): the last narrowing
+        self._narrowed = None  # (source blocks, columns (host), ColumnBlocks): the last narrowing
+        self._groups = (None, None)  # (supports as host bytes, probe groups): the last partition
 
-    def value_and_gradient(self, blocks, W, b, columns=None):
+    def value_and_gradient(self, blocks, W, b, supports=None):
         """One pass over ``blocks`` (pairs ``(X, y)``, class indices ``y``).
 
         Returns ``(loss (P,), grad_W (d, P, C), grad_b (P, C))``, every term
-        divided by the number of rows.  ``columns`` (host int array, or ``None`` for all):
-        the only features any probe may use (the penalty's :meth:`columns`); the pass then
-        reads those columns alone and ``grad_W`` is 0 on the others.  So probes restricted
-        to few neurons stop paying for the rest once the wider probes of their batch
-        have finished.
+        divided by the number of rows.  ``supports`` (host bool ``(d, P)``, or ``None``:
+        every probe reads every feature) are the features each probe may use (the
+        penalty's :meth:`supports`).  The pass then reads the union of those columns alone
+        (so probes restricted to few neurons stop paying for the rest once the wider probes
+        of their batch have finished), and probes whose supports differ much in size are
+        cut into groups, one GEMM per group over its own columns
+        (:mod:`probe_engine.column_groups`).  ``grad_W`` is exact on each probe's group's
+        columns and 0 elsewhere, which the penalty's support mask never reads.
         """
         xp = module_of(W)
-        if columns is not None and len(columns) < W.shape[0]:
-            narrow = self._narrow(blocks, columns, xp)
-            loss, part_W, grad_b = self.value_and_gradient(narrow, W[narrow.columns], b)
-            grad_W = xp.zeros_like(W)
-            grad_W[narrow.columns] = part_W
-            return loss, grad_W, grad_b
+        d = W.shape[0]
+        if supports is None:
+            return self._pass(blocks, W, b, [(None, None)])
+        supports = np.asarray(supports, dtype=bool)
+        groups = self._partition(supports)
+        used = supports.any(axis=1)
+        if len(groups) == 1 or used.all():
+            if used.all():
+                source, columns = blocks, None
+            else:
+                source = self._narrow(blocks, np.flatnonzero(used), xp, exact=True)
+                columns = to_numpy(source.columns)
+            specs = [(None, None)] if len(groups) == 1 else self._specs(supports, groups, columns, xp)
+        else:
+            source = self._narrow(blocks, column_order(supports, groups), xp, exact=False)
+            columns = to_numpy(source.columns)
+            specs = self._specs(supports, groups, columns, xp)
+        if columns is None:
+            return self._pass(source, W, b, specs)
+        loss, part_W, grad_b = self._pass(source, W[source.columns], b, specs)
+        grad_W = xp.zeros_like(W)
+        grad_W[source.columns] = part_W
+        return loss, grad_W, grad_b
+
+    def _pass(self, blocks, W, b, groups):
+        """The pass itself: ``groups`` of ``(probes, columns)`` (device index arrays, a slice
+        of columns, or ``None`` for all), one pair of GEMMs per group on every row slice."""
+        xp = module_of(W)
         d, P, C = W.shape
-        W2 = W.reshape(d, P * C)
-        loss = xp.zeros(P, dtype=np.float64)
-        grad_W = xp.zeros((d, P * C), dtype=W.dtype)
-        grad_b = xp.zeros((P, C), dtype=np.float64)
+        weights = []  # per group: its (columns, probes * classes) weights and (probes, classes) intercepts
+        for probes, cols in groups:
+            Wg = W if probes is None else W[:, probes]
+            Wg = Wg if cols is None else Wg[cols]
+            bg = b if probes is None else b[probes]
+            weights.append((Wg.reshape(Wg.shape[0], -1), bg))
+        sums = [[xp.zeros(bg.shape[0], dtype=np.float64), xp.zeros(W2.shape, dtype=W.dtype),
+                 xp.zeros(bg.shape, dtype=np.float64)] for W2, bg in weights]
 
         def rows_terms(X, y):
-            """One row slice's summed loss, X^T Z and Z column sums (a task of row_tasks)."""
-            part_loss = xp.zeros(P, dtype=np.float64)
-            Z = self._log_softmax_residual(X @ W2, b, y, part_loss).reshape(len(y), P * C)
-            # Column sums as a GEMV: a BLAS kernel, 3x faster than numpy's float64 reduction
-            # here and as exact as X.T @ Z beside it (float32 over one slice's rows).
-            return part_loss, X.T @ Z, (xp.ones(len(y), dtype=Z.dtype) @ Z).reshape(P, C).astype(np.float64)
+            """One row slice's summed loss, X^T Z and Z column sums per group (a task of row_tasks)."""
+            terms = []
+            for (_, cols), (W2, bg) in zip(groups, weights):
+                Xg = X if cols is None else X[:, cols]
+                p = bg.shape[0]
+                part_loss = xp.zeros(p, dtype=np.float64)
+                Z = self._log_softmax_residual(Xg @ W2, bg, y, part_loss).reshape(len(y), p * C)
+                # Column sums as a GEMV: a BLAS kernel, 3x faster than numpy's float64 reduction
+                # here and as exact as X.T @ Z beside it (float32 over one slice's rows).
+                terms.append((part_loss, Xg.T @ Z, (xp.ones(len(y), dtype=Z.dtype) @ Z).reshape(p, C).astype(np.float64)))
+            return terms
 
         for X, y in blocks.row_sources():  # X may be unstandardized rows that each task finishes
-            for part_loss, part_W, part_b in map_row_slices(rows_terms, X, y):  # in row order: same bits always
-                loss += part_loss
-                grad_W += part_W
-                grad_b += part_b
+            for terms in map_row_slices(rows_terms, X, y):  # in row order: same bits always
+                for acc, part in zip(sums, terms):
+                    for a, t in zip(acc, part):
+                        a += t
         n = blocks.n_rows
-        return loss / n, grad_W.reshape(d, P, C) / n, (grad_b / n).astype(W.dtype)
+        if groups == [(None, None)]:
+            loss, grad_W, grad_b = sums[0]
+            return loss / n, grad_W.reshape(d, P, C) / n, (grad_b / n).astype(W.dtype)
+        loss = xp.zeros(P, dtype=np.float64)
+        grad_W = xp.zeros((d, P, C), dtype=W.dtype)
+        grad_b = xp.zeros((P, C), dtype=np.float64)
+        for (probes, cols), (g_loss, g_W, g_b) in zip(groups, sums):
+            loss[probes] = g_loss
+            g_W = g_W.reshape(g_W.shape[0], -1, C)
+            if isinstance(cols, slice):
+                grad_W[cols, probes] = g_W
+            else:
+                grad_W[xp.ix_(cols, probes)] = g_W
+            grad_b[probes] = g_b
+        return loss / n, grad_W / n, (grad_b / n).astype(W.dtype)
 
-    def _narrow(self, blocks, columns, xp):
-        """``blocks`` restricted to ``columns``, kept while the columns stay the same (held
-        blocks are gathered once per column set, not once per pass)."""
-        key = np.asarray(columns).tobytes()
-        if self._narrowed is None or self._narrowed[0] is not blocks or self._narrowed[1] != key:
-            self._narrowed = None  # free the previous copy first: never two narrowed copies at once
-            self._narrowed = (blocks, key, ColumnBlocks(blocks, columns, xp))
+    def _partition(self, supports):
+        """:func:`column_groups.partition` of ``supports``, kept while they stay the same."""
+        key = (supports.shape, np.packbits(supports).tobytes())
+        if self._groups[0] != key:
+            self._groups = (key, partition(supports, self.n_classes))
+        return self._groups[1]
+
+    @staticmethod
+    def _specs(supports, groups, columns, xp):
+        """Each group's probes and its columns' positions in the narrowed rows (``columns``,
+        or every column for ``None``): a slice when they are one run (no gather)."""
+        position = None
+        if columns is not None:
+            position = np.full(supports.shape[0], -1, dtype=np.int64)
+            position[columns] = np.arange(len(columns))
+        specs = []
+        for g in groups:
+            cols = np.flatnonzero(supports[:, g].any(axis=1))
+            cols = cols if position is None else np.sort(position[cols])
+            run = as_slice(cols)
+            specs.append((xp.asarray(g), run if run is not None else xp.asarray(cols)))
+        return specs
+
+    def _narrow(self, blocks, columns, xp, exact: bool):
+        """``blocks`` restricted to ``columns`` (host ints, in that order), kept while they
+        serve: the same columns (``exact``), or for grouped passes any kept copy that holds
+        them all and is at most ``REUSE_WIDTH`` times as wide (probes leaving a grouped
+        batch would otherwise regather the rows on every departure).  Held blocks are
+        gathered once per column set, not once per pass."""
+        kept = self._narrowed
+        if kept is not None and kept[0] is blocks:
+            if exact and np.array_equal(kept[1], columns):
+                return kept[2]
+            if not exact and len(kept[1]) <= REUSE_WIDTH * len(columns) and np.isin(columns, kept[1]).all():
+                return kept[2]
+        self._narrowed = None  # free the previous copy first: never two narrowed copies at once
+        self._narrowed = (blocks, np.asarray(columns), ColumnBlocks(blocks, columns, xp))
         return self._narrowed[2]
 
     def _log_softmax_residual(self, logits, b, y, loss_acc):

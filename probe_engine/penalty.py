@@ -86,8 +86,8 @@ class ElasticNet:
         """Per probe, whether the penalty is differentiable everywhere (``l1 = 0``)."""
         return self.l1 == 0
 
-    def columns(self):
-        """The features any probe may use, as host indices; ``None``: all of them."""
+    def supports(self):
+        """The features each probe may use, host bool ``(d, P)``; ``None``: all of them."""
         return None
 
     def feasible(self, G):
@@ -159,9 +159,9 @@ class Restricted:
         """Zero outside each probe's support: curvature pairs then live in the probe's subspace."""
         return self.inner.feasible(G) * self.support[:, :, None]
 
-    def columns(self):
-        """The union of the probes' supports (narrower as probes leave the batch)."""
-        return np.flatnonzero(to_numpy(self.support.any(axis=1)))
+    def supports(self):
+        """Each probe's support on the host (narrower as probes leave the batch)."""
+        return to_numpy(self.support).astype(bool)
 
     def curvature(self):
         return self.inner.curvature()

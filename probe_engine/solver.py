@@ -138,7 +138,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
     out = Solutions(W=np.zeros((d, P, C), np.float32), b=np.zeros((P, C), np.float32),
                     objective=np.zeros(P), loss=np.zeros(P), converged=np.zeros(P, bool),
                     iterations=np.zeros(P, int), optimality=np.zeros(P), gap=np.full(P, np.inf))
-    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.columns())
+    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.supports())
     objective = loss + penalty.value(W0)
     s = _Batch(W0, b0, grad_W, grad_b, loss, objective, _optimality(penalty, W0, grad_W, grad_b),
                _gap_of(gap, penalty, W0, b0, loss, objective, grad_W, grad_b),
@@ -154,7 +154,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
         step = (1.0 / s.alpha).astype(W0.dtype)
         Z_W = s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step)
         Z_b = s.b - step[:, None] * s.grad_b
-        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.columns())
+        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.supports())
         iteration += 1
         z_objective = z_loss + s.penalty.value(Z_W)
         d_W, d_b = Z_W - s.W, Z_b - s.b
@@ -283,7 +283,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     out = Solutions(W=np.zeros((d, P, C), np.float32), b=np.zeros((P, C), np.float32),
                     objective=np.zeros(P), loss=np.zeros(P), converged=np.zeros(P, bool),
                     iterations=np.zeros(P, int), optimality=np.zeros(P), gap=np.full(P, np.inf))
-    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.columns())
+    loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W0, b0, penalty.supports())
     objective = loss + penalty.value(W0)
     pseudo = penalty.min_norm_subgradient(W0, grad_W)
     inv_L = 1.0 / lipschitz
@@ -309,7 +309,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         Z_W = xp.where(pg3, s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step),
                        s.penalty.orthant_step(s.W, t[None, :, None] * s.D_W, s.pseudo))
         Z_b = xp.where(pg2, s.b - step[:, None] * s.grad_b, s.b + t[:, None] * s.D_b)
-        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.columns())
+        z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.supports())
         iteration += 1
         z_objective = z_loss + s.penalty.value(Z_W)
         d_W, d_b = Z_W - s.W, Z_b - s.b

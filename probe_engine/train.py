@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from probe_engine.blocks import ColumnBlocks
+from probe_engine.column_groups import column_order, partition
 from probe_engine.datafit import MultinomialLogistic
 from probe_engine.duality_gap import DualityGap
 from probe_engine.penalty import ElasticNet, Restricted
@@ -62,7 +63,8 @@ def train_probes(blocks, n_classes: int, l1, l2, *, xp, tol: float = DEFAULT_TOL
     """
     if support is not None:
         support = np.asarray(support, dtype=bool)
-        used = np.flatnonzero(support.any(axis=1))
+        # the union of the supports, nested groups' columns first (one slice each, no gather)
+        used = column_order(support, partition(support, n_classes))
         if len(used) < blocks.n_features:  # every probe lives in these columns: read only them
             keep = np.concatenate([used, blocks.n_features + np.arange(1 + n_classes)])  # and the [1 Y] columns
             gram_used = None if gram is None else gram[np.ix_(keep, keep)]

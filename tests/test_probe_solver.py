@@ -361,8 +361,8 @@ def test_a_float16_store_fits_whole_under_its_float32_size(tiny_bert, ud_dev, tm
 
 
 def test_a_pass_reads_only_the_columns_the_penalty_allows(problem):
-    """``columns`` narrows the pass: same loss and gradient on those columns, 0 elsewhere,
-    and held blocks are gathered once per column set, not once per pass."""
+    """``supports`` narrows the pass to their union: same loss and gradient on those
+    columns, 0 elsewhere, and held blocks are gathered once per column set, not once per pass."""
     from probe_engine.datafit import MultinomialLogistic
     from probe_engine.penalty import ElasticNet, Restricted
 
@@ -384,24 +384,30 @@ def test_a_pass_reads_only_the_columns_the_penalty_allows(problem):
     datafit = MultinomialLogistic(4)
     loss, grad_W, grad_b = datafit.value_and_gradient(blocks, W, b)
     assert Counted.reads == 1
-    n_loss, n_grad_W, n_grad_b = datafit.value_and_gradient(blocks, W, b, columns)
+
+    def on(cols):
+        support = np.zeros((X.shape[1], 3), bool)
+        support[cols] = True
+        return support
+
+    n_loss, n_grad_W, n_grad_b = datafit.value_and_gradient(blocks, W, b, on(columns))
     np.testing.assert_allclose(n_loss, loss, rtol=1e-6)
     np.testing.assert_allclose(n_grad_W[columns], grad_W[columns], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(n_grad_b, grad_b, rtol=1e-5, atol=1e-7)
     assert not np.delete(n_grad_W, columns, axis=0).any()
     assert Counted.reads == 2  # the gather
-    datafit.value_and_gradient(blocks, W, b, columns)
+    datafit.value_and_gradient(blocks, W, b, on(columns))
     assert Counted.reads == 2  # same columns: the gathered copy again
-    datafit.value_and_gradient(blocks, W, b, columns[:2])
+    datafit.value_and_gradient(blocks, W, b, on(columns[:2]))
     assert Counted.reads == 3
-    # a restricted penalty's columns are the union of its probes' supports, and shrink with the batch
+    # a restricted penalty's supports are its probes', and shrink with the batch
     support = np.zeros((X.shape[1], 2), bool)
     support[:, 0] = True
     support[columns, 1] = True
     penalty = Restricted(ElasticNet(np.zeros(2, np.float32), np.ones(2, np.float32)), support.astype(np.float32))
-    assert np.array_equal(penalty.columns(), np.arange(X.shape[1]))
-    assert np.array_equal(penalty.subset(np.array([False, True])).columns(), columns)
-    assert ElasticNet(np.zeros(1), np.zeros(1)).columns() is None
+    assert np.array_equal(penalty.supports(), support)
+    assert np.array_equal(penalty.subset(np.array([False, True])).supports(), support[:, 1:])
+    assert ElasticNet(np.zeros(1), np.zeros(1)).supports() is None
 
 
 def test_supports_inside_a_few_columns_train_on_those_columns_alone(problem):
