@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from probe_engine.backend import array_module
-from probe_engine.blocks import InMemoryBlocks, standardize
+from probe_engine.blocks import InMemoryBlocks
 from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, train_probes
 
 BLOCK_ROWS = 8192
@@ -40,7 +40,9 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    coef_ (n_classes, n_features), intercept_ (n_classes,), classes_,
+    coef_ (n_classes, n_features), intercept_ (n_classes,), classes_ (for two classes,
+    as scikit-learn's binary classifiers: coef_ (1, n_features) and intercept_ (1,), class
+    1's weights minus class 0's), mean_ and scale_ (the standardization, float64),
     n_iter_, converged_, objective_ (on the standardized problem), optimality_,
     duality_gap_ (objective_ minus the optimum is at most this), n_nonzero_.
     """
@@ -51,51 +53,70 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         self.standardize = standardize
         self.tol, self.gap_tol, self.max_iter, self.device = tol, gap_tol, max_iter, device
 
+    def _check_params(self):
+        for name in ("l1", "l2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not 0 <= value < np.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.tol, (int, float, np.number)) or not 0 < self.tol < np.inf:
+            raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
+        if self.gap_tol is not None and (not isinstance(self.gap_tol, (int, float, np.number))
+                                         or not 0 < self.gap_tol < np.inf):
+            raise ValueError(f"gap_tol must be a finite number > 0 or None, got {self.gap_tol!r}")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
-        if self.l1 < 0 or self.l2 < 0:
-            raise ValueError(f"l1 and l2 must be >= 0, got l1={self.l1}, l2={self.l2}")
-        if self.gap_tol is not None and not self.gap_tol > 0:
-            raise ValueError(f"gap_tol must be > 0 or None, got {self.gap_tol}")
+        self._check_params()
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least two classes, got {len(self.classes_)}")
+            n = len(self.classes_)
+            raise ValueError(f"need at least two classes, got {n} class{'' if n == 1 else 'es'}")
+        # Standardized here in float64, not by blocks.standardize (float32 arithmetic): features
+        # far from 0 (an offset of 1e5 and more) would lose their digits before the subtraction.
         if self.standardize:
-            mean, std = X.mean(axis=0), X.std(axis=0)
-            self.mean_ = mean.astype(np.float32)
-            self.scale_ = np.where(std > 0, std, 1.0).astype(np.float32)
+            mean, std = X.mean(axis=0, dtype=np.float64), X.std(axis=0, dtype=np.float64)
+            self.mean_, self.scale_ = mean, np.where(std > 0, std, 1.0)
         else:
-            self.mean_ = np.zeros(X.shape[1], np.float32)
-            self.scale_ = np.ones(X.shape[1], np.float32)
+            self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         xp = array_module(self.device)
         blocks = InMemoryBlocks(
-            ((xp.asarray(standardize(X[i:i + BLOCK_ROWS], self.mean_, self.scale_)),
+            ((xp.asarray(((X[i:i + BLOCK_ROWS] - self.mean_) / self.scale_).astype(np.float32)),
               xp.asarray(y_idx[i:i + BLOCK_ROWS])) for i in range(0, len(X), BLOCK_ROWS)),
             X.shape[1])
         sol = train_probes(blocks, len(self.classes_), [self.l1], [self.l2], xp=xp,
                            tol=self.tol, gap_tol=self.gap_tol, max_iter=self.max_iter)
-        W, b = sol.W[:, 0, :], sol.b[0]  # (d, C), (C,) on standardized features
+        W, b = sol.W[:, 0, :].astype(np.float64), sol.b[0].astype(np.float64)  # (d, C), (C,) standardized
+        if len(self.classes_) == 2:  # scikit-learn's binary contract: one score, class 1 against class 0
+            W, b = W[:, 1:] - W[:, :1], b[1:] - b[:1]
         self.coef_standardized_ = W.T.copy()
-        self.coef_ = (W / self.scale_[:, None]).T.astype(np.float64)
-        self.intercept_ = (b - (self.mean_ / self.scale_) @ W).astype(np.float64)
+        self.coef_ = (W / self.scale_[:, None]).T
+        self.intercept_ = b - (self.mean_ / self.scale_) @ W
         self.n_iter_ = int(sol.iterations[0])
         self.converged_ = bool(sol.converged[0])
         self.objective_ = float(sol.objective[0])
         self.optimality_ = float(sol.optimality[0])
         self.duality_gap_ = float(sol.gap[0])
-        self.n_nonzero_ = int(np.count_nonzero(W))
+        self.n_nonzero_ = int(np.count_nonzero(sol.W[:, 0, :]))
         return self
 
     def decision_function(self, X):
+        """Per class logits ``(n, n_classes)``; for two classes the logit of class 1 minus
+        that of class 0, ``(n,)`` (scikit-learn's binary contract)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
-        return X @ self.coef_.T + self.intercept_
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        Z = X @ self.coef_.T + self.intercept_
+        return Z[:, 0] if len(self.classes_) == 2 else Z
 
     def predict_proba(self, X):
         Z = self.decision_function(X)
+        if Z.ndim == 1:  # softmax of (0, z) is (1 - sigmoid(z), sigmoid(z))
+            Z = np.stack([np.zeros_like(Z), Z], axis=1)
         Z = np.exp(Z - Z.max(axis=1, keepdims=True))
         return Z / Z.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        check_is_fitted(self)
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

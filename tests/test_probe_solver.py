@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -115,14 +116,58 @@ def test_estimator_contract_and_standardization(problem):
     assert probe.coef_.shape == (4, X.shape[1]) and probe.intercept_.shape == (4,)
 
 
-def test_estimator_rejects_bad_parameters(problem):
+@pytest.mark.parametrize("params,message", [
+    ({"l1": -1}, "l1 must be a finite number >= 0, got -1"),
+    ({"l2": float("nan")}, "l2 must be a finite number >= 0, got nan"),
+    ({"l1": float("inf")}, "l1 must be a finite number >= 0, got inf"),
+    ({"l1": None}, "l1 must be a finite number >= 0, got None"),
+    ({"tol": 0}, "tol must be a finite number > 0, got 0"),
+    ({"tol": float("nan")}, "tol must be a finite number > 0, got nan"),
+    ({"gap_tol": 0}, "gap_tol must be a finite number > 0 or None, got 0"),
+    ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
+    ({"max_iter": 2.5}, "max_iter must be an integer >= 1, got 2.5"),
+])
+def test_estimator_rejects_bad_parameters(problem, params, message):
     X, y = problem
-    with pytest.raises(ValueError, match="l1 and l2 must be >= 0, got l1=-1"):
-        ElasticNetProbe(l1=-1).fit(X, y)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ElasticNetProbe(**params).fit(X, y)
+
+
+def test_estimator_needs_two_classes_and_a_fit(problem):
+    from sklearn.exceptions import NotFittedError
+
+    X, y = problem
     with pytest.raises(ValueError, match="need at least two classes"):
         ElasticNetProbe().fit(X, np.zeros(len(y)))
-    with pytest.raises(ValueError, match=r"^gap_tol must be > 0 or None, got 0$"):
-        ElasticNetProbe(gap_tol=0).fit(X, y)
+    for method in ("predict", "predict_proba", "decision_function"):
+        with pytest.raises(NotFittedError):
+            getattr(ElasticNetProbe(), method)(X)
+
+
+def test_binary_estimator_follows_scikit_learns_binary_contract(problem):
+    """Two classes: one score per row (class 1's logit minus class 0's), coef_ (1, d), and
+    probabilities the sigmoid of it, the same as the two-class softmax; roc_auc works."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import cross_val_score
+
+    X, y = problem
+    y2 = np.where(y >= 2, "b", "a")
+    probe = ElasticNetProbe(l1=1e-3, l2=1e-3, tol=1e-6).fit(X, y2)
+    z = probe.decision_function(X)
+    assert z.shape == (len(y),) and probe.coef_.shape == (1, X.shape[1]) and probe.intercept_.shape == (1,)
+    np.testing.assert_allclose(probe.predict_proba(X)[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-10)
+    assert np.array_equal(probe.predict(X), np.where(z > 0, "b", "a"))
+    assert roc_auc_score(y2, z) > 0.8
+    assert np.isfinite(cross_val_score(ElasticNetProbe(l1=1e-3, tol=1e-5), X, y2, cv=3, scoring="roc_auc")).all()
+
+
+def test_estimator_keeps_the_digits_of_features_far_from_zero(problem):
+    """Standardizing and mapping back run in float64: features shifted by 1e6 give the same
+    probabilities as unshifted ones (float32 arithmetic left 0.14 of difference)."""
+    X, y = problem
+    near = ElasticNetProbe(l1=1e-3, l2=1e-3, tol=1e-6).fit(X, y)
+    far = ElasticNetProbe(l1=1e-3, l2=1e-3, tol=1e-6).fit(X + 1e6, y)
+    np.testing.assert_allclose(far.predict_proba(X + 1e6), near.predict_proba(X), atol=1e-4)
 
 
 def test_estimator_reports_its_duality_gap(problem):
@@ -516,3 +561,13 @@ def test_lipschitz_bound_is_half_the_largest_eigenvalue_of_the_gram(d):
     exact = 0.5 * np.linalg.eigvalsh(gram[:d + 1, :d + 1])[-1]
     bound = datafit.lipschitz_of(gram)
     assert exact <= bound <= exact * (1 + 1e-8)
+
+
+def test_estimator_passes_scikit_learns_estimator_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(ElasticNetProbe(tol=1e-4, max_iter=500), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert len(results) > 40 and failed == []
