@@ -14,6 +14,14 @@ import sys
 from store.errors import StrataError
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other strata error
+    (``--help`` still prints the usage).  Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from extractor import cli as extract_cli
     from extractor import tasks_cli
@@ -22,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from probe_engine import neurons_cli
     from store import cli as store_cli
 
-    parser = argparse.ArgumentParser(prog="strata", description="Activation store and probe engine.")
+    parser = OneLineErrors(prog="strata", description="Activation store and probe engine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     extract_cli.add_parser(sub)
     store_cli.add_parsers(sub)

@@ -80,7 +80,11 @@ def test_unknown_format(strata, tiny_bert, text_corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "csv")
     assert exit_info.value.code == 2
-    assert "argument --format: invalid choice: 'csv'" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("strata extract: error: argument --format: invalid choice: 'csv' "
+                                       "(choose from 'conllu', 'conll', 'neurox', 'senteval', 'text')\n")
+    with pytest.raises(SystemExit) as exit_info:  # --help still prints the usage
+        strata("extract", "--help")
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: strata extract ")
 
 
 def test_model_path_missing(strata, text_corpus, tmp_path):
