@@ -70,8 +70,8 @@ def add_screening_arguments(p, default_tol) -> None:
 
 def screening_options(args) -> dict:
     """``{"screen_tol": float or None, "screen_margin": float}`` from the parsed arguments."""
-    if not args.screen_margin >= 0:
-        raise StrataError(f"--screen-margin: must be >= 0, got {args.screen_margin}")
+    if not 0 <= args.screen_margin <= 1:
+        raise StrataError(f"--screen-margin: must be a fraction in [0, 1], got {args.screen_margin}")
     text = args.screen_tol
     if text is None or str(text).strip().lower() == "off":
         return {"screen_tol": None, "screen_margin": args.screen_margin}
@@ -92,17 +92,19 @@ def options_from_args(args) -> dict:
     from probe_engine.grid import parse_floats
     from probe_engine.train import resolve_grid_schedule
 
-    if args.tol <= 0:
-        raise StrataError(f"--tol: must be > 0, got {args.tol}")
+    if not 0 < args.tol < float("inf"):  # NaN fails this too
+        raise StrataError(f"--tol: must be > 0 and finite, got {args.tol}")
     gap_tol = getattr(args, "gap_tol", None)
-    if gap_tol is not None and not gap_tol > 0:
-        raise StrataError(f"--gap-tol: must be > 0, got {gap_tol}")
+    if gap_tol is not None and not 0 < gap_tol < float("inf"):
+        raise StrataError(f"--gap-tol: must be > 0 and finite, got {gap_tol}")
     if args.max_iter < 1:
         raise StrataError(f"--max-iter: must be >= 1, got {args.max_iter}")
     try:
         max_memory = parse_bytes(args.max_memory)
     except (ValueError, TypeError):
         raise StrataError(f"--max-memory: {args.max_memory!r} is not a size such as 4GB or 512MiB") from None
+    if max_memory < 0:
+        raise StrataError(f"--max-memory: must be >= 0, got {args.max_memory}")
     pools = None
     if getattr(args, "pool", None) is not None:
         from store.schema import POOL_KINDS
@@ -110,7 +112,7 @@ def options_from_args(args) -> dict:
         bad = [x for x in pools if x not in POOL_KINDS] or ([] if pools else [args.pool])
         if bad:
             raise StrataError(f"--pool: {bad[0]!r} is not one of {', '.join(POOL_KINDS)}")
-    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    labels = list(dict.fromkeys(x.strip() for x in args.labels.split(",") if x.strip()))  # as --layers: once each
     if not labels:
         raise StrataError("--labels: no label set given")
     return {"train": str(Path(args.train).resolve()), "dev": str(Path(args.dev).resolve()),

@@ -72,12 +72,14 @@ class FeatureSet:
         mean, std, finite = dask.compute(rows.mean(axis=0), rows.std(axis=0),
                                          da.isfinite(self.X[keep]).all(axis=0), scheduler="threads")
         if not finite.all():
-            col = int(np.flatnonzero(~finite)[0])
-            hidden = self.store.features.shape[2]
-            layer = self.store.layers[self.positions[col // hidden]]
-            raise StrataError(f"{self.store.option}: {self.store.path} has non-finite activations "
-                              f"(layer {layer}, neuron {col % hidden})")
+            raise self._non_finite(int(np.flatnonzero(~finite)[0]))
         return Standardizer(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
+
+    def _non_finite(self, col: int) -> StrataError:
+        hidden = self.store.features.shape[2]
+        layer = self.store.layers[self.positions[col // hidden]]
+        return StrataError(f"{self.store.option}: {self.store.path} has non-finite activations "
+                           f"(layer {layer}, neuron {col % hidden})")
 
     def labels_in_block(self, i: int) -> np.ndarray:
         """Block ``i``'s class indices (its labelled rows only), on the host."""
@@ -89,6 +91,15 @@ class FeatureSet:
         _, keep = self.rows_in_block(i)
         return self.X.blocks[i].compute(scheduler="threads")[keep], self.labels_in_block(i)
 
+    def read_checked(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_raw`, refusing non-finite activations (naming layer and neuron): dev and
+        test rows get no statistics pass, which is where the training rows are checked."""
+        raw, y = self.read_raw(i)
+        finite = np.isfinite(raw).all(axis=0)
+        if not finite.all():
+            raise self._non_finite(int(np.flatnonzero(~finite)[0]))
+        return raw, y
+
     @staticmethod
     def finish(pair, stats: Standardizer, xp):
         """Raw rows -> standardized float32 features and class indices, on the device."""
@@ -99,17 +110,19 @@ class FeatureSet:
         """Block ``i``: standardized float32 features and class indices, on the device."""
         return self.finish(self.read_raw(i), stats, xp)
 
-    def blocks(self, stats: Standardizer, xp, *, in_memory: bool, hold_bytes: int = 0):
+    def blocks(self, stats: Standardizer, xp, *, in_memory: bool, hold_bytes: int = 0, check_finite: bool = False):
         """All blocks held standardized (``in_memory``), or streamed on every pass with as
-        many of the first blocks held, as stored, as ``hold_bytes`` allows."""
+        many of the first blocks held, as stored, as ``hold_bytes`` allows.  ``check_finite``:
+        refuse non-finite activations as they are read (:meth:`read_checked`)."""
+        read = self.read_checked if check_finite else self.read_raw
         if in_memory:
-            return InMemoryBlocks((self.read_block(i, stats, xp) for i in range(self.n_blocks)), self.n_features)
+            return InMemoryBlocks((self.finish(read(i), stats, xp) for i in range(self.n_blocks)), self.n_features)
         held_bytes = np.cumsum([self._stored_bytes(i) for i in range(self.n_blocks)])
         keep = int(np.searchsorted(held_bytes, hold_bytes, side="right"))  # leading blocks that fit, as stored
         if xp is np:  # on the host the data pass standardizes each row slice itself (row_sources)
-            return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
+            return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep,
                                   finish_rows=lambda raw: standardize(raw, stats.mean, stats.scale))
-        return StreamedBlocks(self.read_raw, self.n_blocks, self.n_rows, self.n_features, keep=keep,
+        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep,
                               finish=lambda pair: self.finish(pair, stats, xp))
 
     def relabeled(self, blocks, source: "FeatureSet", xp):

@@ -44,6 +44,8 @@ def parse_layers(text: str, store_layers: list[int]) -> list[tuple[int, ...]]:
                 ids = tuple(int(x) for x in item.split("+"))
             except ValueError:
                 raise StrataError(f"--layers: {item!r} is not each, all, a layer id or ids joined by +") from None
+            if len(set(ids)) < len(ids):
+                raise StrataError(f"--layers: {item!r} names a layer twice")
             missing = [i for i in ids if i not in store_layers]
             if missing:
                 raise StrataError(f"--layers: layer {missing[0]} is not in the store "

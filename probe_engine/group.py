@@ -67,7 +67,8 @@ def run_group(spec: dict, progress=None) -> dict:
     for split in ("dev", "test"):
         if split in stores:
             y, unseen[split] = mapped_classes(stores[split], spec["label"], classes)
-            evaluation[split] = FeatureSet(stores[split], positions, y, block).blocks(stats, xp, in_memory=False)
+            evaluation[split] = FeatureSet(stores[split], positions, y, block).blocks(stats, xp, in_memory=False,
+                                                                                      check_finite=True)
 
     started = time.perf_counter()
     blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])

@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,8 @@ class NeuronData:
         fs = FeatureSet(self.stores[split], self.positions, y_tokens, self.block)
         if kind == "task":
             in_memory = fs.memory_bytes() <= self._unheld
-            blocks = fs.blocks(self.stats, self.xp, in_memory=in_memory, hold_bytes=self._unheld)
+            blocks = fs.blocks(self.stats, self.xp, in_memory=in_memory, hold_bytes=self._unheld,
+                               check_finite=split != "train")  # the oracle's statistics checked train
             self._unheld -= fs.held_bytes(blocks)
             self._task_features[split] = fs
         else:  # the task's features under other labels: not read or held a second time
@@ -196,7 +198,7 @@ def check_options(options: dict) -> None:
 
 def _spec_hash(options: dict, step: str) -> str:
     """What a step's result depends on: every option up to and including that step."""
-    keys = ["train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter", "device", "seed"]
+    keys = ["train", "dev", "test", "stores", "pool", "label", "l1", "l2", "tol", "max_iter", "device"]
     for key in ("gap_tol", "screen_tol"):  # absent = off: steps finished before the option existed still count
         if options.get(key) is not None:
             keys += [key]
@@ -206,6 +208,8 @@ def _spec_hash(options: dict, step: str) -> str:
         keys += ["ranking"]
     if step in ("minimal", "ablation", "control"):
         keys += ["fractions", "delta"]
+    if step in ("ablation", "control"):  # the random neurons and the control labels are drawn
+        keys += ["seed"]
     return hashlib.sha256(json.dumps({k: options[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -221,11 +225,14 @@ class Steps:
         path = self.dir / f"{name}.json"
         if not path.exists():
             return None
-        doc = json.loads(path.read_text())
-        if doc.get("inputs") != _spec_hash(self.options, name):
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("inputs") != _spec_hash(self.options, name):
+                return None
+            if (self.dir / f"{name}.npz").exists():
+                doc["arrays"] = read_npz(self.dir / f"{name}.npz")
+        except (OSError, ValueError, zipfile.BadZipFile):  # a damaged file: the step runs again
             return None
-        if (self.dir / f"{name}.npz").exists():
-            doc["arrays"] = read_npz(self.dir / f"{name}.npz")
         self.reused.append(name)
         return doc
 
@@ -239,6 +246,8 @@ class Steps:
 def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     """All steps into ``out``; returns the neurons.json document."""
     check_options(options)
+    # what the stores hold, not only where: steps on a store rebuilt at the same path run again
+    options = {**options, "stores": {split: store.identity for split, store in open_stores(options).items()}}
     out.mkdir(parents=True, exist_ok=True)
     steps = Steps(out, options)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

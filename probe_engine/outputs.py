@@ -43,4 +43,9 @@ def output_dir(text: str) -> Path:
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise StrataError(f"--out: {out} exists and is not a directory")
+    for parent in out.absolute().parents:  # the nearest existing parent must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise StrataError(f"--out: {parent} is a file, not a directory")
+            break
     return out

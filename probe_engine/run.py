@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,8 @@ def plan_groups(options: dict) -> list[dict]:
         common["gap_tol"] = options["gap_tol"]
     if options.get("screen_tol") is not None:  # absent = off, as above
         common.update(screen_tol=options["screen_tol"], screen_margin=options["screen_margin"])
+    # what the stores hold, not only where: a store rebuilt at the same path is trained on again
+    common["stores"] = {role: store.identity for role, store in open_stores(options).items()}
     specs = []
     for pool in options.get("pools") or [None]:
         stores = open_stores({**options, "pool": pool})
@@ -64,7 +67,11 @@ def load_group(out: Path, gid: str, spec: dict) -> dict | None:
     path = out / "groups" / f"{gid}.json"
     if not path.exists() or not (out / "groups" / f"{gid}.npz").exists():
         return None
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+        read_npz(out / "groups" / f"{gid}.npz")  # a damaged file: the group is trained again
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
     return doc if result_identity(doc.get("spec", {})) == result_identity(spec) else None
 
 
@@ -186,5 +193,10 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
                    for gid, doc in groups],
     }
     write_json(out / "results.json", document)
+    # weights of an earlier run into the same directory that this results.json does not list
+    listed = {entry["weights"] for entry in chosen}
+    for stale in (out / "weights").glob("*.npz"):
+        if f"weights/{stale.name}" not in listed:
+            stale.unlink()
     plot_accuracy(chosen, out / "accuracy_per_layer.png")
     return document

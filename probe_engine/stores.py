@@ -11,6 +11,8 @@ one SentEval store can be passed as all three.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -40,13 +42,30 @@ class ProbeStore:
 
     @cached_property
     def group(self) -> zarr.Group:
-        with quiet_codec_warnings():
-            group = open_store(self.path)
+        try:
+            with quiet_codec_warnings():
+                group = open_store(self.path)
+        except StrataError as e:  # name the option: which of train, dev and test is wrong
+            raise StrataError(f"{self.option}: {e}") from None
         attrs = group.attrs[schema.ROOT_ATTR]
         if not attrs.get("complete"):
             raise StrataError(f"{self.option}: {self.path} is an incomplete store; "
                               "finish it by rerunning the same strata extract command")
         return group
+
+    @cached_property
+    def identity(self) -> str:
+        """A fingerprint of what the store holds: its root attributes and every manifest
+        record (each carries the sha256 of the shards it vouches for).  Finished probe groups
+        and neuron steps are reused only for the same fingerprint, so a store rebuilt at the
+        same path (another corpus, or a fine-tuned checkpoint whose config is unchanged) is
+        never taken for the old one."""
+        digest = hashlib.sha256(json.dumps(dict(self.group.attrs), sort_keys=True, default=str).encode())
+        manifest = self.path / schema.MANIFEST
+        for record in sorted(manifest.rglob(schema.METADATA_FILE)) if manifest.exists() else []:
+            digest.update(record.relative_to(self.path).as_posix().encode())
+            digest.update(record.read_bytes())
+        return digest.hexdigest()[:16]
 
     @cached_property
     def parameters(self) -> dict:
@@ -121,6 +140,14 @@ def check_same_model(train: ProbeStore, other: ProbeStore) -> None:
     """Refuse a dev/test store extracted differently from the train store."""
     for key in MUST_MATCH:
         a, b = train.parameters.get(key), other.parameters.get(key)
-        if a != b:
+        if a != b and not (key == "model" and _same_directory(a, b)):
             raise StrataError(f"{other.option}: {other.path} differs from the train store {train.path} "
                               f"in {key} ({b!r} vs {a!r}); probes need stores of the same model and layers")
+
+
+def _same_directory(a, b) -> bool:
+    """Two spellings of one local model directory (a symlink, a relative path)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()

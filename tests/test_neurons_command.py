@@ -232,3 +232,14 @@ def test_control_labels_share_the_task_features_under_one_memory_cap(analysis, s
         other = FeatureSet(nd.stores["train"], nd.positions, np.where(nd.y["train"] == 0, -1, nd.y["train"]), nd.block)
         with pytest.raises(ValueError, match="^relabeled: the two label sets keep different rows$"):
             other.relabeled(nd.blocks("train", nd.y["train"], "task"), train, np)
+
+
+def test_another_seed_redoes_only_the_steps_that_draw(analysis, stores, tmp_path, strata):  # noqa: F811
+    """The seed draws the random ablation set and the control labels, nothing before them."""
+    shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
+    code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--seed", "1"))
+    assert code == 0, err
+    doc = load(tmp_path / "run")
+    assert doc["strata_neurons"]["steps_reused"] == ["oracle", "ranking", "minimal"]
+    random_set = json.loads((tmp_path / "run" / "steps" / "ablation.json").read_text())["sets"]["random"]
+    assert random_set != json.loads((analysis / "steps" / "ablation.json").read_text())["sets"]["random"]

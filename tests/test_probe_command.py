@@ -258,3 +258,53 @@ def test_screened_grid_solves_only_the_contenders_to_tol(first_run, stores, tmp_
     n_out = len(contender) - int(contender.sum())
     assert f"screened: {n_out} of {len(contender)} probes were left at --screen-tol 0.01 (more than 1 dev points " \
            "behind); the chosen ones are certified to --tol 1e-05" in out
+
+
+def test_a_rebuilt_store_or_a_damaged_group_is_trained_again(stores, tmp_path, strata):
+    """Finished groups are reused for the same store contents only: a store rebuilt at the
+    same path (other sentences) is trained on again, and so is a group whose file is damaged."""
+    train = tmp_path / "train.zarr"
+    shutil.copytree(stores["train"], train)
+    args = ["probe", "--train", train, "--dev", stores["dev"], "--labels", "upos", "--layers", "2", *GRID,
+            "--quiet", "--out", tmp_path / "out"]
+    assert strata(*args)[0] == 0
+    before = load(tmp_path / "out")["chosen"][0]["rows"]["train"]
+    code, _, err = strata(*args)
+    assert code == 0 and "reusing 1 finished group(s)" in err
+    shutil.rmtree(train)
+    shutil.copytree(stores["test"], train)  # same model and layers, other sentences
+    code, _, err = strata(*args)
+    assert code == 0 and "reusing" not in err
+    assert load(tmp_path / "out")["chosen"][0]["rows"]["train"] != before
+    group_file = max((tmp_path / "out" / "groups").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    group_file.write_text("{")  # damaged: trained again, no traceback
+    code, _, err = strata(*args)
+    assert code == 0 and "reusing" not in err and err.strip() == ""
+
+
+def test_weights_of_an_earlier_run_are_removed_and_label_sets_count_once(first_run, stores, tmp_path, strata):
+    out = tmp_path / "again"
+    shutil.copytree(first_run, out)
+    assert len(list((out / "weights").glob("*.npz"))) == 4  # layers 0, 1, 2 and all
+    assert strata(*probe_args(stores, out, "--layers", "2", "--labels", "upos,upos"))[0] == 0
+    doc = load(out)
+    assert sorted(p.name for p in (out / "weights").glob("*.npz")) == ["upos_layer2.npz"]
+    assert [c["weights"] for c in doc["chosen"]] == ["weights/upos_layer2.npz"]
+    assert len(doc["probes"]) == 6 and doc["strata_probe"]["labels"] == ["upos"]
+
+
+def test_non_finite_dev_activations_and_an_out_under_a_file_are_refused(stores, tmp_path, strata):
+    dev = tmp_path / "dev.zarr"
+    shutil.copytree(stores["dev"], dev)
+    zarr.open_group(dev, mode="r+")["activations"][1, 7, 4] = np.inf
+    code, _, err = strata("probe", "--train", stores["train"], "--dev", dev, "--labels", "upos", "--layers", "1",
+                          *GRID, "--quiet", "--out", tmp_path / "out")
+    assert (code, err.strip()) == (1, f"strata probe: error: --dev: {dev.resolve()} has non-finite activations "
+                                      "(layer 1, neuron 4)")
+    (tmp_path / "file").write_text("")
+    code, _, err = strata(*probe_args(stores, tmp_path / "file" / "sub"))
+    assert (code, err.strip()) == (1, f"strata probe: error: --out: {(tmp_path / 'file').absolute()} is a file, "
+                                      "not a directory")
+    code, _, err = strata(*probe_args({**stores, "dev": tmp_path / "none.zarr"}, tmp_path / "o"))
+    assert (code, err.strip()) == (1, f"strata probe: error: --dev: {(tmp_path / 'none.zarr').resolve()}: "
+                                      "no such store")

@@ -73,16 +73,25 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
     ("--layers", "7", "--layers: layer 7 is not in the store (stored: 0, 1, 2)"),
     ("--layers", "top", "--layers: 'top' is not each, all, a layer id or ids joined by +"),
     ("--max-memory", "lots", "--max-memory: 'lots' is not a size such as 4GB or 512MiB"),
-    ("--tol", "0", "--tol: must be > 0, got 0.0"),
-    ("--gap-tol", "0", "--gap-tol: must be > 0, got 0.0"),
+    ("--layers", "0+0", "--layers: '0+0' names a layer twice"),
+    ("--tol", "0", "--tol: must be > 0 and finite, got 0.0"),
+    ("--tol", "nan", "--tol: must be > 0 and finite, got nan"),
+    ("--tol", "inf", "--tol: must be > 0 and finite, got inf"),
+    ("--gap-tol", "0", "--gap-tol: must be > 0 and finite, got 0.0"),
+    ("--gap-tol", "inf", "--gap-tol: must be > 0 and finite, got inf"),
     ("--screen-tol", "0", "--screen-tol: must be > 0 and finite, or off, got 0"),
     ("--screen-tol", "inf", "--screen-tol: must be > 0 and finite, or off, got inf"),
     ("--screen-tol", "loose", "--screen-tol: 'loose' is not a number or off"),
-    ("--screen-margin", "-0.1", "--screen-margin: must be >= 0, got -0.1"),
+    ("--screen-margin", "-0.1", "--screen-margin: must be a fraction in [0, 1], got -0.1"),
+    ("--screen-margin", "inf", "--screen-margin: must be a fraction in [0, 1], got inf"),
     ("--device", "tpu", "--device: 'tpu' is not cpu or cuda"),
 ])
 def test_bad_options(run, option, value, message):
     assert run(option, value) == (1, f"strata probe: error: {message}")
+
+
+def test_negative_max_memory(run):
+    assert run("--max-memory=-1GB") == (1, "strata probe: error: --max-memory: must be >= 0, got -1GB")
 
 
 def test_non_finite_activations(run, stores, tmp_path):  # noqa: F811
