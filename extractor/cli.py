@@ -50,7 +50,7 @@ def options_from_args(args):
     pool = () if args.pool in ("none", "") else tuple(dict.fromkeys(x.strip() for x in args.pool.split(",")))
     return ExtractOptions(
         model=args.model, input=args.input, format=args.format, out=args.out,
-        columns=args.columns.split(",") if args.columns else None, labels=args.labels, layers=args.layers,
+        columns=[c.strip() for c in args.columns.split(",")] if args.columns else None, labels=args.labels, layers=args.layers,
         word_vector=args.word_vector, pool=pool, dtype=args.dtype, codec=args.codec,
         batch_tokens=args.batch_tokens, device=args.device, max_sentences=args.max_sentences,
         shard_tokens=args.shard_tokens, variant=args.variant, variant_seed=args.variant_seed,

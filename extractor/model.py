@@ -48,6 +48,12 @@ def load_tokenizer(name: str):
         raise StrataError(f"--model: cannot load the tokenizer of {name!r}: {_first_line(e)}") from None
     if not tok.is_fast:
         raise StrataError(f"--model: {name!r} has no fast tokenizer; strata needs one to map subwords to words")
+    # Without tokenizer files transformers still builds the config's tokenizer
+    # class with only its special tokens, which turns every word into [UNK] (or
+    # into nothing): a store of garbage with no warning.
+    if not set(tok.get_vocab()) - set(tok.all_special_tokens):
+        raise StrataError(f"--model: {name!r} has no tokenizer: its vocabulary holds only special tokens "
+                          "(tokenizer.json or the vocabulary files are missing)")
     return tok
 
 
@@ -62,7 +68,15 @@ def load_model(name: str, device: str):
         model = AutoModel.from_pretrained(name, trust_remote_code=False, dtype=torch.float32)
     except Exception as e:
         raise StrataError(f"--model: cannot load {name!r}: {_first_line(e)}") from None
-    return model.eval().to(device)
+    return to_device(model.eval(), device)
+
+
+def to_device(model, device: str):
+    """``model.to(device)``, with a one-line error when it does not fit or the device fails."""
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as e:  # torch: CUDA out of memory, bad ordinal, no CUDA build
+        raise StrataError(f"--device: cannot move the model to {device}: {_first_line(e)}") from None
 
 
 def n_layers(config) -> int:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -157,15 +158,23 @@ def _check_parameters(fmt, columns, labels_path, max_sentences) -> None:
             raise StrataError(f"--max-sentences: must be a positive integer, got {max_sentences!r}")
 
 
+#: A column name becomes part of an array name (``label_<name>``), so it must be
+#: one safe path segment: no ``/``, no ``.`` or ``..``, no spaces.
+_COLUMN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _parse_columns(columns) -> list[str]:
     """Validate the conll column names; accept a list or ``"word,pos"``."""
     if isinstance(columns, str):
-        names = [name.strip() for name in columns.split(",")]
-    else:
-        names = list(columns)
+        columns = columns.split(",")
+    names = [str(name).strip() for name in columns]
     shown = ",".join(names)
     if not all(names):
         raise StrataError(f"--columns: empty column name in {shown!r}")
+    for name in names:
+        if not _COLUMN_NAME.fullmatch(name):
+            raise StrataError(f"--columns: {name!r} is not a valid column name "
+                              "(use letters, digits, '_' and '-')")
     if names.count("word") != 1:
         raise StrataError(f"--columns: must name exactly one 'word' column, got {shown!r}")
     for name in names:

@@ -64,9 +64,14 @@ def parse_layers(spec: str, n_hidden_states: int, model: str) -> list[int]:
     if spec == "all":
         return list(range(n_hidden_states))
     try:
-        layers = sorted({int(x) for x in spec.split(",")})
+        given = [int(x) for x in spec.split(",")]
     except ValueError:
         raise StrataError(f"--layers: expected 'all' or comma-separated integers, got {spec!r}") from None
+    # A repeated layer is most likely a typo for another one: say so rather than drop it.
+    repeated = sorted({x for x in given if given.count(x) > 1})
+    if repeated:
+        raise StrataError(f"--layers: layer {repeated[0]} is given more than once in {spec!r}")
+    layers = sorted(given)
     bad = [x for x in layers if not 0 <= x < n_hidden_states]
     if bad:
         raise StrataError(f"--layers: layer {bad[0]} is out of range for {model} "
@@ -133,6 +138,9 @@ class Extraction:
         self.out = Path(opts.out)
         if opts.batch_tokens < 1:
             raise StrataError(f"--batch-tokens: must be a positive integer, got {opts.batch_tokens}")
+        # None means the default size; 0 must not silently mean the same.
+        if opts.shard_tokens is not None and opts.shard_tokens < 1:
+            raise StrataError(f"--shard-tokens: must be a positive integer, got {opts.shard_tokens}")
         if opts.word_vector not in alignment.WORD_VECTORS:
             raise StrataError(f"--word-vector: choose from {', '.join(alignment.WORD_VECTORS)}")
         bad_pool = [p for p in opts.pool if p not in schema.POOL_KINDS]
@@ -238,8 +246,8 @@ class Extraction:
 
     # -- the work ----------------------------------------------------------
     def load_model(self, device: str):
-        model = build_model(lambda: hf.load_model(self.opts.model, device), self.config, self.variant,
-                            self.pretrained_blocks, self.opts.model).to(device)
+        model = hf.to_device(build_model(lambda: hf.load_model(self.opts.model, device), self.config,
+                                         self.variant, self.pretrained_blocks, self.opts.model), device)
         if self.opts.attention:
             # Fused attention kernels (SDPA, flash) do not return attention weights.
             model.set_attn_implementation("eager")
@@ -350,19 +358,27 @@ def extract(opts: ExtractOptions, argv: list[str] | None = None) -> dict:
     device = _device(opts.device, state)
     ex = Extraction(opts, argv)
     store_status = ex.check_store()  # read-only; every process gets the same answer
-    _all_ok(state, None)  # nobody creates before everyone has looked
+    if store_status == "planned" and StoreWriter(ex.out, ex.layout).complete:
+        return {**ex.summary(), "status": "already complete", "path": str(ex.out)}
+    # The model is loaded before the store is created, so weights that do not
+    # load (or a device they do not fit) leave nothing behind that a corrected
+    # --model would then be refused by.
+    try:
+        model, failure = ex.load_model(device), None
+    except StrataError as e:
+        model, failure = None, str(e)
+    _all_ok(state, failure)  # nobody creates before everyone has looked and loaded
     if store_status != "planned":
         _all_ok(state, _attempt(ex.create) if state.is_main_process else None)
     writer = StoreWriter(ex.out, ex.layout)
-    if writer.complete:
-        return {**ex.summary(), "status": "already complete", "path": str(ex.out)}
     pending = writer.pending_units()
     _all_ok(state, None)  # everyone has listed the same pending units
     if state.is_main_process:
         writer.remove_partial_files()
     _all_ok(state, None)
     mine = pending[state.process_index::state.num_processes]
-    model = ex.load_model(device) if mine else None
+    if not mine:
+        model = None  # nothing to do in this process: free the memory
     started = time.perf_counter()
     _all_ok(state, _attempt(lambda: ex.run_units(mine, writer, model, device, show_progress=state.is_main_process)))
     if state.is_main_process:
@@ -383,11 +399,17 @@ def _device(requested: str, state) -> str:
 
     if requested == "cpu":
         return "cpu"
-    if requested.startswith("cuda"):
+    kind, _, index = requested.partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
         if not torch.cuda.is_available():
             raise StrataError("--device: cuda requested but no CUDA device is available")
+        # Checked here, before any store exists: torch would only fail when the model moves.
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise StrataError(f"--device: {requested} is out of range: this machine has {count} CUDA "
+                              f"device{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})")
         return str(state.device) if state.num_processes > 1 else requested
-    raise StrataError(f"--device: choose cpu or cuda, got {requested!r}")
+    raise StrataError(f"--device: choose cpu, cuda or cuda:N, got {requested!r}")
 
 
 def _attempt(step) -> str | None:

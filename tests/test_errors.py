@@ -102,6 +102,87 @@ def test_model_that_does_not_load(strata, text_corpus, tmp_path):
     assert one_line_error(err).startswith(f"strata extract: error: --model: cannot load '{broken}': ")
 
 
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_gpt2"])
+def test_model_without_tokenizer_files(strata, text_corpus, tmp_path, model, request):
+    """transformers then builds a tokenizer of special tokens only: every word [UNK] (BERT) or nothing (GPT-2)."""
+    source = request.getfixturevalue(model)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((source / name).read_bytes())
+    code, _, err = extract(strata, bare, text_corpus, tmp_path / "s.zarr")
+    assert code == 1
+    assert one_line_error(err) == (f"strata extract: error: --model: '{bare}' has no tokenizer: its vocabulary "
+                                   "holds only special tokens (tokenizer.json or the vocabulary files are missing)")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_weights_that_do_not_load_leave_no_store(strata, tiny_bert, text_corpus, tmp_path):
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (no_weights / name).write_bytes((tiny_bert / name).read_bytes())
+    out = tmp_path / "s.zarr"
+    code, _, err = extract(strata, no_weights, text_corpus, out)
+    assert code == 1
+    assert one_line_error(err).startswith(f"strata extract: error: --model: cannot load '{no_weights}': ")
+    assert not out.exists()
+    assert extract(strata, tiny_bert, text_corpus, out)[0] == 0  # the corrected --model is not refused
+
+
+@pytest.mark.parametrize("value", ["-64", "0"])
+def test_shard_tokens_must_be_positive(strata, tiny_bert, text_corpus, tmp_path, value):
+    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--shard-tokens", value)
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: --shard-tokens: must be a positive integer, got {value}"
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("columns, bad", [("word,pos/x,chunk", "pos/x"), ("word,..,chunk", ".."),
+                                          ("word,pos,../../x", "../../x"), ("word,pos,ch unk", "ch unk")])
+def test_conll_column_names_must_be_safe(strata, tiny_bert, tmp_path, columns, bad):
+    corpus = tmp_path / "c.conll"
+    corpus.write_text("The DT B-NP\ncat NN I-NP\n")
+    code, _, err = extract(strata, tiny_bert, corpus, tmp_path / "s.zarr", "conll", "--columns", columns)
+    assert code == 1
+    assert one_line_error(err) == (f"strata extract: error: --columns: '{bad}' is not a valid column name "
+                                   "(use letters, digits, '_' and '-')")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_conll_column_names_are_trimmed(strata, tiny_bert, tmp_path):
+    corpus = tmp_path / "c.conll"
+    corpus.write_text("The DT B-NP\ncat NN I-NP\n")
+    out = tmp_path / "s.zarr"
+    assert extract(strata, tiny_bert, corpus, out, "conll", "--columns", " word, pos ,chunk")[0] == 0
+    group = zarr.open_group(out, mode="r")
+    assert sorted(name for name in group.array_keys() if name.startswith("label_")) == ["label_chunk", "label_pos"]
+    assert group.attrs["strata"]["parameters"]["columns"] == ["word", "pos", "chunk"]
+
+
+def test_duplicate_layers(strata, tiny_bert, text_corpus, tmp_path):
+    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--layers", "1,1,0")
+    assert code == 1
+    assert one_line_error(err) == "strata extract: error: --layers: layer 1 is given more than once in '1,1,0'"
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_cuda_device_index_is_checked(strata, tiny_bert, text_corpus, tmp_path, monkeypatch):
+    """Checked before the store is created; a machine with one GPU is simulated."""
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # the process state exists before CUDA "appears"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device, message in (("cuda:1", "--device: cuda:1 is out of range: this machine has 1 CUDA device "
+                                        "(cuda:0..cuda:0)"),
+                            ("cuda:x", "--device: choose cpu, cuda or cuda:N, got 'cuda:x'")):
+        code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--device", device)
+        assert code == 1
+        assert one_line_error(err) == f"strata extract: error: {message}"
+        assert not (tmp_path / "s.zarr").exists()
+
+
 def test_layer_out_of_range(strata, tiny_bert, text_corpus, tmp_path):
     code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--layers", "0,3")
     assert code == 1
