@@ -116,10 +116,48 @@ def max_positions(config, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
+#: Config keys that say where the model was loaded from, not what it is.
+_PATH_KEYS = ("_name_or_path", "name_or_path")
+
+
+def _without_paths(value):
+    """The config dict without path keys, also in nested sub-configs."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k not in _PATH_KEYS}
+    return value
+
+
+def _sha256_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def config_sha256(config) -> str:
-    """Hash of the config's JSON with sorted keys (the architecture's identity)."""
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Hash of the config's JSON with sorted keys (the architecture's identity).
+
+    The path the config was loaded from is left out: the same model given as
+    ``bert``, ``./bert`` or from another working directory has one hash.
+    """
+    return _sha256_json(_without_paths(config.to_dict()))
+
+
+def legacy_config_sha256(config, name_or_path: str) -> str:
+    """The hash strata recorded before it left the path out: the whole config, with
+    ``_name_or_path`` the ``--model`` string of that run (so those stores still resume)."""
+    return _sha256_json({**config.to_dict(), "_name_or_path": name_or_path})
+
+
+def model_identity(name: str) -> str:
+    """What ``--model`` names, whatever its spelling: a local directory's resolved
+    absolute path (transformers loads any existing directory as local), else the hub id."""
+    path = Path(name)
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def same_model(recorded: str | None, given: str) -> bool:
+    """Does ``--model given`` name the model a store recorded?  Stores from before
+    ``model_identity`` recorded the string as typed, so it is resolved here (from
+    the current directory) too."""
+    return recorded == given or (recorded is not None and model_identity(recorded) == model_identity(given))
 
 
 def _first_line(e: Exception) -> str:

@@ -183,7 +183,7 @@ class Extraction:
         """Everything that changes the stored bytes; a resume must match it."""
         o = self.opts
         return {
-            "model": o.model, "config_sha256": hf.config_sha256(self.config),
+            "model": hf.model_identity(o.model), "config_sha256": hf.config_sha256(self.config),
             "tokenizer": type(self.tokenizer).__name__, "vocab_size": len(self.tokenizer),
             "layers": self.layer_ids, "word_vector": o.word_vector, "pool": list(o.pool),
             "dtype": o.dtype, "codec": o.codec, "batch_tokens": o.batch_tokens,
@@ -229,7 +229,15 @@ class Extraction:
             import zarr
 
             existing = zarr.open_group(self.out, mode="r").attrs[schema.ROOT_ATTR]["parameters"]
-            check_parameters(self.out, existing, self.parameters())
+            requested = self.parameters()
+            # Another spelling of the same model is the same model; stores written
+            # before either value was made spelling-independent recorded the raw
+            # --model string and a config hash that included it.
+            if hf.same_model(existing.get("model"), self.opts.model):
+                requested["model"] = existing["model"]
+                if existing.get("config_sha256") == hf.legacy_config_sha256(self.config, existing["model"]):
+                    requested["config_sha256"] = existing["config_sha256"]
+            check_parameters(self.out, existing, requested)
         return state
 
     def create(self) -> None:

@@ -89,3 +89,41 @@ def test_different_parameters_are_refused(reference, tiny_bert, ud_dev):
         f"strata extract: error: --out: {reference} was extracted with different parameters "
         "(word_vector: store has 'last', command has 'first'); use a new --out")
     assert chunk_file_hashes(reference) == hashes
+
+
+def test_resume_with_another_spelling_of_the_model(reference, tiny_bert, ud_dev, tmp_path):
+    """The config hash leaves out the path, and a local model is recorded by its resolved path."""
+    out = tmp_path / "s.zarr"
+    crashed = run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "unit-written:2"})
+    assert crashed.returncode == 137
+    relative = os.path.relpath(tiny_bert, REPO) + "/."  # run_subprocess runs in REPO
+    resumed = run_subprocess(extract_args(relative, ud_dev, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_stores_identical(reference, out)
+    params = zarr.open_group(out, mode="r").attrs["strata"]["parameters"]
+    assert params["model"] == str(tiny_bert.resolve())
+    assert params["config_sha256"] == zarr.open_group(reference, mode="r").attrs["strata"]["parameters"]["config_sha256"]
+
+
+def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, ud_dev, tmp_path):
+    """Older stores recorded --model as typed and hashed the config with its _name_or_path."""
+    import hashlib
+    import json
+
+    from transformers import AutoConfig
+
+    out = tmp_path / "s.zarr"
+    relative = os.path.relpath(tiny_bert, REPO)
+    assert run_subprocess(extract_args(relative, ud_dev, out), {"STRATA_FAULT": "unit-written:2"}).returncode == 137
+    group = zarr.open_group(out, mode="r+")
+    attrs = group.attrs["strata"]
+    config = AutoConfig.from_pretrained(tiny_bert).to_dict()
+    config["_name_or_path"] = relative  # what the older code hashed
+    attrs["parameters"].update(model=relative, config_sha256=hashlib.sha256(
+        json.dumps(config, sort_keys=True, default=str).encode()).hexdigest())
+    group.attrs["strata"] = attrs
+    for model in (relative, tiny_bert):  # the same command, and another spelling
+        resumed = run_subprocess(extract_args(model, ud_dev, out))
+        assert resumed.returncode == 0, resumed.stderr
+    assert_stores_identical(reference, out)
+    assert zarr.open_group(out, mode="r").attrs["strata"]["parameters"]["model"] == relative
