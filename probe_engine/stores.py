@@ -140,9 +140,11 @@ def check_same_model(train: ProbeStore, other: ProbeStore) -> None:
     """Refuse a dev/test store extracted differently from the train store."""
     for key in MUST_MATCH:
         a, b = train.parameters.get(key), other.parameters.get(key)
-        if a != b and not (key == "model" and _same_directory(a, b)):
-            raise StrataError(f"{other.option}: {other.path} differs from the train store {train.path} "
-                              f"in {key} ({b!r} vs {a!r}); probes need stores of the same model and layers")
+        if a == b or (key == "model" and _same_directory(a, b)) or (key == "config_sha256"
+                                                                    and _same_config(train, other)):
+            continue
+        raise StrataError(f"{other.option}: {other.path} differs from the train store {train.path} "
+                          f"in {key} ({b!r} vs {a!r}); probes need stores of the same model and layers")
 
 
 def _same_directory(a, b) -> bool:
@@ -151,3 +153,22 @@ def _same_directory(a, b) -> bool:
         return False
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
+def _same_config(train: ProbeStore, other: ProbeStore) -> bool:
+    """Config hashes that differ only in how they were computed: stores extracted before the
+    hash left the model's path out hashed it in (extractor.model.legacy_config_sha256).  For
+    one local model directory the config is read again and each store's hash is matched
+    against both spellings of it."""
+    a, b = train.parameters.get("model"), other.parameters.get("model")
+    if not _same_directory(a, b):
+        return False
+    from extractor import model as hf
+
+    try:
+        config = hf.load_config(a)
+    except StrataError:
+        return False
+    current = hf.config_sha256(config)
+    return all(store.parameters.get("config_sha256") in
+               (current, hf.legacy_config_sha256(config, store.parameters["model"])) for store in (train, other))

@@ -118,3 +118,21 @@ def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):  # 
     assert "NEWTAG" not in doc["chosen"][0]["per_class"]["dev"]
     rows = doc["chosen"][0]["rows"]["dev"]
     assert doc["chosen"][0]["dev_accuracy"] <= (rows - unseen) / rows  # an unseen token is never right
+
+
+def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_path):  # noqa: F811
+    """A dev store that names the train store's model through a symlink, with the config hash
+    stores recorded before the hash left the path out, is the same model; a config that
+    differs is not."""
+    from extractor import model as hf
+
+    params = zarr.open_group(stores["train"], mode="r").attrs["strata"]["parameters"]
+    link = tmp_path / "model_link"
+    link.symlink_to(params["model"])
+    dev = copy_store(stores["dev"], tmp_path / "dev.zarr")
+    legacy = hf.legacy_config_sha256(hf.load_config(params["model"]), str(link))
+    edit_root_attrs(dev, parameters={**params, "model": str(link), "config_sha256": legacy})
+    assert run(dev=dev)[0] == 0
+    edit_root_attrs(dev, parameters={**params, "model": str(link), "config_sha256": "0" * 64})
+    code, err = run(dev=dev)
+    assert code == 1 and "in config_sha256 ('" + "0" * 64 in err
