@@ -83,6 +83,17 @@ def minimal_set(ks: list[int], dev_accuracy: list[float], oracle_dev: float, del
     return min(ok, key=lambda j: ks[j]) if ok else None
 
 
+def bottom_k(ordering: np.ndarray, k: int, unweighted: np.ndarray | None, rng) -> tuple[np.ndarray, bool]:
+    """The k least salient neurons (Table 1's "bottom"): the last k of the ordering, except
+    that neurons the oracle gives no weight in any class are tied (LCA orders them last by
+    index only, so with an l1 that zeroes many, the last k would be the top layers' last
+    neurons).  When at least k neurons are ``unweighted`` (bool ``(d,)``; ``None``: no ties,
+    as for probeless), k of them are drawn with ``rng``.  Returns ``(neurons sorted, drawn)``."""
+    if unweighted is not None and k <= int(unweighted.sum()):
+        return np.sort(rng.choice(np.flatnonzero(unweighted), size=k, replace=False)), True
+    return np.sort(ordering[len(ordering) - k:]), False
+
+
 def layer_distribution(neurons: np.ndarray, layers: list[int], hidden: int) -> dict[int, int]:
     """How many of ``neurons`` (indices into all layers side by side) sit in each layer."""
     counts = np.bincount(np.asarray(neurons) // hidden, minlength=len(layers))
@@ -310,7 +321,10 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     if ablation is None:
         say(f"strata neurons: 4/6 ablations at k = {k}")
         rng = np.random.default_rng(options["seed"])
-        sets = {"top": ordering[:k], "bottom": ordering[d - k:], "random": np.sort(rng.choice(d, size=k, replace=False))}
+        random_k = np.sort(rng.choice(d, size=k, replace=False))  # drawn first: the same set as before bottom_k
+        unweighted = ~np.any(W_oracle != 0, axis=1) if options["ranking"] == "lca" else None
+        bottom, drawn = bottom_k(ordering, k, unweighted, rng)
+        sets = {"top": ordering[:k], "bottom": bottom, "random": random_k}
         support = np.zeros((d, 3), bool)
         for col, neurons in enumerate(sets.values()):
             support[neurons, col] = True
@@ -323,7 +337,9 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
         zeroed = {split: data.accuracy(split, data.y, "task", masked, np.tile(b_oracle, (3, 1)))
                   for split in ("dev", "test")}
         ablation = steps.save("ablation", {"k": k, "sets": {n: s.tolist() for n, s in sets.items()},
-                                           "retrained": retrained, "zeroed_in_oracle": zeroed})
+                                           "retrained": retrained, "zeroed_in_oracle": zeroed,
+                                           "unweighted_neurons": None if unweighted is None else int(unweighted.sum()),
+                                           "bottom_drawn_among_unweighted": drawn})
 
     # 6. control task (step 5, the layer distribution, needs no training)
     control = None
@@ -392,6 +408,8 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
         "ablation": {name: {"retrained_dev": retrained["dev"][i], "retrained_test": retrained["test"][i],
                             "zeroed_dev": zeroed["dev"][i], "zeroed_test": zeroed["test"][i]}
                      for i, name in enumerate(("top", "bottom", "random"))},
+        "ablation_bottom": {"unweighted_neurons": ablation.get("unweighted_neurons"),
+                            "drawn_among_unweighted": ablation.get("bottom_drawn_among_unweighted", False)},
         "layer_distribution": layer_distribution(selected, data.layers, data.hidden),
         "ordering_file": "ordering.npz",
     }

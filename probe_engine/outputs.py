@@ -8,6 +8,7 @@ files: ``np.load(path)`` reads it with no pickle), everything else to JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -24,7 +25,21 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, document) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(document, indent=1).encode()))
+    """``document`` as strict JSON: a non-finite float (CKA of a constant layer, 0/0) is
+    written as null, since NaN and Infinity are not JSON and strict parsers reject them."""
+    text = json.dumps(strict(document), indent=1, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def strict(value):
+    """``value`` with every non-finite float replaced by ``None``, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
 
 
 def write_npz(path: Path, arrays: dict) -> None:

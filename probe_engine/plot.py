@@ -63,7 +63,9 @@ def plot_minimal_set(doc: dict, path: Path) -> None:
     oracle = doc["oracle"]["dev_accuracy"]
     ax.axhline(oracle, color="k", linewidth=1, label="oracle, dev")
     ax.axhline(oracle - doc["strata_neurons"]["delta"], color="k", linestyle="--", linewidth=1, label="oracle - delta")
-    ax.axvline(doc["minimal"]["fraction"], color="C3", linestyle=":", label=f"minimal k = {doc['minimal']['k']:,}")
+    # at the fraction asked for (k / d rounds it up: 538 / 2,688 = 0.2001 for 0.2)
+    chosen = next((t["fraction"] for t in doc["top_k"] if t["k"] == doc["minimal"]["k"]), doc["minimal"]["fraction"])
+    ax.axvline(chosen, color="C3", linestyle=":", label=f"minimal k = {doc['minimal']['k']:,}")
     ax.set_xlabel("fraction of neurons")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

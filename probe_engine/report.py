@@ -135,11 +135,13 @@ def similarity_figure(models: list[dict], folder: Path) -> tuple[str, Path] | No
     for k, (name, doc) in enumerate(runs):
         color = f"C{k}"
         if "cka" in doc:
-            d = doc["cka"]["diagonal"]
-            ax.plot([int(x) for x in d], list(d.values()), "-s", color=color, markersize=4, label=f"{name}: CKA")
+            d = doc["cka"]["diagonal"]  # null where undefined (a constant layer): drawn as a gap
+            ax.plot([int(x) for x in d], [float("nan") if v is None else v for v in d.values()], "-s", color=color,
+                    markersize=4, label=f"{name}: CKA")
         if "rsa" in doc:
             layers = doc["rsa"]["layers"]
-            ax.errorbar(layers, [doc["rsa"]["mean"][str(x)] for x in layers],
+            ax.errorbar(layers, [float("nan") if doc["rsa"]["mean"][str(x)] is None else doc["rsa"]["mean"][str(x)]
+                                 for x in layers],
                         yerr=[doc["rsa"]["std"][str(x)] or 0 for x in layers], fmt=":o", color=color,
                         markersize=4, capsize=3, label=f"{name}: RSA")
     ax.set_xlabel("layer (0 = embedding output)")

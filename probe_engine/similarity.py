@@ -68,7 +68,10 @@ class CrossProducts:
         cyy = self.yy - self.n * my[:, :, None] * my[:, None, :]
         nxy = xp.sqrt((cxy ** 2).sum(axis=(2, 3)))
         nxx, nyy = xp.sqrt((cxx ** 2).sum(axis=(1, 2))), xp.sqrt((cyy ** 2).sum(axis=(1, 2)))
-        return to_numpy(nxy * nxy / xp.sqrt((nxx[:, None] * nxx[:, None]) * (nyy[None, :] * nyy[None, :])))
+        denominator = xp.sqrt((nxx[:, None] * nxx[:, None]) * (nyy[None, :] * nyy[None, :]))
+        # a constant layer has no centred variance: its CKA is undefined (NaN; null in compare.json)
+        safe = xp.where(denominator > 0, denominator, 1.0)
+        return to_numpy(xp.where(denominator > 0, nxy * nxy / safe, xp.nan))
 
 
 def _gram(a, b):

@@ -47,6 +47,25 @@ def test_cka_matches_the_kernel_form_over_blocks():
     assert rotated.cka()[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_cka_of_a_constant_layer_is_undefined_and_written_as_null(tmp_path):
+    """0/0: NaN from CrossProducts (no RuntimeWarning), null in the JSON strata writes."""
+    import warnings
+
+    from probe_engine.outputs import write_json
+
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(size=(200, 6)), np.full((200, 6), 3.0)]).astype(np.float32)  # layer 1 constant
+    acc = CrossProducts()
+    acc.add(x, x.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = acc.cka()
+    assert got[0, 0] == 1.0 and np.isnan(got[1]).all() and np.isnan(got[:, 1]).all()
+    write_json(tmp_path / "c.json", {"matrix": got.tolist(), "inf": float("inf")})
+    doc = json.loads((tmp_path / "c.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert doc == {"matrix": [[1.0, None], [None, None]], "inf": None}
+
+
 def test_rsa_matches_scipy():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(60, 10)), rng.normal(size=(60, 7))

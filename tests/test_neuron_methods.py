@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from probe_engine.blocks import InMemoryBlocks
-from probe_engine.neurons import (control_labels, layer_distribution, minimal_set, selectivity, sizes_for,
-                                  top_k_supports)
+from probe_engine.neurons import (bottom_k, control_labels, layer_distribution, minimal_set, selectivity,
+                                  sizes_for, top_k_supports)
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
 from probe_engine.train import predict, train_probes
 
@@ -116,3 +116,23 @@ def test_predict_reads_only_features_some_probe_weighs_and_predicts_as_the_full_
     X[:, 20] = np.nan
     pred, _ = predict(InMemoryBlocks([(X, y)], 40), W, b, np)
     assert np.array_equal(pred, expected)
+
+
+def test_bottom_k_draws_among_tied_unweighted_neurons():
+    """LCA puts neurons with no weight last by index: with at least k of them the bottom k are
+    drawn among them (seeded), not the highest indices; with fewer, the last k of the ordering."""
+    W = np.zeros((10, 2))
+    W[[0, 2, 5], 0] = [3.0, 2.0, 1.0]
+    W[4, 1] = 0.5
+    ordering = lca_ordering(W)[0]
+    unweighted = ~W.any(axis=1)  # neurons 1, 3, 6, 7, 8, 9
+    assert ordering[-6:].tolist() == [1, 3, 6, 7, 8, 9]
+    a, drawn = bottom_k(ordering, 3, unweighted, np.random.default_rng(0))
+    b, _ = bottom_k(ordering, 3, unweighted, np.random.default_rng(0))
+    assert drawn and a.tolist() == b.tolist() and set(a) <= {1, 3, 6, 7, 8, 9} and len(set(a)) == 3
+    draws = {tuple(bottom_k(ordering, 3, unweighted, np.random.default_rng(seed))[0]) for seed in range(20)}
+    assert len(draws) > 1  # not always the last three indices
+    c, drawn = bottom_k(ordering, 7, unweighted, np.random.default_rng(0))
+    assert not drawn and c.tolist() == sorted(ordering[-7:].tolist())
+    last, drawn = bottom_k(ordering, 3, None, np.random.default_rng(0))  # no ties (probeless)
+    assert not drawn and last.tolist() == [7, 8, 9]
