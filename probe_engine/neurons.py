@@ -457,6 +457,10 @@ def summary_markdown(doc: dict) -> str:
     lines += ["", f"Ablation at k = {m['k']:,} (test accuracy; cf. Durrani et al. Table 1):", "",
               "| neurons | retrained | zeroed in the oracle |", "|---|---:|---:|"]
     lines += [f"| {name} | {_pct(a['retrained_test'])} | {_pct(a['zeroed_test'])} |" for name, a in doc["ablation"].items()]
+    bottom = doc.get("ablation_bottom", {})
+    if bottom.get("drawn_among_unweighted"):
+        lines += ["", f"The bottom {m['k']:,} were drawn (seed {doc['strata_neurons']['seed']}) among the "
+                      f"{bottom['unweighted_neurons']:,} neurons the oracle gives no weight (tied last in the ordering)."]
     lines += ["", "Selected neurons per layer (cf. Fig. 2):", "",
               "| layer | " + " | ".join(map(str, doc["layer_distribution"])) + " |",
               "|---|" + "---:|" * len(doc["layer_distribution"]),

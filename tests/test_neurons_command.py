@@ -68,6 +68,17 @@ def test_the_analysis_hangs_together(analysis):
     assert c["all_neurons"]["task_test"] == doc["oracle"]["test_accuracy"]
     summary = (analysis / "summary.md").read_text()
     assert f"k = {m['k']}" in summary and "selectivity" in summary
+    # bottom k: the last k of the ordering, or drawn among the oracle's zero-weight neurons when
+    # at least k of them are tied there
+    W = np.load(analysis / "steps" / "oracle.npz")["W"]
+    unweighted = np.flatnonzero(~W.any(axis=1))
+    ordering = np.load(analysis / "ordering.npz")["ordering"]
+    bottom = steps["sets"]["bottom"]
+    assert doc["ablation_bottom"]["unweighted_neurons"] == len(unweighted)
+    if doc["ablation_bottom"]["drawn_among_unweighted"]:
+        assert len(unweighted) >= m["k"] and set(bottom) <= set(unweighted.tolist()) and "were drawn" in summary
+    else:
+        assert len(unweighted) < m["k"] and bottom == sorted(ordering[-m["k"]:].tolist())
     for png in ("layer_distribution.png", "minimal_set.png"):
         assert (analysis / png).read_bytes()[:4] == b"\x89PNG"
 
