@@ -9,8 +9,10 @@ nothing but the words:
     In a seeded random half of the sentences (of each split) two adjacent
     words at a seeded random position are swapped; the label says whether
     the sentence was inverted (``I``) or left as it was (``O``), SentEval's
-    class names.  Sentences of fewer than two words cannot be inverted and
-    are left out (and counted).
+    class names.  The position is drawn among adjacent pairs of different
+    words (swapping "no no" changes nothing); sentences with no such pair
+    (fewer than two words, or one word repeated) cannot be inverted and are
+    left out (and counted).
 ``sentence-length``
     The label is the bin of the sentence's word count; bins are half-open
     ranges between consecutive ``edges`` (SentEval's own bins by default:
@@ -52,17 +54,19 @@ class TaskReport:
 
 
 def bigram_shift(sentences: list[list[str]], rng: np.random.Generator) -> list[tuple[str, list[str]] | None]:
-    """Per sentence ``(label, words)``, or None when it has fewer than two words.
+    """Per sentence ``(label, words)``, or None when no swap would change it.
 
     Exactly ``floor(m / 2)`` of the ``m`` eligible sentences are inverted
-    (a seeded permutation picks them); each gets one seeded swap position."""
-    eligible = [i for i, s in enumerate(sentences) if len(s) >= 2]
+    (a seeded permutation picks them); each gets one seeded swap position among
+    its adjacent pairs of different words."""
+    pairs = [[j for j in range(len(s) - 1) if s[j] != s[j + 1]] for s in sentences]
+    eligible = [i for i, p in enumerate(pairs) if p]
     inverted = set(rng.permutation(eligible)[: len(eligible) // 2].tolist())
     out: list[tuple[str, list[str]] | None] = [None] * len(sentences)
     for i in eligible:
         words = list(sentences[i])
         if i in inverted:
-            j = int(rng.integers(0, len(words) - 1))
+            j = pairs[i][int(rng.integers(0, len(pairs[i])))]
             words[j], words[j + 1] = words[j + 1], words[j]
             out[i] = ("I", words)
         else:
@@ -94,19 +98,20 @@ def write_task(task: str, inputs: dict[str, str], fmt: str, out: str, *, seed: i
                edges=DEFAULT_LENGTH_EDGES, columns=None) -> TaskReport:
     """Derive ``task`` from the corpora ``inputs`` (split -> path) into the TSV ``out``.
 
-    Each split draws from its own generator, ``default_rng([seed, split index])``,
-    so adding a test file never changes the train rows.  The file is written to
-    a temporary name and renamed, so ``out`` is never left half-written."""
+    Each split draws from its own generator, ``default_rng([seed, k])`` with k = 0, 1, 2
+    for train, dev, test whichever are given, so adding or leaving out a file never
+    changes another split's rows.  The file is written to a temporary name and
+    renamed, so ``out`` is never left half-written (nor the temporary file left behind)."""
     if task not in TASKS:
         raise StrataError(f"task: unknown task {task!r}, expected one of {', '.join(TASKS)}")
     if not inputs:
         raise StrataError("--train: give at least one input corpus (--train, --dev, --test)")
     report = TaskReport()
     lines: list[str] = []
-    for index, (split, path) in enumerate(inputs.items()):
+    for split, path in inputs.items():
         sentences = read_corpus(path, fmt, columns=columns).sentences
         if task == "bigram-shift":
-            rows = bigram_shift(sentences, np.random.default_rng([seed, index]))
+            rows = bigram_shift(sentences, np.random.default_rng([seed, list(SPLITS).index(split)]))
         else:
             rows = sentence_length(sentences, edges)
         kept = [r for r in rows if r is not None]
@@ -118,8 +123,15 @@ def write_task(task: str, inputs: dict[str, str], fmt: str, out: str, *, seed: i
             lines.append(f"{SPLITS[split]}\t{label}\t{' '.join(clean)}\n")
     if not lines:
         raise StrataError(f"{task}: no sentence qualifies (all were left out)")
+    if os.path.isdir(out):
+        raise StrataError(f"--out: {out} is a directory; give the TSV file to write")
     tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, out)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise StrataError(f"--out: cannot write {out}: {e.strerror or e}") from None
     return report

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--train", required=True, help="corpus whose sentences become split tr")
     p.add_argument("--dev", help="corpus whose sentences become split va")
     p.add_argument("--test", help="corpus whose sentences become split te")
-    p.add_argument("--format", default="conllu", choices=[f for f in FORMATS if f != "senteval"],
+    # senteval is this command's output; neurox needs a parallel labels file the tasks do not use
+    p.add_argument("--format", default="conllu", choices=[f for f in FORMATS if f not in ("senteval", "neurox")],
                    help="format of the corpora (default conllu)")
     p.add_argument("--columns", help="conll: names of the whitespace columns")
     p.add_argument("--out", required=True, help="the TSV to write")

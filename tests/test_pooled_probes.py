@@ -44,6 +44,18 @@ def test_bigram_shift_inverts_half_by_one_adjacent_swap():
     assert bigram_shift(sentences, np.random.default_rng(4)) != rows
 
 
+def test_bigram_shift_never_labels_an_unchanged_sentence_inverted():
+    """A swap of two equal words changes nothing: only pairs of different words are swapped,
+    and a sentence of one repeated word cannot be inverted."""
+    sentences = [["no", "no", "way"]] * 40 + [["no", "no"]]
+    rows = bigram_shift(sentences, np.random.default_rng(0))
+    assert rows[-1] is None
+    for label, words in rows[:-1]:
+        assert (label == "I") == (words != ["no", "no", "way"])
+        if label == "I":
+            assert words == ["no", "way", "no"]
+
+
 def test_sentence_length_bins_by_hand():
     sentences = [["w"] * n for n in (4, 5, 8, 9, 28, 29)]
     rows = sentence_length(sentences, (5, 9, 13, 17, 21, 26, 29))
@@ -68,6 +80,31 @@ def test_tasks_command_writes_senteval(tmp_path, ud_dev, strata):
     assert out.read_bytes() == before
     assert strata("tasks", "bigram-shift", "--train", train, "--dev", dev, "--out", out, "--seed", "2")[0] == 0
     assert out.read_bytes() != before
+
+
+def test_tasks_splits_do_not_depend_on_which_others_are_given(tmp_path, ud_dev, strata):
+    train = first_sentences(ud_dev, 30, tmp_path / "a.conllu")
+    dev = first_sentences(ud_dev.parent / UD_FILES["train"], 10, tmp_path / "b.conllu")
+    test = first_sentences(ud_dev.parent / UD_FILES["test"], 30, tmp_path / "c.conllu")
+    assert strata("tasks", "bigram-shift", "--train", train, "--test", test, "--out", tmp_path / "tt.tsv")[0] == 0
+    assert strata("tasks", "bigram-shift", "--train", train, "--dev", dev, "--test", test,
+                  "--out", tmp_path / "tdt.tsv")[0] == 0
+    rows = {name: [r for r in (tmp_path / name).read_text().splitlines() if r.startswith("te")]
+            for name in ("tt.tsv", "tdt.tsv")}
+    assert rows["tt.tsv"] == rows["tdt.tsv"] and len(rows["tt.tsv"]) > 20
+
+
+def test_tasks_out_that_cannot_be_written(tmp_path, ud_dev, strata):
+    code, _, err = strata("tasks", "bigram-shift", "--train", ud_dev, "--out", tmp_path / "none" / "x.tsv")
+    assert (code, err.strip()) == (1, f"strata tasks: error: --out: cannot write {tmp_path / 'none' / 'x.tsv'}: "
+                                      "No such file or directory")
+    code, _, err = strata("tasks", "bigram-shift", "--train", ud_dev, "--out", tmp_path)
+    assert (code, err.strip()) == (1, f"strata tasks: error: --out: {tmp_path} is a directory; "
+                                      "give the TSV file to write")
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.tmp-*")) and not list(tmp_path.glob("*.tmp-*"))
+    with pytest.raises(SystemExit) as exit_:  # an argparse choice (neurox needs a labels file tasks do not take)
+        strata("tasks", "bigram-shift", "--train", ud_dev, "--format", "neurox", "--out", tmp_path / "n")
+    assert exit_.value.code == 2
 
 
 @pytest.mark.parametrize("bins, message", [
