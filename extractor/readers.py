@@ -364,10 +364,16 @@ def _read_neurox(path: str, labels_path: str, max_sentences):
     if one_label_each and some_long_sentence:
         return sentences, {}, {"label": [row[0] for row in label_rows]}
 
+    # Token labels then; when the file mixes single-label lines with longer ones, say which
+    # line made it token-level: the typo may be that line, not the first mismatch.
+    why = ""
+    if some_long_sentence and any(len(row) == 1 for row in label_rows):
+        multi = next(i for i, row in enumerate(label_rows, start=1) if len(row) > 1)
+        why = f" (read as token labels because line {multi} has {len(label_rows[multi - 1])} labels)"
     for lineno, (words, row) in enumerate(zip(sentences, label_rows), start=1):
         if len(row) != len(words):
             raise StrataError(
-                f"{labels_path}:{lineno}: found {len(row)} labels but the sentence has {len(words)} tokens"
+                f"{labels_path}:{lineno}: found {len(row)} labels but the sentence has {len(words)} tokens{why}"
             )
     return sentences, {"label": label_rows}, {}
 
@@ -389,6 +395,8 @@ def _read_senteval(path: str, max_sentences):
             raise StrataError(f"{path}:{lineno}: unknown split {split!r}, expected one of tr, va, te")
         if not label:
             raise StrataError(f"{path}:{lineno}: empty label")
+        if label != label.strip():  # 'I' and 'I ' would become two classes
+            raise StrataError(f"{path}:{lineno}: label {label!r} has leading or trailing whitespace")
         words = sentence.split()
         if not words:
             raise StrataError(f"{path}:{lineno}: empty sentence")

@@ -41,15 +41,27 @@ def emd(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
 
 
 def attention_statistics(a, b, sentences: np.ndarray) -> dict:
-    """Per-block mean entropy of each store's rows and mean EMD between them, over the
-    given sentences and every head; ``a``, ``b``: (block, sentence, head, position) zarr
-    arrays, read one block at a time."""
-    blocks = min(a.shape[0], b.shape[0])
-    out = {"blocks": list(range(1, blocks + 1)), "sentences": int(len(sentences)),
-           "entropy_a": {}, "entropy_b": {}, "emd": {}}
-    for k in range(blocks):
-        ra, rb = a.get_orthogonal_selection((k, sentences)), b.get_orthogonal_selection((k, sentences))
-        out["entropy_a"][str(k + 1)] = float(entropy(ra).mean())
-        out["entropy_b"][str(k + 1)] = float(entropy(rb).mean())
-        out["emd"][str(k + 1)] = float(emd(ra, rb).mean())
+    """Per-block mean entropy of each store's rows, over the given sentences and every head,
+    and the mean EMD between the two models' rows of the same block, sentence and head;
+    ``a``, ``b``: (block, sentence, head, position) zarr arrays, read one block at a time.
+
+    The EMD pairs rows head by head and block by block, so it is computed only when both
+    models have as many blocks and heads (``emd_not_computed`` says why otherwise); each
+    model's entropies are given for all its blocks either way."""
+    blocks_a, blocks_b, heads_a, heads_b = a.shape[0], b.shape[0], a.shape[2], b.shape[2]
+    paired = blocks_a == blocks_b and heads_a == heads_b
+    out = {"blocks": list(range(1, max(blocks_a, blocks_b) + 1)), "sentences": int(len(sentences)),
+           "heads_a": int(heads_a), "heads_b": int(heads_b), "entropy_a": {}, "entropy_b": {}, "emd": {}}
+    if not paired:
+        out["emd_not_computed"] = (f"A has {blocks_a} blocks x {heads_a} heads, B {blocks_b} x {heads_b}: "
+                                   "the EMD compares the same block and head of both")
+    for k in range(max(blocks_a, blocks_b)):
+        ra = a.get_orthogonal_selection((k, sentences)) if k < blocks_a else None
+        rb = b.get_orthogonal_selection((k, sentences)) if k < blocks_b else None
+        if ra is not None:
+            out["entropy_a"][str(k + 1)] = float(entropy(ra).mean())
+        if rb is not None:
+            out["entropy_b"][str(k + 1)] = float(entropy(rb).mean())
+        if paired:
+            out["emd"][str(k + 1)] = float(emd(ra, rb).mean())
     return out

@@ -188,20 +188,26 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
     return doc
 
 
+def _cell(v) -> str:
+    return f"{v:7.4f}" if v is not None else "      -"
+
+
 def format_table(doc: dict) -> str:
+    cell = _cell
     layers = sorted(set(doc.get("rsa", {}).get("layers", [])) | {int(x) for x in doc.get("cka", {}).get("diagonal", {})})
     lines = [f"{'layer':>5} {'RSA':>7} {'± std':>7} {'CKA':>7}"]
     for x in layers:
         rsa = doc.get("rsa", {}).get("mean", {}).get(str(x))
         std = doc.get("rsa", {}).get("std", {}).get(str(x))
         cka = doc.get("cka", {}).get("diagonal", {}).get(str(x))
-        cell = lambda v: f"{v:7.4f}" if v is not None else "      -"  # noqa: E731
         lines.append(f"{x:>5} {cell(rsa)} {cell(std)} {cell(cka)}")
     if "attention" in doc:
         att = doc["attention"]
         lines.append(f"{'block':>5} {'H(A)':>7} {'H(B)':>7} {'EMD':>7}   (CLS attention: entropy in nats, "
                      f"earth mover's distance in positions; {att['sentences']} sentences)")
         for k in att["blocks"]:
-            lines.append(f"{k:>5} {att['entropy_a'][str(k)]:7.4f} {att['entropy_b'][str(k)]:7.4f} "
-                         f"{att['emd'][str(k)]:7.4f}")
+            lines.append(f"{k:>5} {cell(att['entropy_a'].get(str(k)))} {cell(att['entropy_b'].get(str(k)))} "
+                         f"{cell(att['emd'].get(str(k)))}")
+        if "emd_not_computed" in att:
+            lines.append(f"      EMD not computed: {att['emd_not_computed']}")
     return "\n".join(lines)

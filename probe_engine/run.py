@@ -24,6 +24,7 @@ from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
 from probe_engine.outputs import read_npz, write_json, write_npz
+from probe_engine.stores import shared_rows_warning
 from store.errors import StrataError
 
 RESULTS_VERSION = 1
@@ -41,7 +42,8 @@ def plan_groups(options: dict) -> list[dict]:
     if options.get("screen_tol") is not None:  # absent = off, as above
         common.update(screen_tol=options["screen_tol"], screen_margin=options["screen_margin"])
     # what the stores hold, not only where: a store rebuilt at the same path is trained on again
-    common["stores"] = {role: store.identity for role, store in open_stores(options).items()}
+    opened = open_stores(options)
+    common["stores"] = {role: store.identity for role, store in opened.items()}
     specs = []
     for pool in options.get("pools") or [None]:
         stores = open_stores({**options, "pool": pool})
@@ -53,6 +55,8 @@ def plan_groups(options: dict) -> list[dict]:
             training_classes(stores["train"], label)  # at least two classes
             for layers in feature_sets:
                 specs.append({**common, "pool": pool, "label": label, "layers": list(layers)})
+    if (warning := shared_rows_warning(opened)) is not None:  # once everything else is known to be right
+        print(f"strata probe: warning: {warning}", file=sys.stderr)
     return specs
 
 

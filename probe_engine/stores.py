@@ -172,3 +172,16 @@ def _same_config(train: ProbeStore, other: ProbeStore) -> bool:
     current = hf.config_sha256(config)
     return all(store.parameters.get("config_sha256") in
                (current, hf.legacy_config_sha256(config, store.parameters["model"])) for store in (train, other))
+
+
+def shared_rows_warning(stores: dict) -> str | None:
+    """A warning when dev or test is the train store itself with no ``split`` label set to
+    separate the roles: those scores are then training scores (allowed, but rarely meant)."""
+    train = stores["train"]
+    for role in ("dev", "test"):
+        other = stores.get(role)
+        if other is not None and Path(other.path).resolve() == Path(train.path).resolve() \
+                and schema.sentence_label_name(SPLIT_LABEL) not in train.group:
+            return (f"--{role} is the --train store {train.path} and it has no {SPLIT_LABEL!r} label set "
+                    f"to separate them: {role} scores are scores on the training rows")
+    return None

@@ -85,3 +85,20 @@ def test_compare_reports_attention(attention_store, tmp_path, strata):
     keep = np.flatnonzero(~group["sentence_skipped"][...])
     assert att["entropy_a"]["1"] == pytest.approx(float(entropy(group["attention_cls"][0][keep]).mean()), rel=1e-12)
     assert "CLS attention" in stdout
+
+
+def test_attention_statistics_of_models_with_other_heads_or_depths():
+    """EMD pairs the same block and head, so it is left out (with the reason) when the models'
+    blocks or heads differ; each model's entropies cover all its blocks."""
+    from probe_engine.attention_stats import attention_statistics
+
+    rng = np.random.default_rng(0)
+    a = zarr.array(rng.random((2, 5, 2, 4)).astype(np.float16))
+    b = zarr.array(rng.random((3, 5, 12, 4)).astype(np.float16))
+    att = attention_statistics(a, b, np.arange(5))
+    assert att["blocks"] == [1, 2, 3] and att["emd"] == {}
+    assert att["emd_not_computed"] == "A has 2 blocks x 2 heads, B 3 x 12: the EMD compares the same block and head of both"
+    assert list(att["entropy_a"]) == ["1", "2"] and list(att["entropy_b"]) == ["1", "2", "3"]
+    assert att["entropy_b"]["3"] == pytest.approx(float(entropy(b[2][...]).mean()), rel=1e-12)
+    same = attention_statistics(a, a, np.arange(5))
+    assert "emd_not_computed" not in same and list(same["emd"].values()) == [0.0, 0.0]

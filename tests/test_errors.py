@@ -57,7 +57,8 @@ def test_neurox_token_label_mismatch(strata, tiny_bert, tmp_path):
     labels.write_text("DT NN VB\nDT\n")
     code, _, err = extract(strata, tiny_bert, words, tmp_path / "s.zarr", "neurox", "--labels", labels)
     assert code == 1
-    assert one_line_error(err) == f"strata extract: error: {labels}:2: found 1 labels but the sentence has 2 tokens"
+    assert one_line_error(err) == (f"strata extract: error: {labels}:2: found 1 labels but the sentence has 2 tokens"
+                                   " (read as token labels because line 1 has 3 labels)")
 
 
 def test_empty_file(strata, tiny_bert, tmp_path):

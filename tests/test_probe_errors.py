@@ -136,3 +136,10 @@ def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_pat
     edit_root_attrs(dev, parameters={**params, "model": str(link), "config_sha256": "0" * 64})
     code, err = run(dev=dev)
     assert code == 1 and "in config_sha256 ('" + "0" * 64 in err
+
+
+def test_the_train_store_as_dev_is_allowed_with_a_warning(run, stores):  # noqa: F811
+    code, err = run(dev=stores["train"])
+    assert code == 0
+    assert err == (f"strata probe: warning: --dev is the --train store {stores['train'].resolve()} and it has no "
+                   "'split' label set to separate them: dev scores are scores on the training rows")

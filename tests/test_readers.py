@@ -215,6 +215,16 @@ def test_neurox_line_count_mismatch(tmp_path):
         read_corpus(path, "neurox", labels_path=labels, max_sentences=1)
 
 
+def test_neurox_mixed_label_counts_name_the_line_that_made_them_token_labels(tmp_path):
+    """Sentence labels with one typo line of two labels: the error says which line made the
+    file token-level, since the first mismatch (line 1) is not the typo."""
+    path = write(tmp_path, "s.txt", "a b\nc d\ne f\n")
+    labels = write(tmp_path, "l.txt", "A\nB C\nA\n")
+    with raises(f"{labels}:1: found 1 labels but the sentence has 2 tokens "
+                "(read as token labels because line 2 has 2 labels)"):
+        read_corpus(path, "neurox", labels_path=labels)
+
+
 def test_neurox_token_count_mismatch(tmp_path):
     path = write(tmp_path, "s.txt", "a b\nc d e\n")
     labels = write(tmp_path, "l.txt", "X Y\nZ W\n")
@@ -271,6 +281,7 @@ def test_senteval(tmp_path):
         ("", "expected 3 tab-separated fields (split, label, sentence), found 1"),
         ("train\tPRES\tthe cat", "unknown split 'train', expected one of tr, va, te"),
         ("tr\t\tthe cat", "empty label"),
+        ("tr\tPRES \tthe cat", "label 'PRES ' has leading or trailing whitespace"),
         ("tr\tPRES\t  ", "empty sentence"),
     ],
 )
