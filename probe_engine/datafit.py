@@ -51,7 +51,6 @@ class MultinomialLogistic:
         columns and 0 elsewhere, which the penalty's support mask never reads.
         """
         xp = module_of(W)
-        d = W.shape[0]
         if supports is None:
             return self._pass(blocks, W, b, [(None, None)])
         supports = np.asarray(supports, dtype=bool)
@@ -108,7 +107,7 @@ class MultinomialLogistic:
                     for a, t in zip(acc, part):
                         a += t
         n = blocks.n_rows
-        if groups == [(None, None)]:
+        if len(groups) == 1 and groups[0][0] is None and groups[0][1] is None:  # every probe, every column
             loss, grad_W, grad_b = sums[0]
             return loss / n, grad_W.reshape(d, P, C) / n, (grad_b / n).astype(W.dtype)
         loss = xp.zeros(P, dtype=np.float64)
