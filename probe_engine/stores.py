@@ -148,11 +148,10 @@ def check_same_model(train: ProbeStore, other: ProbeStore) -> None:
 
 
 def _same_directory(a, b) -> bool:
-    """Two spellings of one local model directory (a symlink, a relative path)."""
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+    """Two spellings of one local model directory (a symlink, a relative path): extract's own test."""
+    from extractor.model import same_model
+
+    return isinstance(a, str) and isinstance(b, str) and same_model(a, b)
 
 
 def _same_config(train: ProbeStore, other: ProbeStore) -> bool:
@@ -161,7 +160,7 @@ def _same_config(train: ProbeStore, other: ProbeStore) -> bool:
     one local model directory the config is read again and each store's hash is matched
     against both spellings of it."""
     a, b = train.parameters.get("model"), other.parameters.get("model")
-    if not _same_directory(a, b):
+    if not (_same_directory(a, b) and Path(a).expanduser().is_dir()):  # never a hub download from here
         return False
     from extractor import model as hf
 
