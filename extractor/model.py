@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from store.errors import StrataError
@@ -16,8 +20,48 @@ PADDING_OFFSET_FAMILIES = {"roberta", "xlm-roberta", "camembert", "longformer", 
 _NO_LIMIT = 1_000_000
 
 
+#: Seconds a connection to the Hugging Face endpoint may take before strata treats it as offline.
+HUB_CONNECT_TIMEOUT = 3.0
+
+
 def _looks_like_path(name: str) -> bool:
     return str(name).startswith((".", "/", "~")) or Path(name).exists()
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable() -> str | None:
+    """The endpoint's host when it cannot be reached (or ``HF_HUB_OFFLINE`` is set), else ``None``.
+
+    Asked once per process, by a plain TCP connection: on a machine without network,
+    huggingface_hub retries every request five times with back-off (27 s of warnings
+    before the error, measured with a hub id on a machine with no DNS), and it has no call
+    that tells "offline" apart up front.  Behind a proxy the direct connection says
+    nothing, so strata then assumes the hub is reachable and lets the hub client decide."""
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = url.hostname or constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
+        return host
+    if url.scheme in urllib.request.getproxies():
+        return None
+    try:
+        socket.create_connection((host, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError:
+        return host
+    return None
+
+
+def _hub_options(name: str) -> tuple[dict, str]:
+    """``from_pretrained`` options for ``name`` and what to add to a failure: a hub id while
+    the hub is unreachable is loaded from the local cache only (no retries)."""
+    if _looks_like_path(name):
+        return {}, ""
+    host = hub_unreachable()
+    if host is None:
+        return {}, ""
+    return {"local_files_only": True}, f" ({host} cannot be reached, so only the local Hugging Face cache was read)"
 
 
 def load_config(name: str):
@@ -26,10 +70,11 @@ def load_config(name: str):
 
     if _looks_like_path(name) and not Path(name).expanduser().exists():
         raise StrataError(f"--model: no such directory: {name}")
+    options, offline = _hub_options(name)
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=False)
+        return AutoConfig.from_pretrained(name, trust_remote_code=False, **options)
     except Exception as e:  # transformers raises many types; the message is what matters
-        raise StrataError(f"--model: cannot load {name!r}: {_first_line(e)}") from None
+        raise StrataError(f"--model: cannot load {name!r}{offline}: {_first_line(e)}") from None
 
 
 def load_tokenizer(name: str):
@@ -40,12 +85,13 @@ def load_tokenizer(name: str):
     """
     from transformers import AutoTokenizer
 
+    options, offline = _hub_options(name)
     try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False, **options)
         if getattr(tok, "add_prefix_space", None) is False:
-            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False, add_prefix_space=True)
+            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False, add_prefix_space=True, **options)
     except Exception as e:
-        raise StrataError(f"--model: cannot load the tokenizer of {name!r}: {_first_line(e)}") from None
+        raise StrataError(f"--model: cannot load the tokenizer of {name!r}{offline}: {_first_line(e)}") from None
     if not tok.is_fast:
         raise StrataError(f"--model: {name!r} has no fast tokenizer; strata needs one to map subwords to words")
     # Without tokenizer files transformers still builds the config's tokenizer
@@ -64,10 +110,11 @@ def load_model(name: str, device: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # strata shows its own progress bar
+    options, offline = _hub_options(name)
     try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=False, dtype=torch.float32)
+        model = AutoModel.from_pretrained(name, trust_remote_code=False, dtype=torch.float32, **options)
     except Exception as e:
-        raise StrataError(f"--model: cannot load {name!r}: {_first_line(e)}") from None
+        raise StrataError(f"--model: cannot load {name!r}{offline}: {_first_line(e)}") from None
     return to_device(model.eval(), device)
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 import zarr
@@ -12,7 +18,7 @@ from transformers import AutoModel
 
 import zarr.storage._local as zarr_local
 
-from tests.test_resume import run_subprocess
+from tests.test_resume import REPO, run_subprocess
 
 
 def extract(strata, model, corpus, out, fmt="text", *extra):
@@ -129,6 +135,52 @@ def test_weights_that_do_not_load_leave_no_store(strata, tiny_bert, text_corpus,
     assert one_line_error(err).startswith(f"strata extract: error: --model: cannot load '{no_weights}': ")
     assert not out.exists()
     assert extract(strata, tiny_bert, text_corpus, out)[0] == 0  # the corrected --model is not refused
+
+
+def _unreachable_hub(tmp_path) -> dict:
+    """A subprocess environment whose Hugging Face endpoint refuses connections at once and
+    whose cache is empty (online mode: huggingface_hub would retry each request 5 times)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    with socket.socket() as s:  # a local port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {**env, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf"),
+            "NO_PROXY": "*", "no_proxy": "*"}
+
+
+def _run_with_env(args, env):
+    return subprocess.run([sys.executable, "-m", "strata", *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_hub_id_with_the_hub_unreachable_fails_at_once_in_one_line(tmp_path, text_corpus):
+    env = _unreachable_hub(tmp_path)
+    result = _run_with_env(["extract", "--model", "strata-tests/not-cached", "--input", text_corpus, "--format",
+                            "text", "--out", tmp_path / "s.zarr"], env)
+    assert result.returncode == 1
+    assert "Retrying" not in result.stderr  # no back-off: the cache alone was read
+    assert one_line_error(result.stderr).startswith(
+        "strata extract: error: --model: cannot load 'strata-tests/not-cached' (127.0.0.1 cannot be reached, so only "
+        "the local Hugging Face cache was read): ")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_cached_hub_id_loads_with_the_hub_unreachable(tmp_path, tiny_bert, text_corpus, strata):
+    """A model in the Hugging Face cache (the layout hf_hub_download writes) extracts as its directory does."""
+    env = _unreachable_hub(tmp_path)
+    repo = tmp_path / "hf" / "hub" / "models--strata-tests--tiny-bert"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_bert, repo / "snapshots" / commit)
+    result = _run_with_env(["extract", "--model", "strata-tests/tiny-bert", "--input", text_corpus, "--format",
+                            "text", "--out", tmp_path / "hub.zarr"], env)
+    assert result.returncode == 0, result.stderr
+    assert "Retrying" not in result.stderr
+    assert strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text",
+                  "--out", tmp_path / "dir.zarr")[0] == 0
+    hub, local = zarr.open_group(tmp_path / "hub.zarr", mode="r"), zarr.open_group(tmp_path / "dir.zarr", mode="r")
+    np.testing.assert_array_equal(hub["activations"][...], local["activations"][...])
 
 
 @pytest.mark.parametrize("value", ["-64", "0"])
