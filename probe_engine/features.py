@@ -122,8 +122,19 @@ class FeatureSet:
         if xp is np:  # on the host the data pass standardizes each row slice itself (row_sources)
             return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep,
                                   finish_rows=lambda raw: standardize(raw, stats.mean, stats.scale))
-        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep,
-                              finish=lambda pair: self.finish(pair, stats, xp))
+        # The next block is finished on the prefetch thread, whose current CUDA device is its
+        # own (device 0), not the one --device cuda:N chose on the main thread; and the
+        # host-to-device copy is asynchronous on that thread's stream, so it is waited for
+        # before the main thread (maybe on another stream) reads the block.
+        device = xp.cuda.Device()
+
+        def finish_on_device(pair):
+            with device:
+                block = self.finish(pair, stats, xp)
+                xp.cuda.get_current_stream().synchronize()
+            return block
+
+        return StreamedBlocks(read, self.n_blocks, self.n_rows, self.n_features, keep=keep, finish=finish_on_device)
 
     def relabeled(self, blocks, source: "FeatureSet", xp):
         """``blocks`` of ``source`` (the same store and layers) with this set's labels

@@ -122,7 +122,7 @@ def resolve_grid_schedule(name: str, device: str) -> str:
     eight stages' longest probes; counted from the CPU run, not yet timed on a GPU)."""
     if name != "auto":
         return name
-    return "batched" if device == "cuda" else "l1-path"
+    return "batched" if device.split(":")[0] == "cuda" else "l1-path"
 
 
 def train_grid(blocks, n_classes: int, l1s, l2s, *, xp, schedule: str = "batched", tol: float = DEFAULT_TOL,

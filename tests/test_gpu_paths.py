@@ -97,6 +97,38 @@ def test_neurons_on_cuda_match_cpu(stores, tmp_path, strata):  # noqa: F811
     assert overlap >= 0.9, f"top-{top} neurons on the GPU share only {overlap:.0%} with the CPU's"
 
 
+def _without_times(value):
+    """neurons.json without what differs between two runs of the same analysis: timings and the command line."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if "seconds" not in k and k != "command"}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def test_neurons_on_cuda_stream_bitwise(stores, tmp_path, strata):  # noqa: F811
+    """Under a memory cap the GPU pipeline streams train, dev and test (nothing held, or the
+    float16 blocks held, finished to the GPU on the prefetch thread; the top-k probes' columns
+    gathered from the streamed blocks; the control task relabeling them): the same bits as
+    with everything held on the GPU."""
+    group = zarr.open_group(stores["train"], mode="r")
+    labelled = int((group["label_upos"][...] >= 0).sum())
+    layers, _, hidden = group["activations"].shape
+    float32_bytes = labelled * layers * hidden * 4
+    runs = {}
+    for name, cap in (("held", "64GB"), ("float16 held", f"{int(0.75 * float32_bytes)}B"), ("streamed", "1kB")):
+        out = tmp_path / name.replace(" ", "_")
+        assert strata("neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"],
+                      "--labels", "upos", "--l1", "0,1e-3", "--l2", "1e-3", "--fractions", "0.1,0.3,0.6",
+                      "--delta", "0.02", "--control", "--quiet", "--device", "cuda", "--max-memory", cap,
+                      "--out", out)[0] == 0
+        runs[name] = (_without_times(load(out, "neurons.json")), np.load(out / "ordering.npz"))
+    reference, ordering = runs.pop("held")
+    for name, (doc, order) in runs.items():
+        assert doc == reference, name
+        assert all(np.array_equal(order[k], ordering[k]) for k in ordering.files), name
+
+
 def test_extract_on_cuda_matches_cpu(tiny_bert, ud_dev, tmp_path, strata):
     stores = {}
     for device in ("cpu", "cuda"):

@@ -207,6 +207,7 @@ def test_grid_schedules_give_the_same_solutions(first_run, stores, tmp_path, str
 
     assert load(first_run)["strata_probe"]["grid_schedule"] == "l1-path"
     assert resolve_grid_schedule("auto", "cuda") == "batched" and resolve_grid_schedule("path", "cuda") == "path"
+    assert resolve_grid_schedule("auto", "cuda:1") == "batched" and resolve_grid_schedule("auto", "cpu") == "l1-path"
     out = tmp_path / schedule
     shutil.copytree(first_run / "groups", out / "groups")
     code, _, err = strata(*probe_args(stores, out, "--layers", "each,all", "--grid-schedule", schedule))
