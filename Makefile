@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench bench-gpu clean
+.PHONY: demo test bench bench-gpu gpu-bundle clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-gpu: $(VENV)/.installed
 	$(PY) bench/probe_bench.py --device cuda --out bench/results/gpu/probe_gpu.json
 	$(PY) bench/compare_bench.py --device cuda --out bench/results/gpu/compare_gpu.json
 	$(PY) bench/neurons_bench.py --device cuda --out bench/results/gpu/neurons_gpu.json
+
+# For a borrowed GPU machine without network (README, On a GPU): the ignored .gpu_bundle/ (wheels of
+# strata's dependencies the device lacks, the MiniLM in float16, EWT subsets) that bench/gpu_session.sh uses.
+gpu-bundle: $(VENV)/.installed
+	$(PY) bench/gpu_bundle.py
 
 clean:
 	rm -rf demo_out
