@@ -232,6 +232,7 @@ note "setup: done at $(( SECONDS - START )) s"
 EXTRACT=$OUT/b_extract.log
 LIMIT=$(budget 150 260)
 TRAIN=$STORES/train_$TRAIN_SENTENCES.zarr DEV=$STORES/dev_$EVAL_SENTENCES.zarr TEST=$STORES/test_$EVAL_SENTENCES.zarr
+rm -rf "$STORES" && mkdir -p "$STORES"   # stores of an earlier run (other code, bundle or path) are not reused
 t0=$SECONDS
 for split in train dev test; do
   case $split in train) n=$TRAIN_SENTENCES s=$TRAIN ;; dev) n=$EVAL_SENTENCES s=$DEV ;; test) n=$EVAL_SENTENCES s=$TEST ;; esac
