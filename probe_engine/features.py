@@ -15,17 +15,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import numpy as np
 
 from probe_engine.blocks import InMemoryBlocks, StreamedBlocks, standardize
+from probe_engine.row_tasks import map_on_cores, row_slices
 from probe_engine.stores import ProbeStore
 from store.errors import StrataError
 
 #: Largest block of rows (logits of a block are rows x probes x classes floats).
 MAX_BLOCK_TOKENS = 16384
 LOGIT_BUDGET_BYTES = 64 << 20
+
+
+#: Rows per task of :meth:`FeatureSet.statistics` (a float64 copy of 2,048 x 2,688 is 44 MB).
+STATISTICS_ROWS = 2048
+
+
+def _moments(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(count, mean, centred sum of squares)`` of ``rows`` per column, in float64."""
+    x = rows.astype(np.float64)
+    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+    x -= mean
+    return len(x), mean, np.einsum("ij,ij->j", x, x)
 
 
 def block_tokens_for(n_outputs: int, chunk_tokens: int) -> int:
@@ -64,16 +76,47 @@ class FeatureSet:
         stop = min(start + self.block_tokens, len(self.y_tokens))
         return slice(start, stop), self.y_tokens[start:stop] != -1
 
-    def statistics(self) -> Standardizer:
-        """Training mean and standard deviation in float64 (one dask pass); refuses
-        non-finite activations, naming the store, layer and neuron."""
-        keep = self.y_tokens != -1
-        rows = self.X[keep].astype(np.float64)
-        mean, std, finite = dask.compute(rows.mean(axis=0), rows.std(axis=0),
-                                         da.isfinite(self.X[keep]).all(axis=0), scheduler="threads")
-        if not finite.all():
-            raise self._non_finite(int(np.flatnonzero(~finite)[0]))
+    def statistics(self, raws=None) -> Standardizer:
+        """Training mean and population standard deviation in float64; refuses non-finite
+        activations, naming the store, layer and neuron.  ``raws``: every block's
+        :meth:`read_raw`, when the caller holds them (else they are read here).
+
+        Computed slice by slice (``STATISTICS_ROWS``) on every core: each slice's mean and
+        centred sum of squares, merged in slice order (Chan, Golub & LeVeque, "Updating
+        formulae and a pairwise algorithm for computing sample variances", 1979), so the
+        same bits on any machine and whether the blocks are then held or streamed.  By hand
+        because dask's float64 graph for the same two moments took 2.6-4.0 s on the 2,688
+        neuron-level features of 51k training rows, this 0.9 s (Intel Xeon, 2 cores)."""
+        n, mean, m2 = 0, np.zeros(self.n_features), np.zeros(self.n_features)
+        for i in range(self.n_blocks):
+            raw = raws[i][0] if raws is not None else self.read_raw(i)[0]
+            finite = np.isfinite(raw).all(axis=0)
+            if not finite.all():
+                raise self._non_finite(int(np.flatnonzero(~finite)[0]))
+            for k, part_mean, part_m2 in map_on_cores(_moments, [raw[rows] for rows in row_slices(len(raw), STATISTICS_ROWS)]):
+                total = n + k
+                delta = part_mean - mean
+                mean = mean + delta * (k / total)
+                m2 = m2 + part_m2 + delta ** 2 * (n * k / total)
+                n = total
+        std = np.sqrt(m2 / max(n, 1))
         return Standardizer(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
+
+    def statistics_and_blocks(self, xp, *, in_memory: bool, hold_bytes: int = 0):
+        """:meth:`statistics` and :meth:`blocks` together: held training rows are read once
+        for both (each raw block freed as it is standardized), streamed ones twice."""
+        if not in_memory:
+            stats = self.statistics()
+            return stats, self.blocks(stats, xp, in_memory=False, hold_bytes=hold_bytes)
+        raws = [self.read_raw(i) for i in range(self.n_blocks)]
+        stats = self.statistics(raws)
+
+        def finished():
+            for i in range(len(raws)):
+                pair, raws[i] = raws[i], None
+                yield self.finish(pair, stats, xp)
+
+        return stats, InMemoryBlocks(finished(), self.n_features)
 
     def _non_finite(self, col: int) -> StrataError:
         hidden = self.store.features.shape[2]

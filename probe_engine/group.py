@@ -60,8 +60,8 @@ def run_group(spec: dict, progress=None) -> dict:
     chunk = train.features.chunks[1]
     block = block_tokens_for(len(grid) * len(classes), chunk)
     features = FeatureSet(train, positions, y_train, block)
-    stats = features.statistics()
     in_memory = features.memory_bytes() <= spec["max_memory"]
+    stats, blocks = features.statistics_and_blocks(xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
 
     evaluation, unseen = {}, {}
     for split in ("dev", "test"):
@@ -71,7 +71,6 @@ def run_group(spec: dict, progress=None) -> dict:
                                                                                       check_finite=True)
 
     started = time.perf_counter()
-    blocks = features.blocks(stats, xp, in_memory=in_memory, hold_bytes=spec["max_memory"])
     common = dict(xp=xp, tol=spec["tol"], gap_tol=spec.get("gap_tol"), max_iter=spec["max_iter"], counts=counts,
                   on_iteration=progress, schedule=spec.get("grid_schedule", "batched"))
     screen_tol = spec.get("screen_tol")

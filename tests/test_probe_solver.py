@@ -405,6 +405,55 @@ def test_a_float16_store_fits_whole_under_its_float32_size(tiny_bert, ud_dev, tm
     assert sorted(reads) == sorted(list(range(features.n_blocks)) * 2)
 
 
+def test_statistics_are_the_training_rows_mean_and_std_read_once_when_held(tiny_bert, ud_dev, tmp_path,
+                                                                           monkeypatch):
+    """The standardization statistics against numpy's float64 mean and population std of the
+    labelled rows (a constant neuron scaled by 1), the same bits whether the caller hands over
+    the blocks or they are read here, and held training rows read once for both."""
+    from probe_engine.features import STATISTICS_ROWS, FeatureSet
+    from probe_engine.stores import ProbeStore
+    from strata import main
+
+    out = tmp_path / "train.zarr"
+    assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu",
+                 "--out", str(out), "--max-sentences", "300"]) == 0
+    store = ProbeStore(out, "--train")
+    y = np.maximum(store.labels("upos")[0], -1)
+    y[::7] = -1  # unlabelled rows: not part of the statistics
+    features = FeatureSet(store, [1, 2], y, block_tokens=3072)
+    assert features.n_blocks >= 2 and (y[:3072] != -1).sum() > STATISTICS_ROWS  # several blocks and slices
+    rows = np.concatenate([features.read_raw(i)[0] for i in range(features.n_blocks)]).astype(np.float64)
+    rows[:, 5] = 0.25  # a neuron constant in training
+    real_read = features.read_raw
+
+    def read_raw(i):
+        raw, labels = real_read(i)
+        raw = raw.copy()
+        raw[:, 5] = 0.25
+        reads.append(i)
+        return raw, labels
+
+    reads = []
+    monkeypatch.setattr(features, "read_raw", read_raw)
+    stats = features.statistics()
+    np.testing.assert_allclose(stats.mean, rows.mean(axis=0).astype(np.float32), rtol=1e-6, atol=1e-7)
+    expected_scale = np.where(rows.std(axis=0) > 0, rows.std(axis=0), 1.0)
+    np.testing.assert_allclose(stats.scale, expected_scale.astype(np.float32), rtol=1e-6)
+    assert stats.scale[5] == 1.0 and stats.mean[5] == np.float32(0.25)
+    handed = features.statistics([features.read_raw(i) for i in range(features.n_blocks)])
+    assert np.array_equal(handed.mean, stats.mean) and np.array_equal(handed.scale, stats.scale)
+    reads.clear()
+    together, held = features.statistics_and_blocks(np, in_memory=True)
+    assert sorted(reads) == list(range(features.n_blocks))  # one read for statistics and blocks
+    assert np.array_equal(together.mean, stats.mean) and np.array_equal(together.scale, stats.scale)
+    alone = features.blocks(stats, np, in_memory=True)
+    for (a, ya), (b, yb) in zip(held, alone, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(ya, yb)
+    _, streamed = features.statistics_and_blocks(np, in_memory=False)
+    for (a, _), (b, _) in zip(streamed, alone, strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_a_pass_reads_only_the_columns_the_penalty_allows(problem):
     """``supports`` narrows the pass to their union: same loss and gradient on those
     columns, 0 elsewhere, and held blocks are gathered once per column set, not once per pass."""
