@@ -159,3 +159,18 @@ def test_a_restricted_probe_has_the_gap_of_its_columns_alone(rare_class_problem)
     alone = gap_at(blocks_of(np.ascontiguousarray(X[:, cols]), y), ElasticNet(l1, l2), W_cols)
     assert masked == pytest.approx(alone, rel=1e-5)
     assert gap_at(blocks_of(X, y), ElasticNet(l1, l2), W_full) > alone  # the other columns' gradient counts there
+
+
+def test_the_gap_of_an_l1_only_probe_bounds_the_distance_to_sklearns_optimum(rare_class_problem):
+    """l2 = 0: the penalty's conjugate is the indicator of |V| <= l1, so the dual point is
+    scaled by s < 1 into its domain, and the loss part of the dual value scales with it
+    (-s bound, not -bound).  From the all-zero start (s about l1 / |grad_W|_inf) through
+    the run, the gap stays an upper bound on objective - optimum."""
+    X, y = rare_class_problem
+    l1 = 3e-3
+    ref = sklearn_fit(X.astype(np.float64), y, l1, 0.0, solver="saga", tol=1e-10, max_iter=100000)
+    optimum = objective(X.astype(np.float64), y, ref.coef_, ref.intercept_, l1, 0.0)
+    for passes in (1, 3, 10, 40):
+        sol = train_probes(blocks_of(X, y), 5, [l1], [0.0], xp=np, tol=1e-12, max_iter=passes)
+        assert sol.objective[0] - optimum >= -1e-6
+        assert sol.gap[0] >= sol.objective[0] - optimum - 1e-6, (passes, sol.gap[0], sol.objective[0] - optimum)
