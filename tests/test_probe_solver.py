@@ -620,3 +620,19 @@ def test_estimator_passes_scikit_learns_estimator_checks():
         results = check_estimator(ElasticNetProbe(tol=1e-4, max_iter=500), on_fail=None)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
     assert len(results) > 40 and failed == []
+
+
+def test_the_certificate_covers_the_intercept(problem):
+    """Under an l1 above ||grad_W||_inf the weights stay exactly 0 whatever the intercept
+    (the features are centred, so grad_W at W = 0 does not depend on b) and the weights'
+    subgradient residual is 0 from the first pass.  Started from a wrong intercept, a probe
+    is certified only once the intercept is optimal too: softmax(b) = the class frequencies."""
+    X, y = problem
+    Y = np.eye(4)[y]
+    lambda_max = np.abs(X.T @ (Y.mean(axis=0) - Y)).max() / len(y)
+    blocks = InMemoryBlocks([(X.astype(np.float32), y)], X.shape[1])
+    start = (np.zeros((X.shape[1], 1, 4), np.float32), np.array([[2.0, -1.0, 0.5, 0.0]], np.float32))
+    sol = train_probes(blocks, 4, [2 * lambda_max], [1e-3], xp=np, tol=1e-6, max_iter=1000, start=start)
+    assert sol.converged[0] and sol.iterations[0] > 1 and not sol.W.any()
+    z = np.exp(sol.b[0].astype(np.float64) - sol.b[0].max())
+    np.testing.assert_allclose(z / z.sum(), Y.mean(axis=0), atol=1e-5)
