@@ -636,3 +636,32 @@ def test_the_certificate_covers_the_intercept(problem):
     assert sol.converged[0] and sol.iterations[0] > 1 and not sol.W.any()
     z = np.exp(sol.b[0].astype(np.float64) - sol.b[0].max())
     np.testing.assert_allclose(z / z.sum(), Y.mean(axis=0), atol=1e-5)
+
+
+def test_standardization_statistics_are_the_labelled_training_rows_population_moments(tmp_path):
+    """FeatureSet.statistics: mean and population standard deviation (ddof = 0, as
+    StandardScaler) of the rows that carry a label, layers side by side; tokens without a
+    label (-1) do not count, however far off they are; a feature constant on those rows gets
+    scale 1 (centred only)."""
+    from types import SimpleNamespace
+
+    import zarr
+
+    from probe_engine.features import FeatureSet
+
+    rng = np.random.default_rng(6)
+    L, n, h = 3, 50, 4
+    acts = (rng.standard_normal((L, n, h)) * 2 + 1).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    y[::5] = -1  # every fifth token has no label ...
+    acts[:, y == -1] += 100.0  # ... and activations far from the others
+    acts[2, y != -1, 1] = 4.0  # layer 2, neuron 1: constant on the labelled rows
+    array = zarr.create_array(tmp_path / "a.zarr", shape=acts.shape, chunks=(1, 16, h), dtype="float32")
+    array[...] = acts
+    store = SimpleNamespace(features=array, layers=[0, 3, 6], option="--train", path=tmp_path)
+    stats = FeatureSet(store, [0, 2], y, block_tokens=16).statistics()
+    rows = np.concatenate([acts[0], acts[2]], axis=1)[y != -1].astype(np.float64)
+    ref = StandardScaler().fit(rows)
+    np.testing.assert_allclose(stats.mean, ref.mean_, rtol=1e-6)
+    np.testing.assert_allclose(stats.scale, ref.scale_, rtol=1e-6)
+    assert stats.scale[h + 1] == 1.0 and ref.scale_[h + 1] == 1.0
