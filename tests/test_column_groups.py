@@ -102,3 +102,30 @@ def test_grouped_training_matches_one_gemm_and_is_bitwise_the_same_streamed(monk
     one = train_probes(held, C, *grid, xp=np, tol=1e-6, max_iter=5000, support=support)
     np.testing.assert_allclose(a.objective, one.objective, rtol=1e-6)
     np.testing.assert_allclose(a.W, one.W, atol=1e-3)
+
+
+def test_partition_is_the_cheapest_split_by_brute_force(cost_model):
+    """Against every split of the size-sorted probes into runs (2^(P-1) of them): the groups
+    returned cost what the cheapest split costs under the documented model, width x (probes x C
+    + 90), or are one group when no split is 10% cheaper than it."""
+    from itertools import combinations
+
+    def cost(groups, support, C):
+        return sum(int(support[:, g].any(axis=1).sum()) * (len(g) * C + 90) for g in groups)
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        P, d, C = int(rng.integers(2, 7)), 120, int(rng.choice([2, 5, 20, 50]))
+        sizes = rng.integers(1, d + 1, P)
+        support = nested(d, sizes, seed=trial) if trial % 2 else rng.random((d, P)) < sizes / d
+        support[0] |= ~support.any(axis=0)  # no empty support
+        order = np.argsort(support.sum(axis=0), kind="stable")
+        splits = [np.split(order, list(cuts)) for r in range(P) for cuts in combinations(range(1, P), r)]
+        best = min(cost(s, support, C) for s in splits)
+        whole = cost([np.arange(P)], support, C)
+        got = partition(support, C)
+        assert sorted(np.concatenate(got).tolist()) == list(range(P))
+        if best > 0.9 * whole:
+            assert len(got) == 1, (trial, got)
+        else:
+            assert cost(got, support, C) == best, (trial, [g.tolist() for g in got])
