@@ -136,3 +136,12 @@ def test_bottom_k_draws_among_tied_unweighted_neurons():
     assert not drawn and c.tolist() == sorted(ordering[-7:].tolist())
     last, drawn = bottom_k(ordering, 3, None, np.random.default_rng(0))  # no ties (probeless)
     assert not drawn and last.tolist() == [7, 8, 9]
+
+
+def test_lca_neurons_entering_at_the_same_step_tie_by_index():
+    """Neurons 0 and 1 enter at p = 0 (each its class's top neuron) with the same share, 0.5;
+    neurons 2 and 3 enter together later, again with equal shares: each pair in index order."""
+    W = np.array([[0.5, 0.0], [0.0, -0.5], [-0.5, 0.0], [0.0, 0.5]])
+    ordering, cutoffs = lca_ordering(W, stride=4)
+    assert ordering.tolist() == [0, 1, 2, 3]
+    assert cutoffs == [2, 2, 2, 4, 4]
