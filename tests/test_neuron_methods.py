@@ -145,3 +145,13 @@ def test_lca_neurons_entering_at_the_same_step_tie_by_index():
     ordering, cutoffs = lca_ordering(W, stride=4)
     assert ordering.tolist() == [0, 1, 2, 3]
     assert cutoffs == [2, 2, 2, 4, 4]
+
+
+def test_probeless_ties_go_to_the_lower_index():
+    """Neurons whose class means are all equal (constant in training: 0 after standardizing)
+    tie at score 0, and two neurons tie at score 4: each tie in index order, as documented."""
+    means = np.zeros((3, 40))
+    means[:, 3] = [0.0, 1.0, 2.0]  # |0-1| + |0-2| + |1-2| = 4
+    means[:, 10] = [5.0, 5.0, 7.0]  # 0 + 2 + 2 = 4
+    means[:, 20] = [0.0, 3.0, 0.0]  # 3 + 0 + 3 = 6
+    assert probeless_ordering(means).tolist() == [20, 3, 10] + [i for i in range(40) if i not in (3, 10, 20)]
