@@ -155,3 +155,9 @@ def test_probeless_ties_go_to_the_lower_index():
     means[:, 10] = [5.0, 5.0, 7.0]  # 0 + 2 + 2 = 4
     means[:, 20] = [0.0, 3.0, 0.0]  # 3 + 0 + 3 = 6
     assert probeless_ordering(means).tolist() == [20, 3, 10] + [i for i in range(40) if i not in (3, 10, 20)]
+
+
+def test_minimal_set_takes_the_smallest_k_whatever_the_order_of_the_fractions():
+    """--fractions need not be sorted: the smallest qualifying k wins, not the first listed."""
+    assert minimal_set([20, 5, 10], [0.91, 0.89, 0.9], oracle_dev=0.9, delta=0.02) == 1
+    assert minimal_set([20, 5, 10], [0.91, 0.80, 0.9], oracle_dev=0.9, delta=0.02) == 2
