@@ -161,3 +161,9 @@ def test_minimal_set_takes_the_smallest_k_whatever_the_order_of_the_fractions():
     """--fractions need not be sorted: the smallest qualifying k wins, not the first listed."""
     assert minimal_set([20, 5, 10], [0.91, 0.89, 0.9], oracle_dev=0.9, delta=0.02) == 1
     assert minimal_set([20, 5, 10], [0.91, 0.80, 0.9], oracle_dev=0.9, delta=0.02) == 2
+
+
+def test_sizes_for_rounds_up_to_whole_neurons():
+    """ceil(f * d), at least 1; a product that is a whole number up to float rounding stays it."""
+    assert sizes_for([0.1, 0.01, 0.5, 1.0], 42) == [5, 1, 21, 42]  # 4.2 -> 5, 0.42 -> 1
+    assert sizes_for([0.07, 0.29], 100) == [7, 29]  # 0.07 * 100 = 7.000000000000001, 0.29 * 100 = 28.999999999999996
