@@ -167,3 +167,13 @@ def test_sizes_for_rounds_up_to_whole_neurons():
     """ceil(f * d), at least 1; a product that is a whole number up to float rounding stays it."""
     assert sizes_for([0.1, 0.01, 0.5, 1.0], 42) == [5, 1, 21, 42]  # 4.2 -> 5, 0.42 -> 1
     assert sizes_for([0.07, 0.29], 100) == [7, 29]  # 0.07 * 100 = 7.000000000000001, 0.29 * 100 = 28.999999999999996
+
+
+def test_bottom_k_is_drawn_when_exactly_k_neurons_are_unweighted():
+    """k equal to the number of zero-weight neurons: all of them, and reported as drawn among them."""
+    W = np.zeros((10, 2))
+    W[[0, 2, 5], 0] = [3.0, 2.0, 1.0]
+    W[4, 1] = 0.5
+    unweighted = ~W.any(axis=1)
+    neurons, drawn = bottom_k(lca_ordering(W)[0], 6, unweighted, np.random.default_rng(0))
+    assert drawn and neurons.tolist() == [1, 3, 6, 7, 8, 9]
