@@ -309,3 +309,19 @@ def test_non_finite_dev_activations_and_an_out_under_a_file_are_refused(stores, 
     code, _, err = strata(*probe_args({**stores, "dev": tmp_path / "none.zarr"}, tmp_path / "o"))
     assert (code, err.strip()) == (1, f"strata probe: error: --dev: {(tmp_path / 'none.zarr').resolve()}: "
                                       "no such store")
+
+
+def test_choose_breaks_dev_ties_toward_the_simpler_probe():
+    """Best dev accuracy; among equals fewer non-zeros, then the larger l1, then the larger l2;
+    a screened-out probe is never chosen while any probe was solved to tol."""
+    from probe_engine.group import choose
+
+    def rec(dev, nonzeros, l1, l2, screened_out=False):
+        return {"dev_accuracy": dev, "nonzeros": nonzeros, "l1": l1, "l2": l2, "screened_out": screened_out}
+
+    assert choose([rec(0.90, 10, 1e-3, 0), rec(0.91, 500, 0, 0), rec(0.90, 5, 0, 0)]) == 1
+    assert choose([rec(0.9, 40, 1e-2, 1e-2), rec(0.9, 30, 0, 0), rec(0.9, 35, 1e-1, 1e-1)]) == 1
+    assert choose([rec(0.9, 30, 1e-3, 1e-2), rec(0.9, 30, 1e-2, 0), rec(0.9, 30, 0, 1e-1)]) == 1
+    assert choose([rec(0.9, 30, 1e-3, 1e-4), rec(0.9, 30, 1e-3, 1e-2), rec(0.9, 30, 1e-3, 1e-3)]) == 1
+    assert choose([rec(0.95, 3, 0, 0, screened_out=True), rec(0.9, 30, 0, 0)]) == 1
+    assert choose([rec(0.8, 3, 0, 0, screened_out=True), rec(0.9, 30, 0, 0, screened_out=True)]) == 1
