@@ -254,3 +254,23 @@ def test_another_seed_redoes_only_the_steps_that_draw(analysis, stores, tmp_path
     assert doc["strata_neurons"]["steps_reused"] == ["oracle", "ranking", "minimal"]
     random_set = json.loads((tmp_path / "run" / "steps" / "ablation.json").read_text())["sets"]["random"]
     assert random_set != json.loads((analysis / "steps" / "ablation.json").read_text())["sets"]["random"]
+
+
+def test_a_sparse_oracle_ties_only_its_all_zero_neurons_last(stores, tmp_path, strata):  # noqa: F811
+    """An l1 oracle zeroes some neurons for every class and others for a few classes only:
+    "unweighted" (tied last by LCA, where the bottom k are drawn) means zero for every class,
+    and the bottom k come from those neurons alone."""
+    out = tmp_path / "sparse"
+    code, _, err = strata("neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"],
+                          "--labels", "upos", "--l1", "3e-2", "--l2", "1e-3", "--fractions", "0.05,0.1",
+                          "--delta", "0.5", "--quiet", "--out", out)
+    assert code == 0, err
+    doc = load(out)
+    W = np.load(out / "steps" / "oracle.npz")["W"]
+    zero = W == 0
+    all_zero = zero.all(axis=1)
+    assert all_zero.any() and (zero.any(axis=1) & ~all_zero).any()  # both kinds of neuron are there
+    assert doc["ablation_bottom"]["unweighted_neurons"] == int(all_zero.sum())
+    bottom = json.loads((out / "steps" / "ablation.json").read_text())["sets"]["bottom"]
+    assert all_zero.sum() >= doc["minimal"]["k"] and doc["ablation_bottom"]["drawn_among_unweighted"]
+    assert len(bottom) == doc["minimal"]["k"] and all_zero[bottom].all()
