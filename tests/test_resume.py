@@ -127,3 +127,18 @@ def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, u
         assert resumed.returncode == 0, resumed.stderr
     assert_stores_identical(reference, out)
     assert zarr.open_group(out, mode="r").attrs["strata"]["parameters"]["model"] == relative
+
+
+def test_a_unit_counts_as_finished_only_with_its_record_file(tmp_path):
+    """A record directory without its zarr.json (a write killed before the atomic rename)
+    is not a finished unit: resume must compute that unit again."""
+    from store import manifest, schema
+
+    assert manifest.finished_units(tmp_path) == set()  # no manifest yet
+    for unit, with_record in ((0, True), (2, True), (3, False)):
+        entry = tmp_path / schema.MANIFEST / schema.unit_record(unit)
+        entry.mkdir(parents=True)
+        if with_record:
+            (entry / "zarr.json").write_text("{}")
+    (tmp_path / schema.MANIFEST / schema.PLAN_RECORD).mkdir()
+    assert manifest.finished_units(tmp_path) == {0, 2}
