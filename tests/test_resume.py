@@ -43,8 +43,13 @@ def test_crash_then_resume_is_bitwise_identical(reference, tiny_bert, ud_dev, tm
     assert crashed.returncode == 137
     status = run_subprocess(["verify", str(out)])
     assert status.returncode == 1 and "incomplete" in status.stderr
+    finished = sorted(int(p.parent.name[len("unit_"):]) for p in (out / "manifest").glob("unit_*/zarr.json"))
+    assert finished == list(range(len(finished)))  # the units recorded before the crash (none at unit-written:1)
+    shards = {u: out / "activations" / "c" / "0" / str(u) / "0" for u in finished}
+    before = {u: f.stat().st_mtime_ns for u, f in shards.items()}
     resumed = run_subprocess(extract_args(tiny_bert, ud_dev, out))
     assert resumed.returncode == 0, resumed.stderr
+    assert {u: f.stat().st_mtime_ns for u, f in shards.items()} == before  # finished units are not redone
     assert_stores_identical(reference, out)
     assert run_subprocess(["verify", str(out)]).returncode == 0
 
