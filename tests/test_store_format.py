@@ -217,3 +217,36 @@ def test_inspect_damaged_or_unfinished_store(strata, ud_store, tmp_path):
     assert "\n" not in line
     assert line.startswith(f"strata inspect: error: {damaged}: damaged store, cannot read it (")
     assert line.endswith("); run strata verify")
+
+
+def test_subword_store_gives_each_subword_its_text_word_and_word_label(tiny_bert, ud_dev, tmp_path):
+    """--word-vector subword: one token per subword, special tokens excluded; its text is the
+    tokenizer's subword string, token_word its word's index and every label its word's label
+    (checked against the tokenizer's own word_ids, sentence by sentence)."""
+    from transformers import AutoTokenizer
+
+    from strata import main
+
+    out = tmp_path / "sub.zarr"
+    assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu",
+                 "--out", str(out), "--max-sentences", "40", "--word-vector", "subword", "--pool", "none"]) == 0
+    corpus = read_corpus(ud_dev, "conllu", max_sentences=40)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    group = zarr.open_group(out, mode="r")
+    offsets, skipped = group["sentence_offsets"][...], group["sentence_skipped"][...]
+    text, word = group["token_text"][...].tolist(), group["token_word"][...]
+    classes = group["label_upos"].attrs["classes"]
+    upos = [classes[c] for c in group["label_upos"][...]]
+    split_words = 0
+    for i, words in enumerate(corpus.sentences):
+        if skipped[i]:
+            continue
+        enc = tok([words], is_split_into_words=True)
+        content = [(p, w) for p, w in enumerate(enc.word_ids(0)) if w is not None]
+        a, b = offsets[i], offsets[i + 1]
+        assert b - a == len(content)
+        assert text[a:b] == tok.convert_ids_to_tokens([enc["input_ids"][0][p] for p, _ in content])
+        assert word[a:b].tolist() == [w for _, w in content]
+        assert upos[a:b] == [corpus.token_labels["upos"][i][w] for _, w in content]
+        split_words += len(content) - len(words)
+    assert split_words > 0 and not skipped.all()
