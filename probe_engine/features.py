@@ -35,7 +35,7 @@ STATISTICS_ROWS = 2048
 def _moments(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """``(count, mean, centred sum of squares)`` of ``rows`` per column, in float64."""
     x = rows.astype(np.float64)
-    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+    mean = x.mean(axis=0)
     x -= mean
     return len(x), mean, np.einsum("ij,ij->j", x, x)
 
@@ -93,7 +93,8 @@ class FeatureSet:
             finite = np.isfinite(raw).all(axis=0)
             if not finite.all():
                 raise self._non_finite(int(np.flatnonzero(~finite)[0]))
-            for k, part_mean, part_m2 in map_on_cores(_moments, [raw[rows] for rows in row_slices(len(raw), STATISTICS_ROWS)]):
+            slices = [raw[rows] for rows in row_slices(len(raw), STATISTICS_ROWS)]
+            for k, part_mean, part_m2 in map_on_cores(_moments, slices):
                 total = n + k
                 delta = part_mean - mean
                 mean = mean + delta * (k / total)
