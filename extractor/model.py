@@ -30,7 +30,7 @@ def _looks_like_path(name: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def hub_unreachable() -> str | None:
-    """The endpoint's host when it cannot be reached (or ``HF_HUB_OFFLINE`` is set), else ``None``.
+    """Why the hub is not to be asked (``HF_HUB_OFFLINE`` set, or its host cannot be reached), else ``None``.
 
     Asked once per process, by a plain TCP connection: on a machine without network,
     huggingface_hub retries every request five times with back-off (27 s of warnings
@@ -42,14 +42,14 @@ def hub_unreachable() -> str | None:
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     host = url.hostname or constants.ENDPOINT
     if constants.HF_HUB_OFFLINE:
-        return host
+        return "HF_HUB_OFFLINE is set"
     if url.scheme in urllib.request.getproxies():
         return None
     try:
         socket.create_connection((host, url.port or (443 if url.scheme == "https" else 80)),
                                  timeout=HUB_CONNECT_TIMEOUT).close()
     except OSError:
-        return host
+        return f"{host} cannot be reached"
     return None
 
 
@@ -58,10 +58,10 @@ def _hub_options(name: str) -> tuple[dict, str]:
     the hub is unreachable is loaded from the local cache only (no retries)."""
     if _looks_like_path(name):
         return {}, ""
-    host = hub_unreachable()
-    if host is None:
+    reason = hub_unreachable()
+    if reason is None:
         return {}, ""
-    return {"local_files_only": True}, f" ({host} cannot be reached, so only the local Hugging Face cache was read)"
+    return {"local_files_only": True}, f" ({reason}, so only the local Hugging Face cache was read)"
 
 
 def load_config(name: str):
