@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--linear-kernel", choices=KERNELS, default="auto",
                    help="kernel of the model's linear layers on CPU: onednn (AVX-512 where the CPU has it; "
                         "default on CPU) or torch's default (MKL); they agree to ~1e-5, not bitwise")
+    p.add_argument("--threads", type=int,
+                   help="CPU: run this many batches at once, one torch thread each (default: torch's thread "
+                        "count, usually the cores); the stored bytes do not depend on it")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(run=run)
 
@@ -54,7 +57,8 @@ def options_from_args(args):
         word_vector=args.word_vector, pool=pool, dtype=args.dtype, codec=args.codec,
         batch_tokens=args.batch_tokens, device=args.device, max_sentences=args.max_sentences,
         shard_tokens=args.shard_tokens, variant=args.variant, variant_seed=args.variant_seed,
-        attention=None if args.attention == "none" else args.attention, linear_kernel=args.linear_kernel)
+        attention=None if args.attention == "none" else args.attention, linear_kernel=args.linear_kernel,
+        threads=args.threads)
 
 
 def run(args) -> int:

@@ -10,10 +10,11 @@ unit alone, which is why one process and many write the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,7 @@ from extractor import alignment, linear_kernel, model as hf
 from extractor.batching import token_budget_batches
 from extractor.forward import FLOAT16_MAX, OutOfRange, forward_batch, to_stored
 from extractor.readers import read_corpus
+from extractor.streams import run_streams, torch_threads
 from extractor.variants import build_model, check_variant, parse_variant, variant_config
 from store import schema
 from store.errors import StrataError
@@ -33,6 +35,19 @@ from store.layout import Layout, default_geometry
 from store.writer import StoreWriter, check_parameters, create_store, store_state
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class UnitWork:
+    """One unit in progress: its buffers, filled batch by batch, and its batches."""
+
+    unit: int
+    tokens: tuple[int, int]  # the unit's token range [start, stop)
+    owned: tuple[int, int]  # the sentences [a, b) whose pooled rows it writes
+    block: np.ndarray  # (layer, token, neuron) activation shard
+    pooled: dict[str, np.ndarray]  # kind -> (layer, owned sentence, neuron); "attention" when stored
+    batches: list[np.ndarray]
+    started: float
 
 
 @dataclass
@@ -57,6 +72,7 @@ class ExtractOptions:
     variant_seed: int = 0
     attention: str | None = None  # "cls": store the CLS token's attention rows
     linear_kernel: str = "auto"  # see extractor/linear_kernel.py
+    threads: int | None = None  # CPU streams (extractor/streams.py); None = torch's thread count
 
 
 def parse_layers(spec: str, n_hidden_states: int, model: str) -> list[int]:
@@ -141,6 +157,10 @@ class Extraction:
         # None means the default size; 0 must not silently mean the same.
         if opts.shard_tokens is not None and opts.shard_tokens < 1:
             raise StrataError(f"--shard-tokens: must be a positive integer, got {opts.shard_tokens}")
+        if opts.threads is not None and opts.threads < 1:
+            raise StrataError(f"--threads: must be a positive integer, got {opts.threads}")
+        #: parallel batches on a CPU; the stored bytes do not depend on it, so it is not a parameter
+        self.streams = opts.threads or torch.get_num_threads()
         if opts.word_vector not in alignment.WORD_VECTORS:
             raise StrataError(f"--word-vector: choose from {', '.join(alignment.WORD_VECTORS)}")
         bad_pool = [p for p in opts.pool if p not in schema.POOL_KINDS]
@@ -265,32 +285,37 @@ class Extraction:
         return model
 
     def run_units(self, units: list[int], writer: StoreWriter, model, device: str, show_progress: bool) -> None:
-        """Compute and write the given units in order.
+        """Compute and write the given units.
 
-        Unit k is compressed and written on a background thread while unit
-        k+1 is computed (at most one write in flight, so memory stays at two
-        shards); a write error stops the run before the next unit starts.
+        On a CPU the batches run on ``self.streams`` parallel streams of one
+        torch thread each, and each finished unit is compressed and written on a
+        writer thread beside them (extractor/streams.py says why); on a GPU one
+        stream computes while the writer writes.  At most streams + 1 units are
+        in memory; an error stops the run after the batches in flight.
         """
         total = int(sum(stop - start for start, stop in map(self.layout.unit_tokens, units)))
+        bar_lock = threading.Lock()
         with tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not show_progress,
-                  mininterval=1.0, smoothing=0.1) as bar, ThreadPoolExecutor(1, "strata-writer") as pool:
-            in_flight = None
-            for unit in units:
-                started = time.perf_counter()
-                block, pooled = self._compute_unit(unit, model, device, bar)
-                if in_flight is not None:
-                    in_flight.result()
-                stats = {"seconds": round(time.perf_counter() - started, 3)}
-                in_flight = pool.submit(writer.write_unit, unit, block, pooled, stats)
-            if in_flight is not None:
-                in_flight.result()
+                  mininterval=1.0, smoothing=0.1) as bar, \
+                torch_threads(1) if device == "cpu" else contextlib.nullcontext():
 
-    def _compute_unit(self, unit: int, model, device: str, bar):
-        """The unit's activation shard and the pooled rows of the sentences it owns."""
+            def compute(work: UnitWork, batch: np.ndarray) -> None:
+                done = self._compute_batch(work, batch, model, device)
+                with bar_lock:
+                    bar.update(done)
+
+            def write(work: UnitWork) -> None:
+                stats = {"seconds": round(time.perf_counter() - work.started, 3)}
+                writer.write_unit(work.unit, work.block, work.pooled, stats)
+
+            run_streams(units, self._open_unit, lambda work: work.batches, compute, write,
+                        self.streams if device == "cpu" else 1)
+
+    def _open_unit(self, unit: int) -> UnitWork:
+        """Empty buffers for a unit's activation shard and the pooled rows of the
+        sentences it owns, and its batches."""
         start, stop = self.layout.unit_tokens(unit)
-        offsets = self.layout.offsets
         n_layers = len(self.layer_ids)
-        block = np.empty((n_layers, stop - start, self.hidden), dtype=self.opts.dtype)
         a, b = self.layout.owned_sentences(unit)
         pooled = {k: np.full((n_layers, b - a, self.hidden), np.nan, dtype=self.opts.dtype) for k in self.opts.pool}
         if self.attention_shape:
@@ -299,29 +324,37 @@ class Extraction:
         sentences = np.union1d(self.layout.unit_sentences(unit),
                                np.arange(a, b)[~self.enc.skipped[a:b]]).astype(np.int64)
         lengths = np.array([len(self.enc.input_ids[i]) for i in sentences], dtype=np.int64)
-        for batch in token_budget_batches(sentences, lengths, self.opts.batch_tokens):
-            out = forward_batch(model, [self.enc.input_ids[i] for i in batch],
-                                [self.enc.word_ids[i] for i in batch], layer_ids=self.layer_ids,
-                                word_vector=self.opts.word_vector, pool=list(self.opts.pool),
-                                pad_id=self.pad_id, cls_id=self.tokenizer.cls_token_id, device=device,
-                                attention=self.attention_shape is not None)
-            # Global token index of every row the batch produced; keep this unit's.
-            firsts = np.cumsum(out.sizes) - out.sizes
-            rows = np.arange(out.sizes.sum()) + np.repeat(offsets[batch] - firsts, out.sizes)
-            keep = (rows >= start) & (rows < stop)
-            sentence_of_row = np.repeat(batch, out.sizes)
-            _place(block, rows[keep] - start, self._stored(_rows(out.tokens, keep), sentence_of_row[keep]))
-            owned = (batch >= a) & (batch < b)
-            for kind, values in out.pooled.items():
-                _place(pooled[kind], batch[owned] - a, self._stored(_rows(values, owned), batch[owned]))
-            if out.attention is not None:
-                # weights lie in [0, 1]: no range check; positions past each sentence stay NaN
-                cls_rows = out.attention[:, torch.from_numpy(np.flatnonzero(owned))].cpu().numpy()
-                for r, sentence in enumerate(batch[owned]):
-                    n = len(self.enc.input_ids[sentence])
-                    pooled["attention"][:, sentence - a, :, :n] = cls_rows[:, r, :, :n]
-            bar.update(int(keep.sum()))
-        return block, pooled
+        return UnitWork(unit=unit, tokens=(start, stop), owned=(a, b),
+                        block=np.empty((n_layers, stop - start, self.hidden), dtype=self.opts.dtype),
+                        pooled=pooled, batches=token_budget_batches(sentences, lengths, self.opts.batch_tokens),
+                        started=time.perf_counter())
+
+    def _compute_batch(self, work: UnitWork, batch: np.ndarray, model, device: str) -> int:
+        """Run one batch and place its rows into the unit's buffers (rows no other
+        batch writes, so streams never touch the same memory); returns the unit's tokens it filled."""
+        start, stop = work.tokens
+        a, b = work.owned
+        out = forward_batch(model, [self.enc.input_ids[i] for i in batch],
+                            [self.enc.word_ids[i] for i in batch], layer_ids=self.layer_ids,
+                            word_vector=self.opts.word_vector, pool=list(self.opts.pool),
+                            pad_id=self.pad_id, cls_id=self.tokenizer.cls_token_id, device=device,
+                            attention=self.attention_shape is not None)
+        # Global token index of every row the batch produced; keep this unit's.
+        firsts = np.cumsum(out.sizes) - out.sizes
+        rows = np.arange(out.sizes.sum()) + np.repeat(self.layout.offsets[batch] - firsts, out.sizes)
+        keep = (rows >= start) & (rows < stop)
+        sentence_of_row = np.repeat(batch, out.sizes)
+        _place(work.block, rows[keep] - start, self._stored(_rows(out.tokens, keep), sentence_of_row[keep]))
+        owned = (batch >= a) & (batch < b)
+        for kind, values in out.pooled.items():
+            _place(work.pooled[kind], batch[owned] - a, self._stored(_rows(values, owned), batch[owned]))
+        if out.attention is not None:
+            # weights lie in [0, 1]: no range check; positions past each sentence stay NaN
+            cls_rows = out.attention[:, torch.from_numpy(np.flatnonzero(owned))].cpu().numpy()
+            for r, sentence in enumerate(batch[owned]):
+                n = len(self.enc.input_ids[sentence])
+                work.pooled["attention"][:, sentence - a, :, :n] = cls_rows[:, r, :, :n]
+        return int(keep.sum())
 
     @property
     def pad_id(self) -> int:

@@ -191,6 +191,14 @@ def test_shard_tokens_must_be_positive(strata, tiny_bert, text_corpus, tmp_path,
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_threads_must_be_positive(strata, tiny_bert, text_corpus, tmp_path, value):
+    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--threads", value)
+    assert code == 1
+    assert one_line_error(err) == f"strata extract: error: --threads: must be a positive integer, got {value}"
+    assert not (tmp_path / "s.zarr").exists()
+
+
 @pytest.mark.parametrize("columns, bad", [("word,pos/x,chunk", "pos/x"), ("word,..,chunk", ".."),
                                           ("word,pos,../../x", "../../x"), ("word,pos,ch unk", "ch unk")])
 def test_conll_column_names_must_be_safe(strata, tiny_bert, tmp_path, columns, bad):

@@ -1,0 +1,115 @@
+"""Parallel forward streams: the scheduler's guarantees, and stores that do not depend on them."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from extractor.run import ExtractOptions, extract
+from extractor.streams import run_streams
+from tests.store_compare import assert_stores_identical
+
+
+class Recorder:
+    """Units with a seeded random number of batches (0..3) of random duration; records
+    the write order and the most units open at once."""
+
+    def __init__(self, seed: int, fail_compute_at: int | None = None, fail_write_at: int | None = None):
+        self.rng = random.Random(seed)
+        self.fail_compute_at, self.fail_write_at = fail_compute_at, fail_write_at
+        self.written, self.open, self.most_open = [], 0, 0
+        self.lock = threading.Lock()
+
+    def open_unit(self, unit):
+        with self.lock:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            return {"unit": unit, "batches": list(range(self.rng.randint(0, 3))),
+                    "delays": [self.rng.random() * 0.004 for _ in range(3)]}
+
+    def compute(self, state, batch):
+        time.sleep(state["delays"][batch])
+        if state["unit"] == self.fail_compute_at:
+            raise ValueError(f"batch of unit {state['unit']}")
+
+    def write(self, state):
+        if state["unit"] == self.fail_write_at:
+            raise OSError(f"write of unit {state['unit']}")
+        with self.lock:
+            self.written.append(state["unit"])
+            self.open -= 1
+
+    def run(self, n_units: int, streams: int):
+        run_streams(range(n_units), self.open_unit, lambda s: s["batches"], self.compute, self.write, streams)
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_units_are_written_in_order_with_bounded_memory(streams, seed):
+    rec = Recorder(seed)
+    rec.run(60, streams)
+    assert rec.written == list(range(60))  # units with no batches too
+    assert rec.most_open <= streams + 1
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_failed_batch_stops_the_run_and_only_earlier_units_are_written(streams):
+    rec = Recorder(0, fail_compute_at=9)
+    with pytest.raises(ValueError, match="^batch of unit 9$"):
+        run_streams(range(60), rec.open_unit, lambda s: [0, 1], rec.compute, rec.write, streams)
+    assert rec.written == list(range(9))
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_failed_write_stops_the_writes_after_it(streams):
+    rec = Recorder(0, fail_write_at=4)
+    with pytest.raises(OSError, match="^write of unit 4$"):
+        run_streams(range(60), rec.open_unit, lambda s: [0, 1], rec.compute, rec.write, streams)
+    assert rec.written == list(range(4))
+
+
+def test_failure_while_a_stream_waits_for_room_does_not_hang():
+    """One stream holds the work queue waiting for room (streams + 1 units open)
+    when a batch fails: the failure must free it, not deadlock."""
+    def compute(state, batch):
+        if state["unit"] == 0:
+            time.sleep(0.2)  # the other stream fills every open slot meanwhile
+            raise ValueError("late failure")
+
+    rec = Recorder(0)
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(pytest.raises(
+        ValueError, run_streams, range(50), rec.open_unit, lambda s: [0], compute, rec.write, 2)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert finished, "run_streams hung after a failure"
+
+
+def _extract(tiny_bert, ud_dev, out, **extra):
+    extract(ExtractOptions(model=str(tiny_bert), input=str(ud_dev), format="conllu", out=str(out),
+                           max_sentences=120, shard_tokens=128, batch_tokens=256, **extra), argv=[])
+
+
+def test_store_bytes_do_not_depend_on_the_number_of_streams(tiny_bert, ud_dev, tmp_path):
+    _extract(tiny_bert, ud_dev, tmp_path / "one.zarr", threads=1)
+    for streams in (2, 3):
+        _extract(tiny_bert, ud_dev, tmp_path / f"{streams}.zarr", threads=streams)
+        assert_stores_identical(tmp_path / "one.zarr", tmp_path / f"{streams}.zarr")
+
+
+def test_a_crash_with_three_streams_resumes_with_one(tiny_bert, ud_dev, tmp_path):
+    """``--threads`` is not a store parameter, and units are recorded in order."""
+    from tests.test_resume import extract_args, run_subprocess
+
+    _extract(tiny_bert, ud_dev, tmp_path / "ref.zarr", threads=2)
+    out = tmp_path / "s.zarr"
+    crashed = run_subprocess([*extract_args(tiny_bert, ud_dev, out), "--threads", "3"],
+                             {"STRATA_FAULT": "unit-written:6"})
+    assert crashed.returncode == 137
+    finished = sorted(int(p.parent.name[len("unit_"):]) for p in (out / "manifest").glob("unit_*/zarr.json"))
+    assert finished == list(range(5))
+    assert run_subprocess([*extract_args(tiny_bert, ud_dev, out), "--threads", "1"]).returncode == 0
+    assert_stores_identical(tmp_path / "ref.zarr", out)
