@@ -56,19 +56,15 @@ def test_units_are_written_in_order_with_bounded_memory(streams, seed):
 
 
 @pytest.mark.parametrize("streams", [1, 2])
-def test_a_failed_batch_stops_the_run_and_only_earlier_units_are_written(streams):
-    rec = Recorder(0, fail_compute_at=9)
-    with pytest.raises(ValueError, match="^batch of unit 9$"):
+@pytest.mark.parametrize("failing, error, message, written", [
+    (dict(fail_compute_at=9), ValueError, "batch of unit 9", 9),  # the units before it are still written
+    (dict(fail_write_at=4), OSError, "write of unit 4", 4),  # no unit after a failed write is
+])
+def test_a_failure_stops_the_run_and_only_earlier_units_are_written(streams, failing, error, message, written):
+    rec = Recorder(0, **failing)
+    with pytest.raises(error, match=f"^{message}$"):
         run_streams(range(60), rec.open_unit, lambda s: [0, 1], rec.compute, rec.write, streams)
-    assert rec.written == list(range(9))
-
-
-@pytest.mark.parametrize("streams", [1, 2])
-def test_a_failed_write_stops_the_writes_after_it(streams):
-    rec = Recorder(0, fail_write_at=4)
-    with pytest.raises(OSError, match="^write of unit 4$"):
-        run_streams(range(60), rec.open_unit, lambda s: [0, 1], rec.compute, rec.write, streams)
-    assert rec.written == list(range(4))
+    assert rec.written == list(range(written))
 
 
 def test_failure_while_a_stream_waits_for_room_does_not_hang():
