@@ -183,19 +183,12 @@ def test_cached_hub_id_loads_with_the_hub_unreachable(tmp_path, tiny_bert, text_
     np.testing.assert_array_equal(hub["activations"][...], local["activations"][...])
 
 
-@pytest.mark.parametrize("value", ["-64", "0"])
-def test_shard_tokens_must_be_positive(strata, tiny_bert, text_corpus, tmp_path, value):
-    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--shard-tokens", value)
+@pytest.mark.parametrize("flag, value", [("--shard-tokens", "-64"), ("--shard-tokens", "0"),
+                                         ("--threads", "-1"), ("--threads", "0")])
+def test_sizes_must_be_positive(strata, tiny_bert, text_corpus, tmp_path, flag, value):
+    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", flag, value)
     assert code == 1
-    assert one_line_error(err) == f"strata extract: error: --shard-tokens: must be a positive integer, got {value}"
-    assert not (tmp_path / "s.zarr").exists()
-
-
-@pytest.mark.parametrize("value", ["-1", "0"])
-def test_threads_must_be_positive(strata, tiny_bert, text_corpus, tmp_path, value):
-    code, _, err = extract(strata, tiny_bert, text_corpus, tmp_path / "s.zarr", "text", "--threads", value)
-    assert code == 1
-    assert one_line_error(err) == f"strata extract: error: --threads: must be a positive integer, got {value}"
+    assert one_line_error(err) == f"strata extract: error: {flag}: must be a positive integer, got {value}"
     assert not (tmp_path / "s.zarr").exists()
 
 
