@@ -147,3 +147,59 @@ def test_a_unit_counts_as_finished_only_with_its_record_file(tmp_path):
             (entry / "zarr.json").write_text("{}")
     (tmp_path / schema.MANIFEST / schema.PLAN_RECORD).mkdir()
     assert manifest.finished_units(tmp_path) == {0, 2}
+
+
+
+def blosc_block_sizes(shard: Path, chunks: int) -> set[int]:
+    """Blosc block size of every inner chunk of a shard file (the index is at the end:
+    offset and nbytes as uint64 per chunk, then a crc32c; Blosc's header holds the
+    block size as a little-endian uint32 at byte 8)."""
+    import numpy as np
+
+    data = shard.read_bytes()
+    index = np.frombuffer(data[-(16 * chunks + 4):-4], dtype="<u8").reshape(chunks, 2)
+    return {int.from_bytes(data[o + 8:o + 12], "little") for o, _ in index}
+
+
+def test_a_store_keeps_its_blosc_block_size_when_resumed(tiny_bert, ud_dev, tmp_path):
+    """Stores written before strata fixed Blosc's block size recorded 0 (Blosc's own
+    choice); a resume compresses as the store's metadata says, not as today's default."""
+    import json
+
+    import numcodecs
+    import numpy as np
+
+    from store.codecs import BLOSC_BLOCK_BYTES
+    from tests.store_compare import array_data
+
+    # float32 chunks of 2,048 tokens x 32 neurons = 256 KiB: larger than either block size
+    args = [*extract_args(tiny_bert, ud_dev, tmp_path / "s.zarr"), "--max-sentences", "300",
+            "--shard-tokens", "2048", "--dtype", "float32"]
+    out = tmp_path / "s.zarr"
+    assert run_subprocess(args, {"STRATA_FAULT": "unit-written:2"}).returncode == 137
+    meta_path = out / "activations" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    sharding = meta["codecs"][0]["configuration"]
+    shard_shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    chunks = int(np.prod([s // c for s, c in zip(shard_shape, sharding["chunk_shape"])]))
+    blosc = next(c for c in sharding["codecs"] if c["name"] == "blosc")["configuration"]
+    assert blosc["blocksize"] == BLOSC_BLOCK_BYTES
+    blosc["blocksize"] = 0  # as an older store recorded it
+    meta_path.write_text(json.dumps(meta))
+
+    assert run_subprocess(args).returncode == 0
+    automatic = numcodecs.Blosc("zstd", 1, 2, blocksize=0).encode(np.zeros(sharding["chunk_shape"], np.float32))
+    automatic = int.from_bytes(automatic[8:12], "little")
+    assert automatic != BLOSC_BLOCK_BYTES  # else this test could not tell them apart
+    shards = sorted((out / "activations" / "c" / "0").iterdir(), key=lambda p: int(p.name))
+    assert len(shards) >= 2
+    assert blosc_block_sizes(shards[0] / "0", chunks) == {BLOSC_BLOCK_BYTES}  # written before the crash
+    for later in shards[1:]:  # unit 1 was on disk but unrecorded: rewritten
+        assert blosc_block_sizes(later / "0", chunks) == {automatic}
+    assert run_subprocess(["verify", str(out)]).returncode == 0
+    fresh = tmp_path / "fresh.zarr"
+    assert run_subprocess([*args[:args.index("--out") + 1], str(fresh), *args[args.index("--out") + 2:]]).returncode == 0
+    a, b = array_data(out), array_data(fresh)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
