@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/probe_bench.py --out bench/results/probe.json
 	$(PY) bench/compare_bench.py --out bench/results/compare.json
 	$(PY) bench/neurons_bench.py --out bench/results/neurons.json
+	$(PY) bench/codec_bench.py --out bench/results/blosc_blocksize.json
 
 # On a machine with a GPU, CuPy (pip install -e '.[gpu]') and a CUDA build of torch in .venv
 # (the recipe above installs the CPU build): the same benchmarks with
