@@ -24,7 +24,8 @@ def chunk_file_hashes(path: Path) -> dict[str, str]:
     return out
 
 
-def assert_stores_identical(a: Path, b: Path) -> None:
+def assert_same_values(a: Path, b: Path) -> None:
+    """Every array of the two stores holds the same values (floats: the same bits)."""
     da, db = array_data(a), array_data(b)
     assert sorted(da) == sorted(db)
     for name in da:
@@ -33,4 +34,9 @@ def assert_stores_identical(a: Path, b: Path) -> None:
             assert da[name].tobytes() == db[name].tobytes(), f"{name} differs"
         else:
             np.testing.assert_array_equal(da[name], db[name], err_msg=name)
+
+
+def assert_stores_identical(a: Path, b: Path) -> None:
+    """The same values and the same chunk files, byte for byte."""
+    assert_same_values(a, b)
     assert chunk_file_hashes(a) == chunk_file_hashes(b)
