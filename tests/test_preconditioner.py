@@ -138,8 +138,9 @@ def test_a_probe_on_a_support_takes_the_passes_of_the_same_probe_on_those_column
         assert masked.converged.all() and narrow.converged[0]
         assert masked.iterations[1] >= 50  # the wide probe kept every column in the first 50+ passes
         # float32 rounding differs between the wide and the narrow GEMMs, and an l1 probe's last passes
-        # feel it (171 vs 194 passes measured); the polluted pairs cost 45-90% more
-        assert abs(int(masked.iterations[0]) - int(narrow.iterations[0])) <= 2 + 0.15 * narrow.iterations[0], (
+        # feel it (171 vs 194 passes on the AMD machine, 167 vs 155 on the Intel one: 8-13%, and
+        # the BLAS build decides); the polluted pairs cost 45-90% more, so 30% still tells them apart
+        assert abs(int(masked.iterations[0]) - int(narrow.iterations[0])) <= 2 + 0.3 * narrow.iterations[0], (
             l1, masked.iterations, narrow.iterations)
         # two points certified to tol = 1e-6 at l2 = 1e-3: each within about tol / (2 l2) of the minimizer
         np.testing.assert_allclose(masked.W[support[:, 0], 0], narrow.W[:, 0], atol=2 * 1e-6 / 2e-3)
