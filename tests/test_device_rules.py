@@ -1,0 +1,66 @@
+"""The ``--device cuda`` code paths of probe, neurons, compare and the estimator, run
+on the CPU under a CuPy stand-in that refuses what CuPy refuses
+(tests/cupy_stand_in.py): a host array where a device array is needed, and an
+implicit device-to-host conversion.
+
+CI has no GPU, so tests/test_gpu_paths.py is skipped there; these run its
+checks (the same functions) in every run.  They hold the GPU path's host/device
+discipline and its results against the CPU's; only a real GPU can check CuPy's
+own kernels and float32 summation order, which test_gpu_paths.py does when one
+is present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests import test_gpu_paths as on_gpu
+from tests.cupy_stand_in import install
+from tests.test_compare import tiny_stores  # noqa: F401  (module fixtures reused)
+from tests.test_probe_command import stores  # noqa: F401
+
+
+@pytest.fixture
+def cuda_stand_in(monkeypatch):
+    return install(monkeypatch)
+
+
+def test_the_stand_in_refuses_what_cupy_refuses(cuda_stand_in):
+    cp = cuda_stand_in
+    d = cp.asarray(np.arange(3.0))
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(d)
+    for mixed in (lambda: d + np.ones(3), lambda: np.ones(3) + d, lambda: cp.where(np.ones(3, bool), d, 0.0),
+                  lambda: cp.concatenate([d, np.ones(3)]), lambda: d @ np.ones(3)):
+        with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+            mixed()
+    total = d.sum()
+    assert isinstance(total, cp.ndarray) and float(total) == 3.0  # reductions stay on the device
+    assert isinstance(d + 1.0, cp.ndarray) and isinstance(np.exp(d), cp.ndarray)
+    np.testing.assert_array_equal(d[np.array([2, 0])].get(), [2.0, 0.0])  # host indices are allowed
+    assert cp.get_array_module(d) is cp and cp.get_array_module(np.ones(2)) is np
+
+
+def test_probe_cuda_path_matches_cpu(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+    on_gpu.test_probe_on_cuda_matches_cpu(stores, tmp_path, strata)
+
+
+def test_probe_cuda_path_repeats_and_streams_bitwise(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+    on_gpu.test_probe_on_cuda_repeats_bitwise_and_streams_bitwise(stores, tmp_path, strata)
+
+
+def test_compare_cuda_path_matches_cpu(cuda_stand_in, tiny_stores, tmp_path, strata):  # noqa: F811
+    on_gpu.test_compare_on_cuda_matches_cpu(tiny_stores, tmp_path, strata)
+
+
+def test_neurons_cuda_path_matches_cpu(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+    on_gpu.test_neurons_on_cuda_match_cpu(stores, tmp_path, strata)
+
+
+def test_neurons_cuda_path_streams_bitwise(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+    on_gpu.test_neurons_on_cuda_stream_bitwise(stores, tmp_path, strata)
+
+
+def test_estimator_cuda_path_in_a_pipeline(cuda_stand_in):
+    on_gpu.test_estimator_on_cuda_in_a_pipeline()
