@@ -4,7 +4,7 @@ on the CPU under a CuPy stand-in that refuses what CuPy refuses
 implicit device-to-host conversion.
 
 CI has no GPU, so tests/test_gpu_paths.py is skipped there; these run its
-checks (the same functions) in every run.  They hold the GPU path's host/device
+checks and tests/test_probe_cupy.py's (the same functions) in every run.  They hold the GPU path's host/device
 discipline and its results against the CPU's; only a real GPU can check CuPy's
 own kernels and float32 summation order, which test_gpu_paths.py does when one
 is present.
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests import test_gpu_paths as on_gpu
+from tests import test_probe_cupy as solver_on_gpu
 from tests.cupy_stand_in import install
 from tests.test_compare import tiny_stores  # noqa: F401  (module fixtures reused)
 from tests.test_probe_command import stores  # noqa: F401
@@ -64,3 +65,10 @@ def test_neurons_cuda_path_streams_bitwise(cuda_stand_in, stores, tmp_path, stra
 
 def test_estimator_cuda_path_in_a_pipeline(cuda_stand_in):
     on_gpu.test_estimator_on_cuda_in_a_pipeline()
+
+
+@pytest.mark.parametrize("check", sorted(name for name in vars(solver_on_gpu) if name.startswith("test_")))
+def test_solver_cuda_path(cuda_stand_in, check):
+    """test_probe_cupy.py's solver-level checks (batched, restricted, grouped passes, predict,
+    the Lipschitz bound, the estimator), each against the NumPy run."""
+    getattr(solver_on_gpu, check)()
