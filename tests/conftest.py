@@ -43,6 +43,27 @@ def tiny_models_by_name(tiny_bert, tiny_gpt2, tiny_roberta) -> dict[str, Path]:
     return {"bert": tiny_bert, "gpt2": tiny_gpt2, "roberta": tiny_roberta}
 
 
+UD_FILES = {"train": "en_ewt-ud-train.conllu", "dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory, tiny_bert, ud_dev):
+    """Tiny-BERT stores (3 hidden states x 32) of the first UD sentences of each split.
+
+    Shared by every module that probes them (once per run, not once per module):
+    tests only read them, and copy a store before changing it.
+    """
+    from strata import main
+
+    root = tmp_path_factory.mktemp("probe_stores")
+    paths = {}
+    for split, n in (("train", 400), ("dev", 150), ("test", 150)):
+        paths[split] = root / f"{split}.zarr"
+        assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev.parent / UD_FILES[split]),
+                     "--format", "conllu", "--out", str(paths[split]), "--max-sentences", str(n)]) == 0
+    return paths
+
+
 @pytest.fixture
 def strata(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""

@@ -19,7 +19,6 @@ from tests import test_gpu_paths as on_gpu
 from tests import test_probe_cupy as solver_on_gpu
 from tests.cupy_stand_in import install
 from tests.test_compare import tiny_stores  # noqa: F401  (module fixtures reused)
-from tests.test_probe_command import stores  # noqa: F401
 
 
 @pytest.fixture
@@ -43,11 +42,11 @@ def test_the_stand_in_refuses_what_cupy_refuses(cuda_stand_in):
     assert cp.get_array_module(d) is cp and cp.get_array_module(np.ones(2)) is np
 
 
-def test_probe_cuda_path_matches_cpu(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+def test_probe_cuda_path_matches_cpu(cuda_stand_in, stores, tmp_path, strata):
     on_gpu.test_probe_on_cuda_matches_cpu(stores, tmp_path, strata)
 
 
-def test_probe_cuda_path_repeats_and_streams_bitwise(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+def test_probe_cuda_path_repeats_and_streams_bitwise(cuda_stand_in, stores, tmp_path, strata):
     on_gpu.test_probe_on_cuda_repeats_bitwise_and_streams_bitwise(stores, tmp_path, strata)
 
 
@@ -55,11 +54,11 @@ def test_compare_cuda_path_matches_cpu(cuda_stand_in, tiny_stores, tmp_path, str
     on_gpu.test_compare_on_cuda_matches_cpu(tiny_stores, tmp_path, strata)
 
 
-def test_neurons_cuda_path_matches_cpu(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+def test_neurons_cuda_path_matches_cpu(cuda_stand_in, stores, tmp_path, strata):
     on_gpu.test_neurons_on_cuda_match_cpu(stores, tmp_path, strata)
 
 
-def test_neurons_cuda_path_streams_bitwise(cuda_stand_in, stores, tmp_path, strata):  # noqa: F811
+def test_neurons_cuda_path_streams_bitwise(cuda_stand_in, stores, tmp_path, strata):
     on_gpu.test_neurons_on_cuda_stream_bitwise(stores, tmp_path, strata)
 
 

@@ -16,7 +16,7 @@ import zarr
 
 from probe_engine.backend import gpu_available
 from tests.test_compare import tiny_stores  # noqa: F401  (module fixtures reused)
-from tests.test_probe_command import stores, strip_times  # noqa: F401
+from tests.test_probe_command import strip_times
 
 pytestmark = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU with CuPy here: the GPU paths are untested "
                                                             "in this run")
@@ -33,13 +33,13 @@ PROBE = ["--labels", "upos", "--layers", "2,all", "--l1", "0,1e-3", "--l2", "1e-
          "--grid-schedule", "batched", "--quiet"]
 
 
-def probe(strata, stores, out, *extra):  # noqa: F811
+def probe(strata, stores, out, *extra):
     assert strata("probe", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"], *PROBE,
                   "--out", out, *extra)[0] == 0
     return load(out)
 
 
-def test_probe_on_cuda_matches_cpu(stores, tmp_path, strata):  # noqa: F811
+def test_probe_on_cuda_matches_cpu(stores, tmp_path, strata):
     cpu, gpu = probe(strata, stores, tmp_path / "cpu"), probe(strata, stores, tmp_path / "cuda", "--device", "cuda")
     assert gpu["strata_probe"]["device"] == "cuda"
     n_dev = int((zarr.open_group(stores["dev"], mode="r")["label_upos"][...] >= 0).sum())
@@ -55,7 +55,7 @@ def test_probe_on_cuda_matches_cpu(stores, tmp_path, strata):  # noqa: F811
             np.testing.assert_allclose(wb["W"], wa["W"], atol=1e-3)
 
 
-def test_probe_on_cuda_repeats_bitwise_and_streams_bitwise(stores, tmp_path, strata):  # noqa: F811
+def test_probe_on_cuda_repeats_bitwise_and_streams_bitwise(stores, tmp_path, strata):
     first = probe(strata, stores, tmp_path / "first", "--device", "cuda")
     again = probe(strata, stores, tmp_path / "again", "--device", "cuda")
     streamed = probe(strata, stores, tmp_path / "streamed", "--device", "cuda", "--max-memory", "1kB")
@@ -80,7 +80,7 @@ def test_compare_on_cuda_matches_cpu(tiny_stores, tmp_path, strata):  # noqa: F8
     assert [doc["cka"]["matrix"][i][i] for i in range(3)] == [1.0, 1.0, 1.0]
 
 
-def test_neurons_on_cuda_match_cpu(stores, tmp_path, strata):  # noqa: F811
+def test_neurons_on_cuda_match_cpu(stores, tmp_path, strata):
     docs = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / device
@@ -106,7 +106,7 @@ def _without_times(value):
     return value
 
 
-def test_neurons_on_cuda_stream_bitwise(stores, tmp_path, strata):  # noqa: F811
+def test_neurons_on_cuda_stream_bitwise(stores, tmp_path, strata):
     """Under a memory cap the GPU pipeline streams train, dev and test (nothing held, or the
     float16 blocks held, finished to the GPU on the prefetch thread; the top-k probes' columns
     gathered from the streamed blocks; the control task relabeling them): the same bits as

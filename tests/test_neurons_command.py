@@ -10,19 +10,19 @@ import pytest
 import zarr
 
 from probe_engine import neurons as neuron_steps
-from tests.test_probe_command import stores  # noqa: F401  (module fixture reused)
+
 
 ARGS = ["--labels", "upos", "--l1", "0,1e-3", "--l2", "1e-3", "--fractions", "0.05,0.1,0.3,0.6",
         "--delta", "0.02", "--control", "--quiet"]
 
 
-def neurons_args(stores, out, *extra):  # noqa: F811
+def neurons_args(stores, out, *extra):
     return ["neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"], *ARGS,
             "--out", out, *extra]
 
 
 @pytest.fixture(scope="module")
-def analysis(stores, tmp_path_factory):  # noqa: F811
+def analysis(stores, tmp_path_factory):
     from strata import main
 
     out = tmp_path_factory.mktemp("neurons") / "run"
@@ -83,7 +83,7 @@ def test_the_analysis_hangs_together(analysis):
         assert (analysis / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_zeroed_ablation_matches_a_manual_computation(analysis, stores):  # noqa: F811
+def test_zeroed_ablation_matches_a_manual_computation(analysis, stores):
     """The oracle with every weight outside the top k set to zero, scored by hand on plain zarr."""
     doc = load(analysis)
     oracle = np.load(analysis / "steps" / "oracle.npz")
@@ -100,7 +100,7 @@ def test_zeroed_ablation_matches_a_manual_computation(analysis, stores):  # noqa
     assert doc["ablation"]["top"]["zeroed_test"] == pytest.approx((pred == names).mean(), abs=1e-9)
 
 
-def test_interrupted_analysis_continues_from_finished_steps(analysis, stores, tmp_path, strata, monkeypatch):  # noqa: F811
+def test_interrupted_analysis_continues_from_finished_steps(analysis, stores, tmp_path, strata, monkeypatch):
     shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
     (tmp_path / "run" / "steps" / "control.json").unlink()  # as if killed during the control step
     trained = []
@@ -120,7 +120,7 @@ def test_interrupted_analysis_continues_from_finished_steps(analysis, stores, tm
     assert doc["control"] == load(analysis)["control"]
 
 
-def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):  # noqa: F811
+def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):
     shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
     code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--ranking", "probeless"))
     assert code == 0, err
@@ -129,7 +129,7 @@ def test_probeless_ranking_needs_no_probe(analysis, stores, tmp_path, strata):  
     assert doc["strata_neurons"]["ranking"] == "probeless"
 
 
-def test_screening_off_solves_every_oracle_point_to_tol(analysis, stores, tmp_path, strata):  # noqa: F811
+def test_screening_off_solves_every_oracle_point_to_tol(analysis, stores, tmp_path, strata):
     """--screen-tol off: every grid point to --tol; no step of a screened run is reused (the
     option is an input of every step)."""
     shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
@@ -141,7 +141,7 @@ def test_screening_off_solves_every_oracle_point_to_tol(analysis, stores, tmp_pa
                for r in doc["oracle_grid"])
 
 
-def test_a_screened_out_oracle_point_is_not_chosen(stores, tmp_path, strata):  # noqa: F811
+def test_a_screened_out_oracle_point_is_not_chosen(stores, tmp_path, strata):
     """With no margin only round 1's best grid point goes on to --tol; the oracle is that point,
     the other is reported at the screen tolerance."""
     code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--screen-margin", "0"))
@@ -162,7 +162,7 @@ def test_a_screened_out_oracle_point_is_not_chosen(stores, tmp_path, strata):  #
     ("--delta", "-0.1", "--delta: must be >= 0, got -0.1"),
     ("--labels", "upos,xpos", "--labels: strata neurons takes one label set"),
 ])
-def test_bad_options(stores, tmp_path, strata, option, value, message):  # noqa: F811
+def test_bad_options(stores, tmp_path, strata, option, value, message):
     args = neurons_args(stores, tmp_path / "out")
     if option in args:
         args[args.index(option) + 1] = value
@@ -172,7 +172,7 @@ def test_bad_options(stores, tmp_path, strata, option, value, message):  # noqa:
     assert strata(*args)[2].strip() == f"strata neurons: error: {message}"
 
 
-def test_one_class_is_refused(stores, tmp_path, strata):  # noqa: F811
+def test_one_class_is_refused(stores, tmp_path, strata):
     train = tmp_path / "one.zarr"
     shutil.copytree(stores["train"], train)
     labels = zarr.open_group(train, mode="r+")["label_upos"]
@@ -196,7 +196,7 @@ def test_control_on_a_sentence_level_task_is_refused(tiny_bert, tmp_path, strata
 
 
 @pytest.mark.parametrize("cap", ["all", "train in memory, dev part", "train part"])
-def test_control_labels_share_the_task_features_under_one_memory_cap(analysis, stores, monkeypatch, cap):  # noqa: F811
+def test_control_labels_share_the_task_features_under_one_memory_cap(analysis, stores, monkeypatch, cap):
     """The control task relabels the task's blocks (each split read and held once, the same
     feature arrays), and ``max_memory`` bounds what train, dev and test hold together, train first."""
     from probe_engine.blocks import InMemoryBlocks
@@ -245,7 +245,7 @@ def test_control_labels_share_the_task_features_under_one_memory_cap(analysis, s
             other.relabeled(nd.blocks("train", nd.y["train"], "task"), train, np)
 
 
-def test_another_seed_redoes_only_the_steps_that_draw(analysis, stores, tmp_path, strata):  # noqa: F811
+def test_another_seed_redoes_only_the_steps_that_draw(analysis, stores, tmp_path, strata):
     """The seed draws the random ablation set and the control labels, nothing before them."""
     shutil.copytree(analysis / "steps", tmp_path / "run" / "steps")
     code, _, err = strata(*neurons_args(stores, tmp_path / "run", "--seed", "1"))
@@ -256,7 +256,7 @@ def test_another_seed_redoes_only_the_steps_that_draw(analysis, stores, tmp_path
     assert random_set != json.loads((analysis / "steps" / "ablation.json").read_text())["sets"]["random"]
 
 
-def test_a_sparse_oracle_ties_only_its_all_zero_neurons_last(stores, tmp_path, strata):  # noqa: F811
+def test_a_sparse_oracle_ties_only_its_all_zero_neurons_last(stores, tmp_path, strata):
     """An l1 oracle zeroes some neurons for every class and others for a few classes only:
     "unweighted" (tied last by LCA, where the bottom k are drawn) means zero for every class,
     and the bottom k come from those neurons alone."""

@@ -13,22 +13,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from probe_engine import run as probe_run
 
-UD_FILES = {"train": "en_ewt-ud-train.conllu", "dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
 GRID = ["--l1", "0,1e-3,1e-2", "--l2", "0,1e-3"]
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory, tiny_bert, ud_dev):
-    """Tiny-BERT stores (3 hidden states x 32) of the first UD sentences of each split."""
-    from strata import main
-
-    root = tmp_path_factory.mktemp("probe_stores")
-    paths = {}
-    for split, n in (("train", 400), ("dev", 150), ("test", 150)):
-        paths[split] = root / f"{split}.zarr"
-        assert main(["extract", "--model", str(tiny_bert), "--input", str(ud_dev.parent / UD_FILES[split]),
-                     "--format", "conllu", "--out", str(paths[split]), "--max-sentences", str(n)]) == 0
-    return paths
 
 
 def probe_args(stores, out, *extra):

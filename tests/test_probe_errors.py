@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.test_probe_command import GRID, stores  # noqa: F401  (module fixture reused)
+from tests.test_probe_command import GRID
 
 
 @pytest.fixture
-def run(stores, strata, tmp_path):  # noqa: F811
+def run(stores, strata, tmp_path):
     def go(*extra, train=None, dev=None):
         args = ["probe", "--train", train or stores["train"], "--dev", dev or stores["dev"], "--labels", "upos",
                 "--layers", "2", *GRID, "--quiet", "--out", tmp_path / "out", *extra]
@@ -34,7 +34,7 @@ def edit_root_attrs(path, **changes):
     group.attrs["strata"] = attrs
 
 
-def test_incomplete_store(run, stores, tmp_path):  # noqa: F811
+def test_incomplete_store(run, stores, tmp_path):
     broken = copy_store(stores["train"], tmp_path / "half.zarr")
     edit_root_attrs(broken, complete=False)
     assert run(train=broken) == (1, f"strata probe: error: --train: {broken} is an incomplete store; "
@@ -42,12 +42,12 @@ def test_incomplete_store(run, stores, tmp_path):  # noqa: F811
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_missing_label_set(run, stores):  # noqa: F811
+def test_missing_label_set(run, stores):
     assert run("--labels", "ner") == (1, f"strata probe: error: --labels: {stores['train'].resolve()} has no "
                                          "token-level label set 'ner' (it has: deprel, upos, xpos)")
 
 
-def test_store_of_another_model(run, stores, strata, tiny_gpt2, tmp_path, ud_dev):  # noqa: F811
+def test_store_of_another_model(run, stores, strata, tiny_gpt2, tmp_path, ud_dev):
     other = tmp_path / "gpt2.zarr"
     assert strata(*["extract", "--model", str(tiny_gpt2), "--input", str(ud_dev), "--format", "conllu",
                  "--out", str(other), "--max-sentences", "20"])[0] == 0
@@ -58,7 +58,7 @@ def test_store_of_another_model(run, stores, strata, tiny_gpt2, tmp_path, ud_dev
                    "probes need stores of the same model and layers")
 
 
-def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_dev):  # noqa: F811
+def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_dev):
     other = tmp_path / "layers.zarr"
     assert strata(*["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu",
                  "--out", str(other), "--max-sentences", "20", "--layers", "0,2"])[0] == 0
@@ -94,7 +94,7 @@ def test_negative_max_memory(run):
     assert run("--max-memory=-1GB") == (1, "strata probe: error: --max-memory: must be >= 0, got -1GB")
 
 
-def test_non_finite_activations(run, stores, tmp_path):  # noqa: F811
+def test_non_finite_activations(run, stores, tmp_path):
     broken = copy_store(stores["train"], tmp_path / "nan.zarr")
     acts = zarr.open_group(broken, mode="r+")["activations"]
     acts[2, 5, 3] = np.nan  # layer position 2 = hidden state 2
@@ -102,7 +102,7 @@ def test_non_finite_activations(run, stores, tmp_path):  # noqa: F811
                                     "activations (layer 2, neuron 3)")
 
 
-def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):  # noqa: F811
+def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):
     dev = copy_store(stores["dev"], tmp_path / "dev.zarr")
     labels = zarr.open_group(dev, mode="r+")["label_upos"]
     classes = list(labels.attrs["classes"])
@@ -120,7 +120,7 @@ def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):  # 
     assert doc["chosen"][0]["dev_accuracy"] <= (rows - unseen) / rows  # an unseen token is never right
 
 
-def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_path):  # noqa: F811
+def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_path):
     """A dev store that names the train store's model through a symlink, with the config hash
     stores recorded before the hash left the path out, is the same model; a config that
     differs is not."""
@@ -138,7 +138,7 @@ def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_pat
     assert code == 1 and "in config_sha256 ('" + "0" * 64 in err
 
 
-def test_the_train_store_as_dev_is_allowed_with_a_warning(run, stores):  # noqa: F811
+def test_the_train_store_as_dev_is_allowed_with_a_warning(run, stores):
     code, err = run(dev=stores["train"])
     assert code == 0
     assert err == (f"strata probe: warning: --dev is the --train store {stores['train'].resolve()} and it has no "
