@@ -12,15 +12,32 @@ as ``sys.modules["cupy"]`` (``install``), it lets strata's own
 ``array_module("cuda")`` pick it up, so whole commands run their GPU code path.
 
 It checks the rules only: it is not a GPU and says nothing about speed or
-float32 summation order.  Where CuPy is lenient it is lenient too (host arrays
-as indices, as values assigned into a device array, and in ``ix_``); where its
-behaviour is not certain it errs on the lenient side, so a failure here is a
-real CuPy failure.
+float32 summation order.  The rules, as CuPy's source has them (checked against
+cupy/_core/core.pyx, _kernel.pyx, _scalar.pyx, _routines_indexing.pyx and the
+creation and manipulation modules):
+
+- ``np.asarray(device)`` and any other implicit conversion: TypeError.
+- Ufuncs and operators (and ``where``, built on a ufunc): device arrays, Python
+  and NumPy scalars only; a host array, even 0-d (comparisons excepted), or a
+  Python list is "Unsupported type".
+- Other functions (``concatenate``, ``stack``, ``ascontiguousarray`` ...) refuse
+  host arrays; those that pass their input through ``asarray`` take them
+  (``asarray``, ``array``, ``asanyarray``, ``ix_``, ``tile``, ``atleast_*d``,
+  ``hstack``, ``vstack``, ``dstack``), as do ``take``/``put``/``compress``.
+- Host arrays as indices are taken.  A host array assigned through an index is
+  taken with an advanced (array) index and refused with a basic one (slices,
+  integers), where CuPy ``fill``s: "non-scalar numpy.ndarray cannot be used
+  for fill".
+- A 0-d device array converts with ``float``, ``int`` and ``bool`` but has no
+  ``__index__``; reductions and element reads give 0-d device arrays.
+
+Where CuPy quietly accepts host input in a function that only calls the
+argument's own method (``cupy.sum(host)`` returns a host result), the stand-in
+refuses: strata has no reason to pass host arrays there.
 """
 
 from __future__ import annotations
 
-import operator
 import sys
 import types
 
@@ -41,7 +58,7 @@ class DeviceArray:
                         "a NumPy array explicitly.")
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        return _call(getattr(ufunc, method), inputs, kwargs)
+        return _ufunc_call(ufunc, inputs, kwargs, getattr(ufunc, method))
 
     def __array_function__(self, func, types_, args, kwargs):
         return _call(func, args, kwargs)
@@ -55,9 +72,6 @@ class DeviceArray:
 
     def __int__(self):
         return int(self._a)
-
-    def __index__(self):
-        return operator.index(self._a.item()) if self._a.ndim == 0 else operator.index(self._a)
 
     def __bool__(self):
         return bool(self._a)
@@ -80,23 +94,40 @@ class DeviceArray:
             raise AttributeError(name)
         value = getattr(self._a, name)
         if callable(value):
-            return lambda *args, **kwargs: _call(value, args, kwargs)
+            host_ok = name in HOST_ARGUMENT_METHODS
+            return lambda *args, **kwargs: _call(value, args, kwargs, host_ok)
         return _wrap(value)
 
     def __getitem__(self, key):
         return _wrap(self._a[_unwrap(key, host_ok=True)])
 
     def __setitem__(self, key, value):
+        if isinstance(value, np.ndarray) and value.ndim and _is_basic_index(key):
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
         self._a[_unwrap(key, host_ok=True)] = _unwrap(value, host_ok=True)
 
 
+#: Functions and methods whose CuPy versions pass host arguments through asarray.
+HOST_ARGUMENT_FUNCTIONS = {"asarray", "array", "asanyarray", "ix_", "tile", "atleast_1d", "atleast_2d",
+                           "atleast_3d", "hstack", "vstack", "dstack"}
+HOST_ARGUMENT_METHODS = {"take", "put", "compress"}
+#: Comparisons turn a 0-d host array into a scalar; other ufuncs refuse it.
+COMPARISONS = {np.less, np.less_equal, np.equal, np.not_equal, np.greater, np.greater_equal}
+
+
+def _is_basic_index(key) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return all(p is None or p is Ellipsis or isinstance(p, (int, np.integer, slice)) for p in parts)
+
+
 def _binary(ufunc):
-    return (lambda self, other: _call(ufunc, (self, other), {}),
-            lambda self, other: _call(ufunc, (other, self), {}))
+    return (lambda self, other: _ufunc_call(ufunc, (self, other), {}),
+            lambda self, other: _ufunc_call(ufunc, (other, self), {}))
 
 
 def _inplace(ufunc):
     def method(self, other):
+        _ufunc_operand(ufunc, other)
         ufunc(self._a, _unwrap(other), out=self._a)
         return self
     return method
@@ -114,7 +145,7 @@ for _name, _ufunc in {"lt": np.less, "le": np.less_equal, "eq": np.equal, "ne": 
                       "gt": np.greater, "ge": np.greater_equal}.items():
     setattr(DeviceArray, f"__{_name}__", _binary(_ufunc)[0])
 for _name, _ufunc in {"neg": np.negative, "pos": np.positive, "abs": np.absolute, "invert": np.invert}.items():
-    setattr(DeviceArray, f"__{_name}__", lambda self, _u=_ufunc: _call(_u, (self,), {}))
+    setattr(DeviceArray, f"__{_name}__", lambda self, _u=_ufunc: _ufunc_call(_u, (self,), {}))
 DeviceArray.__hash__ = None
 
 
@@ -124,7 +155,7 @@ def _unwrap(obj, host_ok: bool = False):
     if isinstance(obj, DeviceArray):
         return obj._a
     if isinstance(obj, np.ndarray):
-        if host_ok or obj.ndim == 0:  # a 0-d host array is treated as a scalar (lenient)
+        if host_ok:
             return obj
         raise TypeError(f"Unsupported type {type(obj)}: a host (NumPy) array of shape {obj.shape} where the "
                         "device needs its own array; transfer it with xp.asarray first")
@@ -152,6 +183,21 @@ def _call(function, args, kwargs, host_ok: bool = False):
     return _wrap(function(*_unwrap(args, host_ok), **_unwrap(kwargs, host_ok)))
 
 
+def _ufunc_operand(ufunc, x) -> None:
+    """CuPy's ufunc argument rule (_kernel.pyx ``_preprocess_arg``, _scalar.pyx)."""
+    if isinstance(x, np.ndarray) and not (x.ndim == 0 and ufunc in COMPARISONS):
+        raise TypeError(f"Unsupported type {type(x)}")
+    if isinstance(x, (list, tuple)):
+        raise TypeError(f"Unsupported type {type(x)}")
+
+
+def _ufunc_call(ufunc, inputs, kwargs, function=None):
+    for x in inputs:
+        _ufunc_operand(ufunc, x)
+    inputs = tuple(x.item() if isinstance(x, np.ndarray) else x for x in inputs)  # 0-d, compared
+    return _call(function or ufunc, inputs, kwargs)
+
+
 class _Namespace:
     """NumPy's functions (of a module such as ``numpy`` or ``numpy.linalg``) under the rules."""
 
@@ -162,8 +208,14 @@ class _Namespace:
         value = getattr(self._source, name)
         if isinstance(value, types.ModuleType):
             return _Namespace(value)
-        if callable(value) and not isinstance(value, type):  # functions and ufuncs; dtypes pass as they are
-            return lambda *args, **kwargs: _call(value, args, kwargs)
+        if isinstance(value, np.ufunc):
+            return lambda *args, **kwargs: _ufunc_call(value, args, kwargs)
+        if name == "where":  # CuPy's where is a ufunc
+            return lambda *args, **kwargs: _ufunc_call(None, args, kwargs, value) if len(args) > 1 \
+                else _call(value, args, kwargs)
+        if callable(value) and not isinstance(value, type):  # functions; dtypes pass as they are
+            host_ok = name in HOST_ARGUMENT_FUNCTIONS
+            return lambda *args, **kwargs: _call(value, args, kwargs, host_ok)
         return value
 
 
@@ -202,14 +254,8 @@ class StandIn(_Namespace):
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
 
     # host -> device transfers: CuPy takes host data here
-    def asarray(self, a, dtype=None, order=None):
+    def asarray(self, a, dtype=None, order=None):  # a copy: "host to device"
         return _wrap(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order or "K", copy=True))
-
-    def array(self, a, dtype=None, copy=True, order="K", ndmin=0):
-        return _wrap(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order, ndmin=ndmin))
-
-    def ix_(self, *args):  # CuPy's ix_ passes each argument through asarray
-        return _wrap(np.ix_(*_unwrap(args, host_ok=True)))
 
     # device -> host
     def asnumpy(self, a, stream=None):

@@ -35,10 +35,21 @@ def test_the_stand_in_refuses_what_cupy_refuses(cuda_stand_in):
                   lambda: cp.concatenate([d, np.ones(3)]), lambda: d @ np.ones(3)):
         with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
             mixed()
+    for mixed in (lambda: d * np.array(2.0), lambda: d + [1.0, 2.0, 3.0]):  # a 0-d host array, a list
+        with pytest.raises(TypeError, match="Unsupported type"):
+            mixed()
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+        d[:2] = np.ones(2)  # a basic index fills: host arrays refused
     total = d.sum()
     assert isinstance(total, cp.ndarray) and float(total) == 3.0  # reductions stay on the device
+    with pytest.raises(TypeError):
+        range(total)  # a 0-d device array has no __index__
     assert isinstance(d + 1.0, cp.ndarray) and isinstance(np.exp(d), cp.ndarray)
+    assert bool(d[0] < np.array(1.0))  # comparisons take a 0-d host array as a scalar
     np.testing.assert_array_equal(d[np.array([2, 0])].get(), [2.0, 0.0])  # host indices are allowed
+    d[np.array([0, 1])] = np.array([5.0, 6.0])  # and host values through an advanced index
+    np.testing.assert_array_equal(cp.tile(np.array([1.0]), 2).get(), [1.0, 1.0])  # tile takes host input
+    np.testing.assert_array_equal(d.get(), [5.0, 6.0, 2.0])
     assert cp.get_array_module(d) is cp and cp.get_array_module(np.ones(2)) is np
 
 
