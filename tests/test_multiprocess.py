@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.store_compare import assert_stores_identical
-from tests.test_resume import extract_args, run_subprocess
+from tests.test_resume import extract_args, run_here, run_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,8 +39,7 @@ def launch(n_processes: int, args: list[str], env_extra=None):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_bert, ud_dev):
     out = tmp_path_factory.mktemp("single") / "one.zarr"
-    result = run_subprocess(extract_args(tiny_bert, ud_dev, out))
-    assert result.returncode == 0, result.stderr
+    assert run_here(extract_args(tiny_bert, ud_dev, out)) == 0
     return out
 
 
@@ -74,8 +73,7 @@ def test_variant_and_attention_rows_two_processes_equal_one(tiny_bert, ud_dev, t
     per-sentence attention rows go through the same staging as pooled vectors."""
     extra = ["--variant", "reinit:2-", "--variant-seed", "3", "--attention", "cls"]
     one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
-    result = run_subprocess(extract_args(tiny_bert, ud_dev, one, *extra))
-    assert result.returncode == 0, result.stderr
+    assert run_here(extract_args(tiny_bert, ud_dev, one, *extra)) == 0
     result = launch(2, extract_args(tiny_bert, ud_dev, two, *extra)[1:])
     assert result.returncode == 0, result.stderr
     assert_stores_identical(one, two)

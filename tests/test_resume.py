@@ -68,7 +68,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, ud_dev):
     args = ["extract", "--model", str(model), "--input", str(ud_dev), "--format", "conllu",
             "--max-sentences", "250", "--shard-tokens", "512", "--pool", "cls"]
     ref = tmp_path / "ref.zarr"
-    assert run_subprocess([*args, "--out", str(ref)]).returncode == 0
+    assert run_here([*args, "--out", str(ref)]) == 0
     out = tmp_path / "s.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "strata", *args, "--out", str(out)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -79,7 +79,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, ud_dev):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not zarr.open_group(out, mode="r").attrs["strata"]["complete"]
-    assert run_subprocess([*args, "--out", str(out)]).returncode == 0
+    assert run_here([*args, "--out", str(out)]) == 0
     assert_stores_identical(ref, out)
     assert not list(out.rglob("*.partial"))
 
@@ -102,21 +102,21 @@ def test_different_parameters_are_refused(reference, tiny_bert, ud_dev):
     assert chunk_file_hashes(reference) == hashes
 
 
-def test_resume_with_another_spelling_of_the_model(reference, tiny_bert, ud_dev, tmp_path):
+def test_resume_with_another_spelling_of_the_model(reference, tiny_bert, ud_dev, tmp_path, monkeypatch):
     """The config hash leaves out the path, and a local model is recorded by its resolved path."""
     out = tmp_path / "s.zarr"
     crashed = run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "unit-written:2"})
     assert crashed.returncode == 137
-    relative = os.path.relpath(tiny_bert, REPO) + "/."  # run_subprocess runs in REPO
-    resumed = run_subprocess(extract_args(relative, ud_dev, out))
-    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.chdir(REPO)  # where run_subprocess runs
+    relative = os.path.relpath(tiny_bert, REPO) + "/."
+    assert run_here(extract_args(relative, ud_dev, out)) == 0
     assert_stores_identical(reference, out)
     params = zarr.open_group(out, mode="r").attrs["strata"]["parameters"]
     assert params["model"] == str(tiny_bert.resolve())
     assert params["config_sha256"] == zarr.open_group(reference, mode="r").attrs["strata"]["parameters"]["config_sha256"]
 
 
-def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, ud_dev, tmp_path):
+def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, ud_dev, tmp_path, monkeypatch):
     """Older stores recorded --model as typed and hashed the config with its _name_or_path."""
     import hashlib
     import json
@@ -133,9 +133,9 @@ def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, u
     attrs["parameters"].update(model=relative, config_sha256=hashlib.sha256(
         json.dumps(config, sort_keys=True, default=str).encode()).hexdigest())
     group.attrs["strata"] = attrs
+    monkeypatch.chdir(REPO)  # where run_subprocess ran the first spelling
     for model in (relative, tiny_bert):  # the same command, and another spelling
-        resumed = run_subprocess(extract_args(model, ud_dev, out))
-        assert resumed.returncode == 0, resumed.stderr
+        assert run_here(extract_args(model, ud_dev, out)) == 0
     assert_stores_identical(reference, out)
     assert zarr.open_group(out, mode="r").attrs["strata"]["parameters"]["model"] == relative
 

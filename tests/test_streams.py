@@ -98,7 +98,7 @@ def test_store_bytes_do_not_depend_on_the_number_of_streams(tiny_bert, ud_dev, t
 
 def test_a_crash_with_three_streams_resumes_with_one(tiny_bert, ud_dev, tmp_path):
     """``--threads`` is not a store parameter, and units are recorded in order."""
-    from tests.test_resume import extract_args, run_subprocess
+    from tests.test_resume import extract_args, run_here, run_subprocess
 
     _extract(tiny_bert, ud_dev, tmp_path / "ref.zarr", threads=2)
     out = tmp_path / "s.zarr"
@@ -107,5 +107,5 @@ def test_a_crash_with_three_streams_resumes_with_one(tiny_bert, ud_dev, tmp_path
     assert crashed.returncode == 137
     finished = sorted(int(p.parent.name[len("unit_"):]) for p in (out / "manifest").glob("unit_*/zarr.json"))
     assert finished == list(range(5))
-    assert run_subprocess([*extract_args(tiny_bert, ud_dev, out), "--threads", "1"]).returncode == 0
+    assert run_here([*extract_args(tiny_bert, ud_dev, out), "--threads", "1"]) == 0
     assert_stores_identical(tmp_path / "ref.zarr", out)
