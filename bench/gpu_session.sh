@@ -11,7 +11,7 @@
 # d ~40 s (the previous GPU run's times; c has never run on a GPU):
 #   setup  check the bundle's sha256s, install the wheels the device lacks into /tmp/site, decompress
 #          the EWT subsets (for the stores, and for the tests at ../shared/data/ud_english_ewt), nvidia-smi, versions
-#   a      the GPU tests (tests/test_gpu_paths.py, tests/test_probe_cupy.py)
+#   a      the GPU tests (tests/test_gpu_paths.py, tests/test_probe_cupy.py, and the CuPy stand-in's rules checked against CuPy)
 #   b      train/dev/test stores (3000/1000/1000 EWT sentences, float16 MiniLM computed in float32) in /tmp/st
 #   c      bench/neurons_bench.py --device cuda on those stores, with --neurox-epochs 2 (see below)
 #   d      bench/probe_bench.py --device cuda --quick on them, if at least 60 s are left
@@ -224,7 +224,8 @@ note "setup: done at $(( SECONDS - START )) s"
 
 # --------------------------------------------------------------------------- a. GPU tests
 ( cd "$TESTS_AT" && PYTHONPATH=$ON_PATH$TESTS_AT step tests "$OUT/a_tests.log" "$(budget 180 320)" \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_probe_cupy.py )
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_probe_cupy.py \
+    "tests/test_device_rules.py::test_the_stand_in_refuses_what_cupy_refuses[cupy]" )
 
 # --------------------------------------------------------------------------- b. stores
 # The flags the CPU benchmarks' stores used (bench/neurons_bench.py build_stores: strata's defaults:

@@ -44,6 +44,11 @@ import types
 import numpy as np
 
 
+#: Transfers made since ``install`` (``get``, ``asnumpy``, ``float()``, ``item()`` ... count as to the
+#: host): a test can tell that the device path really ran.
+TRANSFERS = {"to_device": 0, "to_host": 0}
+
+
 class DeviceArray:
     """An array "on the device": NumPy data that refuses to mix with host arrays."""
 
@@ -65,15 +70,19 @@ class DeviceArray:
 
     # -- explicit transfer and Python conversions (CuPy allows these: they synchronize) --
     def get(self, stream=None) -> np.ndarray:
+        TRANSFERS["to_host"] += 1
         return self._a.copy()
 
     def __float__(self):
+        TRANSFERS["to_host"] += 1
         return float(self._a)
 
     def __int__(self):
+        TRANSFERS["to_host"] += 1
         return int(self._a)
 
     def __bool__(self):
+        TRANSFERS["to_host"] += 1
         return bool(self._a)
 
     def __len__(self):
@@ -93,6 +102,9 @@ class DeviceArray:
         if name.startswith("__"):  # never NumPy's __array_interface__ & co.: that would be a silent transfer
             raise AttributeError(name)
         value = getattr(self._a, name)
+        if name in ("item", "tolist"):  # to the host, as Python values
+            TRANSFERS["to_host"] += 1
+            return value
         if callable(value):
             host_ok = name in HOST_ARGUMENT_METHODS
             return lambda *args, **kwargs: _call(value, args, kwargs, host_ok)
@@ -254,7 +266,17 @@ class StandIn(_Namespace):
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
 
     # host -> device transfers: CuPy takes host data here
-    def asarray(self, a, dtype=None, order=None):  # a copy: "host to device"
+    def asarray(self, a, dtype=None, order=None):
+        if isinstance(a, DeviceArray):  # already on the device: CuPy returns it when nothing changes
+            return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+        if isinstance(a, (list, tuple)) and any(isinstance(x, DeviceArray) for x in a):
+            # CuPy stacks a list of device arrays of one shape; anything else in the list goes
+            # through numpy.array, which meets the device arrays' __array__
+            if not all(isinstance(x, DeviceArray) and x.shape == a[0].shape for x in a):
+                raise TypeError("Implicit conversion to a NumPy array is not allowed (a list mixing device "
+                                "arrays with other items or shapes)")
+            return _wrap(np.array(_unwrap(a), dtype=dtype, order=order or "K"))
+        TRANSFERS["to_device"] += 1
         return _wrap(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order or "K", copy=True))
 
     # device -> host
@@ -269,4 +291,5 @@ def install(monkeypatch) -> StandIn:
     """Make ``import cupy`` give the stand-in for the rest of a test."""
     stand_in = StandIn()
     monkeypatch.setitem(sys.modules, "cupy", stand_in)
+    TRANSFERS.update(to_device=0, to_host=0)
     return stand_in

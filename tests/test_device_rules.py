@@ -4,7 +4,9 @@ on the CPU under a CuPy stand-in that refuses what CuPy refuses
 implicit device-to-host conversion.
 
 CI has no GPU, so tests/test_gpu_paths.py is skipped there; these run its
-checks and tests/test_probe_cupy.py's (the same functions) in every run.  They hold the GPU path's host/device
+checks (all but the extractor's, which runs on torch, not CuPy) and
+tests/test_probe_cupy.py's (the same functions) in every run, and each test
+checks that data really went to the stand-in's device and came back.  They hold the GPU path's host/device
 discipline and its results against the CPU's; only a real GPU can check CuPy's
 own kernels and float32 summation order, which test_gpu_paths.py does when one
 is present.
@@ -15,31 +17,62 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from probe_engine.backend import gpu_available
 from tests import test_gpu_paths as on_gpu
 from tests import test_probe_cupy as solver_on_gpu
-from tests.cupy_stand_in import install
+from tests.cupy_stand_in import TRANSFERS, StandIn, install
 from tests.test_compare import tiny_stores  # noqa: F401  (module fixtures reused)
 
 
 @pytest.fixture
 def cuda_stand_in(monkeypatch):
+    yield install(monkeypatch)
+    # a path that never moved its data to the device would pass on NumPy and prove nothing
+    assert TRANSFERS["to_device"] > 0 and TRANSFERS["to_host"] > 0, f"the device path did not run: {TRANSFERS}"
+
+
+def test_every_gpu_check_runs_here():
+    """The wrappers below cover test_gpu_paths.py (but its torch-only extract test) and
+    test_probe_cupy.py: a check added there is not silently left out here."""
+    wrapped = {"test_probe_on_cuda_matches_cpu", "test_probe_on_cuda_repeats_bitwise_and_streams_bitwise",
+               "test_compare_on_cuda_matches_cpu", "test_neurons_on_cuda_match_cpu",
+               "test_neurons_on_cuda_stream_bitwise", "test_estimator_on_cuda_in_a_pipeline"}
+    assert {name for name in vars(on_gpu) if name.startswith("test_")} - {"test_extract_on_cuda_matches_cpu"} == wrapped
+    assert CHECKS and all(name.startswith("test_cupy_") for name in CHECKS)
+
+
+@pytest.fixture(params=["stand-in", "cupy"])
+def device_module(request, monkeypatch):
+    """The stand-in, and real CuPy where a GPU is present: there the same rules are checked
+    against CuPy itself, which is what keeps the stand-in honest."""
+    if request.param == "cupy":
+        if not gpu_available():
+            pytest.skip("no CUDA GPU with CuPy here: the stand-in's rules are not checked against CuPy in this run")
+        import cupy
+        return cupy
     return install(monkeypatch)
 
 
-def test_the_stand_in_refuses_what_cupy_refuses(cuda_stand_in):
-    cp = cuda_stand_in
+def test_the_stand_in_refuses_what_cupy_refuses(device_module):
+    cp = device_module
+
+    def refused(error, message, action):  # the stand-in's words; CuPy's differ for some
+        with pytest.raises(error, match=message if isinstance(cp, StandIn) else None):
+            action()
+
     d = cp.asarray(np.arange(3.0))
-    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
-        np.asarray(d)
+    assert cp.asarray(d) is d
+    refused(TypeError, "Implicit conversion", lambda: cp.asarray([d, np.ones(3)]))  # a mixed list
+    np.testing.assert_array_equal(cp.asarray([d, d]).get(), [[0.0, 1.0, 2.0]] * 2)
+    refused(TypeError, "Implicit conversion to a NumPy array is not allowed", lambda: np.asarray(d))
     for mixed in (lambda: d + np.ones(3), lambda: np.ones(3) + d, lambda: cp.where(np.ones(3, bool), d, 0.0),
-                  lambda: cp.concatenate([d, np.ones(3)]), lambda: d @ np.ones(3)):
-        with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
-            mixed()
-    for mixed in (lambda: d * np.array(2.0), lambda: d + [1.0, 2.0, 3.0]):  # a 0-d host array, a list
-        with pytest.raises(TypeError, match="Unsupported type"):
-            mixed()
-    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+                  lambda: cp.concatenate([d, np.ones(3)]), lambda: d @ np.ones(3),
+                  lambda: d * np.array(2.0), lambda: d + [1.0, 2.0, 3.0]):  # also a 0-d host array, a list
+        refused(TypeError, "Unsupported type", mixed)
+
+    def fill():
         d[:2] = np.ones(2)  # a basic index fills: host arrays refused
+    refused(ValueError, "non-scalar numpy.ndarray cannot be used for fill", fill)
     total = d.sum()
     assert isinstance(total, cp.ndarray) and float(total) == 3.0  # reductions stay on the device
     with pytest.raises(TypeError):
@@ -77,7 +110,10 @@ def test_estimator_cuda_path_in_a_pipeline(cuda_stand_in):
     on_gpu.test_estimator_on_cuda_in_a_pipeline()
 
 
-@pytest.mark.parametrize("check", sorted(name for name in vars(solver_on_gpu) if name.startswith("test_")))
+CHECKS = sorted(name for name in vars(solver_on_gpu) if name.startswith("test_"))
+
+
+@pytest.mark.parametrize("check", CHECKS)
 def test_solver_cuda_path(cuda_stand_in, check):
     """test_probe_cupy.py's solver-level checks (batched, restricted, grouped passes, predict,
     the Lipschitz bound, the estimator), each against the NumPy run."""
