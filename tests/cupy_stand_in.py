@@ -57,7 +57,7 @@ class DeviceArray:
     def __init__(self, data: np.ndarray):
         self._a = data
 
-    # -- the two rules -------------------------------------------------------------
+    # -- CuPy's rules (module docstring) --------------------------------------------
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
                         "a NumPy array explicitly.")
