@@ -70,9 +70,13 @@ def attributes_sha256(attrs: dict) -> str:
 
 
 def write_record(group: zarr.Group, name: str, record: dict) -> None:
-    """Write (or overwrite) one manifest record atomically."""
-    manifest = group.require_group(schema.MANIFEST)
-    manifest.create_group(name, attributes=record, overwrite=True)
+    """Write (or overwrite) one manifest record atomically.
+
+    By its full path, so that processes writing records at once never race: a
+    missing ``manifest`` group is created only-if-absent (``require_group``
+    looks, then creates, and can fail with ContainsGroupError under a race).
+    """
+    group.create_group(f"{schema.MANIFEST}/{name}", attributes=record, overwrite=True)
 
 
 def read_record(group: zarr.Group, name: str) -> dict | None:

@@ -234,16 +234,19 @@ class StoreWriter:
             if stop > start:
                 self.activations[:, start:stop] = activations
                 files.append(f"{schema.ACTIVATIONS}/c/0/{unit}/0")
-            staging = self.group.require_group(schema.STAGING)
             for kind in self.sentence_arrays:
                 rows = pooled[kind]
                 if rows.shape[1] == 0:
                     continue
-                name = f"{kind}_{unit:07d}"
                 # Staged rows are consumed (and deleted) by finalize, so only
-                # the shard's checksum goes into the permanent record.
-                staging.create_array(name, shape=rows.shape, dtype=rows.dtype, chunks=rows.shape,
-                                     compressors=self.activations.compressors, overwrite=True)[...] = rows
+                # the shard's checksum goes into the permanent record.  Created by
+                # its full path, not through ``require_group(STAGING)``: that looks,
+                # then creates, and of two processes writing their first units at
+                # once one got ContainsGroupError; a path's missing parents are
+                # created only-if-absent, which is safe.
+                self.group.create_array(f"{schema.STAGING}/{kind}_{unit:07d}", shape=rows.shape,
+                                        dtype=rows.dtype, chunks=rows.shape,
+                                        compressors=self.activations.compressors, overwrite=True)[...] = rows
             fault_point("unit-written")
             manifest.write_record(self.group, schema.unit_record(unit), {
                 "unit": unit, "tokens": [start, stop], "sentences": list(self.layout.owned_sentences(unit)),
