@@ -27,7 +27,7 @@ creation and manipulation modules):
 - Host arrays as indices are taken.  A host array assigned through an index is
   taken with an advanced (array) index and refused with a basic one (slices,
   integers), where CuPy ``fill``s: "non-scalar numpy.ndarray cannot be used
-  for fill".
+  for fill"; a Python list there is "Unsupported type" (the fill kernel's).
 - A 0-d device array converts with ``float``, ``int`` and ``bool`` but has no
   ``__index__``; reductions and element reads give 0-d device arrays.
 
@@ -116,6 +116,8 @@ class DeviceArray:
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray) and value.ndim and _is_basic_index(key):
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        if isinstance(value, (list, tuple)) and _is_basic_index(key):  # CuPy's fill kernel takes no list
+            raise TypeError(f"Unsupported type {type(value)}")
         self._a[_unwrap(key, host_ok=True)] = _unwrap(value, host_ok=True)
 
 

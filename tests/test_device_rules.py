@@ -74,6 +74,10 @@ def test_the_stand_in_refuses_what_cupy_refuses(device_module):
     def fill():
         d[:2] = np.ones(2)  # a basic index fills: host arrays refused
     refused(ValueError, "non-scalar numpy.ndarray cannot be used for fill", fill)
+
+    def fill_from_a_list():
+        d[:2] = [1.0, 2.0]  # and so are lists
+    refused(TypeError, "Unsupported type", fill_from_a_list)
     total = d.sum()
     assert isinstance(total, cp.ndarray) and float(total) == 3.0  # reductions stay on the device
     with pytest.raises(TypeError):
