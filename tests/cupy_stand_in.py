@@ -101,6 +101,8 @@ class DeviceArray:
     def __getattr__(self, name):
         if name.startswith("__"):  # never NumPy's __array_interface__ & co.: that would be a silent transfer
             raise AttributeError(name)
+        if name in ("data", "ctypes"):  # CuPy: a device pointer / no such attribute; never host memory
+            raise AttributeError(f"the CuPy stand-in hands out no host buffer (.{name})")
         value = getattr(self._a, name)
         if name in ("item", "tolist"):  # to the host, as Python values
             TRANSFERS["to_host"] += 1

@@ -78,6 +78,7 @@ def test_the_stand_in_refuses_what_cupy_refuses(device_module):
     def fill_from_a_list():
         d[:2] = [1.0, 2.0]  # and so are lists
     refused(TypeError, "Unsupported type", fill_from_a_list)
+    refused(AttributeError, "no host buffer", lambda: d.ctypes)  # CuPy arrays have no ctypes either
     total = d.sum()
     assert isinstance(total, cp.ndarray) and float(total) == 3.0  # reductions stay on the device
     with pytest.raises(TypeError):
