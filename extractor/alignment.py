@@ -7,6 +7,7 @@ first forward pass and no array is ever resized.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,20 @@ def tokenize_corpus(tokenizer, sentences: list[list[str]], max_len: int | None, 
     lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
     skipped = lengths > max_len if max_len else np.zeros(len(input_ids), dtype=bool)
     return Encoded(input_ids, word_ids, skipped, replaced)
+
+
+def tokens_sha256(enc: Encoded) -> str:
+    """Hash of every sentence's subword ids and their words: what the tokenizer made of
+    this corpus.  A resume compares it, so a tokenizer changed since the crash (another
+    vocabulary under the same path) is refused even where it keeps every length; the
+    tokenizer's own files would also change with a ``tokenizers`` upgrade that tokenizes
+    the same."""
+    digest = hashlib.sha256()
+    for ids, wids in zip(enc.input_ids, enc.word_ids):
+        digest.update(np.int64(len(ids)).tobytes())
+        digest.update(ids.astype(np.int64).tobytes())
+        digest.update(wids.astype(np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def tokens_per_sentence(enc: Encoded, sentences: list[list[str]], word_vector: str) -> np.ndarray:

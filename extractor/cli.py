@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--word-vector", default="last", choices=WORD_VECTORS,
                    help="subword of a word that represents it (default last, as Durrani et al.), "
                         "or 'subword' to keep every subword")
-    p.add_argument("--pool", default="cls,mean", help="sentence vectors to store: cls, mean, both, or none")
+    p.add_argument("--pool", default="cls,mean", help="sentence vectors to store: cls, mean, cls,mean (default) or none")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--codec", default="lossless", help="'lossless' (blosc zstd + bitshuffle) or 'bitround:K'")
     p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per forward pass")

@@ -103,8 +103,8 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, device: str):
-    """The model in eval mode on ``device``, with hidden states of every layer."""
+def load_pretrained(name: str):
+    """The pretrained model in eval mode on the CPU, in float32."""
     import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -115,7 +115,31 @@ def load_model(name: str, device: str):
         model = AutoModel.from_pretrained(name, trust_remote_code=False, dtype=torch.float32, **options)
     except Exception as e:
         raise StrataError(f"--model: cannot load {name!r}{offline}: {_first_line(e)}") from None
-    return to_device(model.eval(), device)
+    return model.eval()
+
+
+def load_model(name: str, device: str):
+    """The model in eval mode on ``device``, with hidden states of every layer."""
+    return to_device(load_pretrained(name), device)
+
+
+def weights_sha256(model) -> str:
+    """Hash of every tensor of the model's state dict: name, dtype, shape and bytes, by name.
+
+    The weights a store's activations come from, so that a resume refuses a model
+    directory whose weights changed since the crash (a retrained checkpoint under the
+    same path).  The loaded tensors, not the files: which files ``from_pretrained``
+    read (safetensors or bin, sharded or not, a hub snapshot) is its business, and
+    the same weights saved another way are the same weights.  About 1 GB/s.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1).contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
 
 
 def to_device(model, device: str):

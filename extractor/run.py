@@ -30,6 +30,7 @@ from extractor.readers import read_corpus
 from extractor.streams import run_streams, torch_threads
 from extractor.variants import build_model, check_variant, parse_variant, variant_config
 from store import schema
+from store.codecs import parse_codec
 from store.errors import StrataError
 from store.layout import Layout, default_geometry
 from store.writer import StoreWriter, check_parameters, create_store, store_state
@@ -168,6 +169,7 @@ class Extraction:
             raise StrataError(f"--pool: unknown pooling {bad_pool[0]!r}; choose from cls, mean, none")
         if opts.dtype not in ("float16", "float32"):
             raise StrataError(f"--dtype: choose float16 or float32, got {opts.dtype!r}")
+        parse_codec(opts.codec, np.dtype(opts.dtype))  # a bad --codec is refused before anything is loaded
         self.corpus = read_corpus(opts.input, opts.format, columns=opts.columns, labels_path=opts.labels,
                                   max_sentences=opts.max_sentences)
         if opts.attention not in (None, "cls"):
@@ -185,6 +187,11 @@ class Extraction:
         self.max_len = hf.max_positions(self.config, self.tokenizer)
         self.enc = alignment.tokenize_corpus(self.tokenizer, self.corpus.sentences, self.max_len)
         self.counts = alignment.tokens_per_sentence(self.enc, self.corpus.sentences, opts.word_vector)
+        self.tokens_sha256 = alignment.tokens_sha256(self.enc)
+        #: set when the pretrained weights are loaded (load_model); None for --variant random-init
+        self.weights_sha256: str | None = None
+        #: the existing store's parameters (check_store), for the checks that need the model
+        self.existing_parameters: dict | None = None
         if self.counts.sum() == 0:
             raise StrataError(f"{opts.input}: every sentence is longer than the model's {self.max_len} positions")
         chunk, shard = default_geometry(len(self.layer_ids), self.hidden, np.dtype(opts.dtype).itemsize)
@@ -210,7 +217,8 @@ class Extraction:
             "shard_tokens": self.layout.shard_tokens, "chunk_tokens": self.layout.chunk_tokens,
             "max_positions": self.max_len, "device": o.device.split(":")[0],
             "dataset_sha256": self.corpus.sha256, "format": o.format, "columns": o.columns,
-            "max_sentences": o.max_sentences,
+            "max_sentences": o.max_sentences, "tokens_sha256": self.tokens_sha256,
+            **({"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}),
             # torch's kernel is what every store used before --linear-kernel: not recorded, so those resume
             **({"linear_kernel": self.linear_kernel} if self.linear_kernel != "torch" else {}),
             **self.variant_record(),
@@ -248,8 +256,16 @@ class Extraction:
         if state == "planned":
             import zarr
 
-            existing = zarr.open_group(self.out, mode="r").attrs[schema.ROOT_ATTR]["parameters"]
+            group = zarr.open_group(self.out, mode="r")
+            existing = dict(group.attrs[schema.ROOT_ATTR]["parameters"])
+            self.existing_parameters = dict(existing)
             requested = self.parameters()
+            # The weights are compared once they are loaded (load_model).  Stores written
+            # before the tokens were hashed have their sentence offsets compared instead.
+            existing.pop("weights_sha256", None)
+            requested.pop("weights_sha256", None)
+            if "tokens_sha256" not in existing:
+                del requested["tokens_sha256"]
             # Another spelling of the same model is the same model; stores written
             # before either value was made spelling-independent recorded the raw
             # --model string and a config hash that included it.
@@ -258,6 +274,11 @@ class Extraction:
                 if existing.get("config_sha256") == hf.legacy_config_sha256(self.config, existing["model"]):
                     requested["config_sha256"] = existing["config_sha256"]
             check_parameters(self.out, existing, requested)
+            stored_offsets = group[schema.SENTENCE_OFFSETS][...]
+            if not np.array_equal(stored_offsets, self.layout.offsets):
+                raise StrataError(f"--out: {self.out} holds another tokenization of {self.opts.input} (its "
+                                  "sentence offsets differ from this command's: has the tokenizer changed?); "
+                                  "use a new --out")
         return state
 
     def create(self) -> None:
@@ -274,8 +295,20 @@ class Extraction:
 
     # -- the work ----------------------------------------------------------
     def load_model(self, device: str):
-        model = hf.to_device(build_model(lambda: hf.load_model(self.opts.model, device), self.config,
-                                         self.variant, self.pretrained_blocks, self.opts.model), device)
+        """The model to extract from, on ``device``; refuses weights other than the existing
+        store's and a tokenizer whose ids the model has no embeddings for."""
+        def pretrained():
+            model = hf.load_pretrained(self.opts.model)
+            self.weights_sha256 = hf.weights_sha256(model)  # before any --variant changes them
+            return hf.to_device(model, device)
+
+        model = hf.to_device(build_model(pretrained, self.config, self.variant, self.pretrained_blocks,
+                                         self.opts.model), device)
+        self._check_vocabulary(model)
+        existing = self.existing_parameters
+        if existing is not None and "weights_sha256" in existing:
+            check_parameters(self.out, {"weights_sha256": existing["weights_sha256"]},
+                             {"weights_sha256": self.weights_sha256})
         if self.opts.attention:
             # Fused attention kernels (SDPA, flash) do not return attention weights.
             model.set_attn_implementation("eager")
@@ -283,6 +316,19 @@ class Extraction:
             model.config.use_cache = False  # no key/value cache: we never generate
         linear_kernel.use_kernel(model, self.linear_kernel)
         return model
+
+    def _check_vocabulary(self, model) -> None:
+        """Every token id of the corpus must have an embedding row: a tokenizer from another
+        model would otherwise fail inside the first forward pass, after the store exists."""
+        try:
+            rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        except (NotImplementedError, AttributeError):  # a model without the accessor: nothing to check
+            rows = None
+        used = [ids for ids, skip in zip(self.enc.input_ids, self.enc.skipped) if len(ids) and not skip]
+        top = max((int(ids.max()) for ids in used), default=-1)
+        if rows is not None and top >= rows:
+            raise StrataError(f"--model: the tokenizer of {self.opts.model} gives token id {top}, but the model "
+                              f"has {rows} embeddings: tokenizer and weights do not belong together")
 
     def run_units(self, units: list[int], writer: StoreWriter, model, device: str, show_progress: bool) -> None:
         """Compute and write the given units.

@@ -99,9 +99,13 @@ def options_from_args(args) -> dict:
         raise StrataError(f"--gap-tol: must be > 0 and finite, got {gap_tol}")
     if args.max_iter < 1:
         raise StrataError(f"--max-iter: must be >= 1, got {args.max_iter}")
+    if args.seed < 0:  # numpy's generators take none, and the control task draws from one
+        raise StrataError(f"--seed: must be >= 0, got {args.seed}")
     try:
+        if not any(c.isdigit() for c in str(args.max_memory)):  # dask reads "" and "kB" as 1 byte or 1 kB
+            raise ValueError(args.max_memory)
         max_memory = parse_bytes(args.max_memory)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise StrataError(f"--max-memory: {args.max_memory!r} is not a size such as 4GB or 512MiB") from None
     if max_memory < 0:
         raise StrataError(f"--max-memory: must be >= 0, got {args.max_memory}")

@@ -38,8 +38,9 @@ def fault_point(name: str) -> None:
     """Crash here if ``STRATA_FAULT=name:N`` and this is the N-th time (tests).
 
     Simulates a kill at the worst moments: after a shard is on disk but before
-    its record, and after pooled arrays are written but before they are
-    recorded.  ``os._exit`` skips every cleanup, like SIGKILL.
+    its record, after pooled arrays are written but before they are recorded,
+    and during creation (every array written but no plan; an interrupted
+    creation's files deleted but its root).  ``os._exit`` skips every cleanup, like SIGKILL.
     """
     spec = os.environ.get("STRATA_FAULT", "")
     if not spec.startswith(name + ":"):
@@ -123,13 +124,17 @@ def create_store(path: Path, *, layout: Layout, layer_ids: list[int], hidden: in
     positions) creates ``attention_cls``.
     """
     with disk_errors(path), quiet_codec_warnings():
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        group.attrs[schema.ROOT_ATTR] = {
+        _clear_all_but_the_root(path)
+        fault_point("store-cleared")
+        # The root's strata attributes go in the same (atomic) write that creates it: a
+        # kill at any moment leaves an empty directory or an unplanned strata store, and
+        # the same command creates both again (never "not a strata store").
+        group = zarr.open_group(path, mode="w", zarr_format=3, attributes={schema.ROOT_ATTR: {
             "schema_version": schema.SCHEMA_VERSION,
             "complete": False,
             "parameters": parameters,
             "provenance": provenance,
-        }
+        }})
         filters, compressors = parse_codec(codec, np.dtype(dtype))
         n_layers = len(layer_ids)
         float_kwargs = dict(filters=filters, compressors=compressors, fill_value=np.nan,
@@ -170,11 +175,27 @@ def create_store(path: Path, *, layout: Layout, layer_ids: list[int], hidden: in
         written = [schema.LAYER, schema.SENTENCE_OFFSETS, schema.SENTENCE_SKIPPED, schema.TOKEN_SENTENCE,
                    schema.TOKEN_WORD, schema.TOKEN_TEXT, *label_arrays]
         files = [f for name in written for f in manifest.array_files(path, name)]
+        fault_point("store-created")
         manifest.write_record(group, schema.PLAN_RECORD, {
             "n_units": layout.n_units,
             "shard_tokens": layout.shard_tokens,
             "checksums": manifest.checksums(path, files),
         })
+
+
+def _clear_all_but_the_root(path: Path) -> None:
+    """Empty an interrupted creation's directory except its root ``zarr.json``, which
+    ``open_group(mode="w")`` replaces last: until then the directory still reads as an
+    unplanned strata store."""
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.name == schema.METADATA_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _writable(array):

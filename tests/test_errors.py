@@ -303,3 +303,31 @@ def test_errors_exit_nonzero_as_a_process(tiny_bert, tmp_path):
                              "text", "--out", str(tmp_path / "s.zarr")])
     assert result.returncode == 1
     assert result.stderr.strip() == f"strata extract: error: input file not found: {tmp_path / 'x'}"
+
+
+def test_a_tokenizer_with_ids_past_the_embeddings_is_refused_before_the_store(strata, tiny_bert, text_corpus,
+                                                                                tmp_path):
+    """A tokenizer from another model would fail inside the first forward pass, after the
+    store exists; refused with the model loaded, before anything is written."""
+    from transformers import BertConfig, BertModel
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_bert, mixed)
+    config = BertConfig.from_pretrained(mixed)
+    config.vocab_size = 40  # the tokenizer has hundreds of ids
+    BertModel(config).save_pretrained(mixed)
+    out = tmp_path / "s.zarr"
+    code, _, err = extract(strata, mixed, text_corpus, out)
+    assert code == 1
+    assert re.fullmatch(rf"strata extract: error: --model: the tokenizer of {re.escape(str(mixed))} gives token id "
+                        r"(\d+), but the model has 40 embeddings: tokenizer and weights do not belong together",
+                        one_line_error(err))
+    assert not out.exists()
+
+
+def test_a_bad_codec_is_refused_before_the_store(strata, tiny_bert, text_corpus, tmp_path):
+    out = tmp_path / "s.zarr"
+    code, _, err = extract(strata, tiny_bert, text_corpus, out, "text", "--codec", "zstd")
+    assert code == 1
+    assert one_line_error(err) == "strata extract: error: --codec: unknown codec 'zstd'; use 'lossless' or 'bitround:K'"
+    assert not out.exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,22 @@ def reference(tmp_path_factory, tiny_bert, ud_dev):
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
     assert run_here(extract_args(tiny_bert, ud_dev, out)) == 0
     return out
+
+
+def test_a_kill_during_creation_and_another_during_its_redo_then_resume(reference, tiny_bert, ud_dev, tmp_path):
+    """Killed with every array written but no plan, then again while that unfinished
+    creation is being cleared: the same command still creates the same store."""
+    out = tmp_path / "s.zarr"
+    assert run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "store-created:1"}).returncode == 137
+    names = {p.name for p in out.iterdir()}
+    assert {"zarr.json", "activations", "token_text"} <= names and "manifest" not in names  # arrays, no plan
+    # the second kill is in the redo's clearing (the first clearing found nothing to clear)
+    assert run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "store-cleared:1"}).returncode == 137
+    assert [p.name for p in out.iterdir()] == ["zarr.json"]
+    status = run_subprocess(["verify", str(out)])
+    assert status.returncode == 1 and "creation did not finish" in status.stderr
+    assert run_here(extract_args(tiny_bert, ud_dev, out)) == 0
+    assert_stores_identical(reference, out)
 
 
 @pytest.mark.parametrize("fault", ["unit-written:1", "unit-written:7", "pooled-written:1"])
@@ -117,9 +135,9 @@ def test_resume_with_another_spelling_of_the_model(reference, tiny_bert, ud_dev,
 
 
 def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, ud_dev, tmp_path, monkeypatch):
-    """Older stores recorded --model as typed and hashed the config with its _name_or_path."""
+    """Older stores recorded --model as typed and hashed the config with its _name_or_path,
+    and had no hashes of the weights and of the corpus's tokens."""
     import hashlib
-    import json
 
     from transformers import AutoConfig
 
@@ -132,12 +150,84 @@ def test_store_from_before_spelling_independence_resumes(reference, tiny_bert, u
     config["_name_or_path"] = relative  # what the older code hashed
     attrs["parameters"].update(model=relative, config_sha256=hashlib.sha256(
         json.dumps(config, sort_keys=True, default=str).encode()).hexdigest())
+    for added_later in ("weights_sha256", "tokens_sha256"):
+        del attrs["parameters"][added_later]
     group.attrs["strata"] = attrs
     monkeypatch.chdir(REPO)  # where run_subprocess ran the first spelling
     for model in (relative, tiny_bert):  # the same command, and another spelling
         assert run_here(extract_args(model, ud_dev, out)) == 0
     assert_stores_identical(reference, out)
     assert zarr.open_group(out, mode="r").attrs["strata"]["parameters"]["model"] == relative
+
+
+def crash_with_a_copy_of(tiny_bert, ud_dev, tmp_path, *extra) -> tuple[Path, Path]:
+    """A store killed after 2 units, extracted from a copy of the model that the test may change."""
+    model, out = tmp_path / "model", tmp_path / "s.zarr"
+    shutil.copytree(tiny_bert, model)
+    assert run_subprocess(extract_args(model, ud_dev, out, *extra), {"STRATA_FAULT": "unit-written:2"}).returncode == 137
+    return model, out
+
+
+def refusal(model, ud_dev, out, *extra) -> str:
+    result = run_subprocess(extract_args(model, ud_dev, out, *extra))
+    assert result.returncode == 1
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_resume_refuses_other_weights_under_the_same_path(reference, tiny_bert, ud_dev, tmp_path):
+    """A checkpoint retrained into the same directory between a crash and its resume."""
+    from extractor import model as hf
+    from tests import tiny_models
+
+    model, out = crash_with_a_copy_of(tiny_bert, ud_dev, tmp_path)
+    hashes = chunk_file_hashes(out)
+    retrained = tiny_models.build_tiny_bert(tmp_path / "retrained", seed=1)
+    shutil.copy(retrained / "model.safetensors", model / "model.safetensors")
+    before, after = (hf.weights_sha256(hf.load_pretrained(str(m))) for m in (tiny_bert, retrained))
+    assert before != after
+    assert refusal(model, ud_dev, out) == (
+        f"strata extract: error: --out: {out} was extracted with different parameters "
+        f"(weights_sha256: store has '{before}', command has '{after}'); use a new --out")
+    assert chunk_file_hashes(out) == hashes
+    shutil.copy(tiny_bert / "model.safetensors", model / "model.safetensors")  # the weights it was made with
+    assert run_here(extract_args(model, ud_dev, out)) == 0
+    assert_stores_identical(reference, out)
+
+
+def swap_two_words(model: Path) -> None:
+    """Swap the ids of 'the' and 'of': every sentence keeps its length, only the ids change."""
+    path = model / "tokenizer.json"
+    doc = json.loads(path.read_text())
+    vocab = doc["model"]["vocab"]
+    vocab["the"], vocab["of"] = vocab["of"], vocab["the"]
+    path.write_text(json.dumps(doc))
+
+
+def test_a_resume_refuses_a_tokenizer_that_changed_under_the_same_path(tiny_bert, ud_dev, tmp_path):
+    model, out = crash_with_a_copy_of(tiny_bert, ud_dev, tmp_path)
+    recorded = zarr.open_group(out, mode="r").attrs["strata"]["parameters"]["tokens_sha256"]
+    swap_two_words(model)
+    assert refusal(model, ud_dev, out).startswith(
+        f"strata extract: error: --out: {out} was extracted with different parameters "
+        f"(tokens_sha256: store has '{recorded}', command has '")
+
+
+def test_a_store_from_before_the_tokens_hash_compares_its_sentence_offsets(tiny_bert, ud_dev, tmp_path):
+    """Without the hash, a tokenizer that changes how many subwords a sentence has is still
+    refused (the same lengths cannot be told apart there)."""
+    model, out = crash_with_a_copy_of(tiny_bert, ud_dev, tmp_path, "--word-vector", "subword")
+    group = zarr.open_group(out, mode="r+")
+    attrs = group.attrs["strata"]
+    del attrs["parameters"]["tokens_sha256"]
+    group.attrs["strata"] = attrs
+    path = model / "tokenizer.json"
+    doc = json.loads(path.read_text())
+    vocab = doc["model"]["vocab"]
+    vocab["qqq"] = vocab.pop("the")  # the same size, but "the" is now "t" "##he" or the like: longer sentences
+    path.write_text(json.dumps(doc))
+    assert refusal(model, ud_dev, out, "--word-vector", "subword") == (
+        f"strata extract: error: --out: {out} holds another tokenization of {ud_dev} (its sentence offsets differ "
+        "from this command's: has the tokenizer changed?); use a new --out")
 
 
 def test_a_unit_counts_as_finished_only_with_its_record_file(tmp_path):
