@@ -79,8 +79,12 @@ def top_k_supports(ordering: np.ndarray, ks: list[int], d: int) -> np.ndarray:
 
 
 def minimal_set(ks: list[int], dev_accuracy: list[float], oracle_dev: float, delta: float) -> int | None:
-    """Index of the smallest k whose dev accuracy is at least ``oracle_dev - delta``, or None."""
-    ok = [j for j, acc in enumerate(dev_accuracy) if acc >= oracle_dev - delta]
+    """Index of the smallest k whose dev accuracy is at least ``oracle_dev - delta``, or None.
+
+    With a margin of 1e-12 for the subtraction's rounding (0.1 - 0.01 is 0.09000000000000001,
+    which would leave out an accuracy of exactly 0.09); accuracies of different row counts
+    differ by far more."""
+    ok = [j for j, acc in enumerate(dev_accuracy) if acc >= oracle_dev - delta - 1e-12]
     return min(ok, key=lambda j: ks[j]) if ok else None
 
 
@@ -226,7 +230,13 @@ def _spec_hash(options: dict, step: str) -> str:
 
 
 class Steps:
-    """Finished steps on disk: ``DIR/steps/NAME.json`` (+ ``.npz``), reused when their inputs match."""
+    """Finished steps on disk: ``DIR/steps/NAME.json`` (+ ``.npz``), reused when their inputs match.
+
+    The npz carries the inputs hash too, and the json names its arrays: the two files
+    are written one after the other, so a run killed between them (after another run's
+    json) must not pair that json with its own npz.  A missing or foreign npz, or one
+    from before the hash was in it, makes the step run again.
+    """
 
     def __init__(self, out: Path, options: dict):
         self.dir, self.options = out / "steps", options
@@ -239,19 +249,30 @@ class Steps:
             return None
         try:
             doc = json.loads(path.read_text())
-            if doc.get("inputs") != _spec_hash(self.options, name):
+            inputs = _spec_hash(self.options, name)
+            if doc.get("inputs") != inputs:
                 return None
-            if (self.dir / f"{name}.npz").exists():
-                doc["arrays"] = read_npz(self.dir / f"{name}.npz")
+            npz = self.dir / f"{name}.npz"
+            names = doc.pop("array_names", None)
+            if names is not None:
+                arrays = read_npz(npz)  # absent: OSError, the step runs again
+                if str(arrays.pop("inputs", None)) != inputs or sorted(arrays) != names:
+                    return None
+                doc["arrays"] = arrays
+            elif npz.exists():  # written before the npz carried its inputs
+                return None
         except (OSError, ValueError, zipfile.BadZipFile):  # a damaged file: the step runs again
             return None
         self.reused.append(name)
         return doc
 
     def save(self, name: str, doc: dict, arrays: dict | None = None) -> dict:
+        inputs = _spec_hash(self.options, name)
+        record = {"inputs": inputs, **doc}
         if arrays is not None:
-            write_npz(self.dir / f"{name}.npz", arrays)
-        write_json(self.dir / f"{name}.json", {"inputs": _spec_hash(self.options, name), **doc})
+            write_npz(self.dir / f"{name}.npz", {**arrays, "inputs": np.array(inputs)})
+            record["array_names"] = sorted(arrays)
+        write_json(self.dir / f"{name}.json", record)
         return {**doc, "arrays": arrays} if arrays is not None else doc
 
 
@@ -358,6 +379,10 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
             # a class no training word type drew cannot be learned (its intercept would go to -inf):
             # the control probes know the drawn classes only; dev/test tokens of others count as errors
             present = np.unique(drawn["train"][data.y["train"] != -1])
+            if len(present) < 2:
+                raise StrataError(f"--control: with --seed {options['seed']} every training word type drew "
+                                  f"the class {classes[present[0]]!r}; a control probe needs two classes: "
+                                  "try another --seed")
             index = np.full(len(classes), -2, np.int64)
             index[present] = np.arange(len(present))
             y_control = {split: np.where(data.y[split] != -1, index[drawn[split]], -1) for split in words}
@@ -370,12 +395,15 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
 
     document = assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, selected,
                         time.perf_counter() - started, steps.reused)
-    write_json(out / "neurons.json", document)
+    # neurons.json last, and an earlier run's removed first: it never describes another
+    # run's ordering, plots or summary
+    (out / "neurons.json").unlink(missing_ok=True)
     write_npz(out / "ordering.npz", {"ordering": ordering, "selected": selected})
     from probe_engine.plot import plot_layer_distribution, plot_minimal_set
     plot_layer_distribution(document, out / "layer_distribution.png")
     plot_minimal_set(document, out / "minimal_set.png")
     (out / "summary.md").write_text(summary_markdown(document))
+    write_json(out / "neurons.json", document)
     return document
 
 

@@ -25,8 +25,13 @@ def format_table(document: dict) -> str:
         lines.append(f"screened: {screened} of {len(probes)} probes were left at --screen-tol {run['screen_tol']:g} "
                      f"(more than {100 * run['screen_margin']:g} dev points behind); the chosen ones are "
                      f"certified to --tol {run['tol']:g}")
-    unseen = {s: n for c in document["chosen"][:1] for s, n in c["unseen_label_tokens"].items() if n}
-    if unseen:
-        lines.append("unseen in training (counted as errors): "
-                     + ", ".join(f"{s} {n} rows" for s, n in unseen.items()))
+    # one line per label set (and pool): its feature sets share the rows, so the counts
+    unseen = {}
+    for c in document["chosen"]:
+        counts = {s: n for s, n in c["unseen_label_tokens"].items() if n}
+        if counts:
+            unseen.setdefault(c["label"] + (f" ({c['pool']})" if c.get("pool") else ""), counts)
+    for name, counts in unseen.items():
+        lines.append(f"{name}: classes unseen in training (counted as errors): "
+                     + ", ".join(f"{s} {n} rows" for s, n in counts.items()))
     return "\n".join(lines)

@@ -154,6 +154,9 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
     """``results.json``, the chosen probes' weights (npz, no pickle) and the plot."""
     from probe_engine.plot import plot_accuracy
 
+    # An earlier run's results.json goes first: until the new one is written, no
+    # results.json describes weights that are being replaced.
+    (out / "results.json").unlink(missing_ok=True)
     (out / "weights").mkdir(exist_ok=True)
     probes, chosen = [], []
     for gid, doc in groups:

@@ -177,3 +177,9 @@ def test_bottom_k_is_drawn_when_exactly_k_neurons_are_unweighted():
     unweighted = ~W.any(axis=1)
     neurons, drawn = bottom_k(lca_ordering(W)[0], 6, unweighted, np.random.default_rng(0))
     assert drawn and neurons.tolist() == [1, 3, 6, 7, 8, 9]
+
+
+def test_minimal_set_keeps_an_accuracy_exactly_delta_below_the_oracle():
+    """0.1 - 0.01 is 0.09000000000000001 in floating point: an accuracy of 0.09 is within delta."""
+    assert minimal_set([1, 2], [0.09, 0.10], oracle_dev=0.10, delta=0.01) == 0
+    assert minimal_set([1, 2], [0.06, 0.07], oracle_dev=0.07, delta=0.01) == 0

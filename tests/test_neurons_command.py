@@ -274,3 +274,55 @@ def test_a_sparse_oracle_ties_only_its_all_zero_neurons_last(stores, tmp_path, s
     bottom = json.loads((out / "steps" / "ablation.json").read_text())["sets"]["bottom"]
     assert all_zero.sum() >= doc["minimal"]["k"] and doc["ablation_bottom"]["drawn_among_unweighted"]
     assert len(bottom) == doc["minimal"]["k"] and all_zero[bottom].all()
+
+
+def test_an_oracle_npz_from_another_run_is_not_paired_with_this_runs_json(analysis, stores, tmp_path, strata,
+                                                                           monkeypatch):
+    """A run with other options killed after writing its oracle.npz but before its
+    oracle.json leaves this run's json beside another run's weights: the oracle is redone."""
+    from probe_engine.outputs import read_npz, write_npz
+
+    run = tmp_path / "run"
+    shutil.copytree(analysis / "steps", run / "steps")
+    foreign = read_npz(run / "steps" / "oracle.npz")
+    foreign["W"] = foreign["W"] * 2
+    foreign["inputs"] = np.array("0123456789abcdef")  # another run's inputs hash
+    write_npz(run / "steps" / "oracle.npz", foreign)
+    retrained = []
+    real = neuron_steps.run_group
+    monkeypatch.setattr(neuron_steps, "run_group", lambda spec: retrained.append(1) or real(spec))
+    code, _, err = strata(*neurons_args(stores, run))
+    assert code == 0, err
+    assert retrained == [1]
+    assert "oracle" not in load(run)["strata_neurons"]["steps_reused"]
+    assert load(run)["ablation"] == load(analysis)["ablation"]
+
+
+def test_a_missing_oracle_npz_redoes_the_oracle(analysis, stores, tmp_path, strata):
+    run = tmp_path / "run"
+    shutil.copytree(analysis / "steps", run / "steps")
+    (run / "steps" / "oracle.npz").unlink()
+    code, _, err = strata(*neurons_args(stores, run))
+    assert code == 0, err
+    assert "oracle" not in load(run)["strata_neurons"]["steps_reused"]
+    assert load(run)["ablation"] == load(analysis)["ablation"]
+
+
+def test_control_labels_of_one_class_are_refused(tiny_bert, tmp_path, strata):
+    """A task whose training tokens are nearly all of one class: every word type drew it,
+    and a control probe of one class would report 100% and a selectivity of nonsense."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+    text, labels = tmp_path / "x.txt", tmp_path / "x.lab"
+    sentences = [[words[(i + j) % len(words)] for j in range(6)] for i in range(40)]
+    text.write_text("".join(" ".join(s) + "\n" for s in sentences))
+    labels.write_text("".join(" ".join("B" if (i, j) == (0, 0) else "A" for j in range(6)) + "\n"
+                              for i in range(40)))
+    store = tmp_path / "x.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", text, "--labels", labels, "--format", "neurox",
+                  "--out", store, "--pool", "none")[0] == 0
+    code, _, err = strata("neurons", "--train", store, "--dev", store, "--test", store, "--labels", "label",
+                          "--l1", "0", "--l2", "1e-3", "--fractions", "0.5", "--control", "--quiet",
+                          "--out", tmp_path / "out")
+    assert code == 1
+    assert err.strip() == ("strata neurons: error: --control: with --seed 0 every training word type drew the "
+                           "class 'A'; a control probe needs two classes: try another --seed")

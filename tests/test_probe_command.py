@@ -310,3 +310,40 @@ def test_choose_breaks_dev_ties_toward_the_simpler_probe():
     assert choose([rec(0.9, 30, 1e-3, 1e-4), rec(0.9, 30, 1e-3, 1e-2), rec(0.9, 30, 1e-3, 1e-3)]) == 1
     assert choose([rec(0.95, 3, 0, 0, screened_out=True), rec(0.9, 30, 0, 0)]) == 1
     assert choose([rec(0.8, 3, 0, 0, screened_out=True), rec(0.9, 30, 0, 0, screened_out=True)]) == 1
+
+
+def test_a_run_killed_while_replacing_weights_leaves_no_results_of_the_earlier_run(first_run, stores, tmp_path,
+                                                                                   strata, monkeypatch):
+    """The earlier results.json goes before any weights file is replaced: a kill in between
+    leaves no results.json (an unfinished run), never one describing other weights."""
+    out = tmp_path / "again"
+    shutil.copytree(first_run, out)
+    real = probe_run.write_npz
+
+    def killed_at_the_weights(path, arrays):
+        if path.parent.name == "weights":
+            raise KeyboardInterrupt
+        real(path, arrays)
+
+    monkeypatch.setattr(probe_run, "write_npz", killed_at_the_weights)
+    code, _, err = strata(*probe_args(stores, out, "--layers", "2", "--l2", "1e-1"))
+    assert code == 130 and "rerun the same command to resume" in err
+    assert not (out / "results.json").exists()
+    monkeypatch.setattr(probe_run, "write_npz", real)
+    assert strata(*probe_args(stores, out, "--layers", "2", "--l2", "1e-1"))[0] == 0
+    assert [c["l2"] for c in load(out)["chosen"]] == [0.1]
+
+
+def test_the_table_counts_unseen_classes_for_every_label_set():
+    from probe_engine.probe_table import format_table
+
+    def chosen(label, unseen):
+        return {"label": label, "layers": [1], "feature_set": "layer 1", "l1": 0.0, "l2": 1e-3,
+                "train_accuracy": 1.0, "dev_accuracy": 0.5, "test_accuracy": None, "nonzeros": 3,
+                "unseen_label_tokens": unseen}
+
+    table = format_table({"probes": [], "strata_probe": {}, "chosen": [
+        chosen("upos", {"dev": 0, "test": 0}), chosen("xpos", {"dev": 22, "test": 3}), chosen("deprel", {"dev": 8})]})
+    assert table.splitlines()[-2:] == [
+        "xpos: classes unseen in training (counted as errors): dev 22 rows, test 3 rows",
+        "deprel: classes unseen in training (counted as errors): dev 8 rows"]
