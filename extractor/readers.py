@@ -36,8 +36,10 @@ Line rules shared by all formats:
 * "Whitespace" means what :meth:`str.split` splits on.
 * In the line-per-sentence formats (``neurox``, ``senteval``, ``text``) every
   line is a sentence, so any blank or whitespace-only line is an error, even
-  at the end of the file. The newline that ends the last line does not make
-  an extra line, so a normal trailing newline is fine.
+  at the end of the file (with ``max_sentences``: any such line among the
+  sentences kept; the lines after them are counted, not checked). The newline
+  that ends the last line does not make an extra line, so a normal trailing
+  newline is fine.
 * In the block formats (``conllu``, ``conll``) blank or whitespace-only lines
   separate sentences; any number of them may appear anywhere.
 

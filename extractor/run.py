@@ -269,6 +269,8 @@ class Extraction:
             # Another spelling of the same model is the same model; stores written
             # before either value was made spelling-independent recorded the raw
             # --model string and a config hash that included it.
+            if sorted(existing.get("pool", [])) == sorted(requested["pool"]):  # the order stores nothing
+                requested["pool"] = existing["pool"]
             if hf.same_model(existing.get("model"), self.opts.model):
                 requested["model"] = existing["model"]
                 if existing.get("config_sha256") == hf.legacy_config_sha256(self.config, existing["model"]):

@@ -288,7 +288,9 @@ class StoreWriter:
                 fault_point("pooled-written")
                 manifest.write_record(self.group, schema.FINAL_RECORD,
                                       {"checksums": manifest.checksums(self.path, files)})
-            shutil.rmtree(self.path / schema.STAGING, ignore_errors=True)
+            # not ignore_errors: staging left behind would be unrecorded files in a "complete" store
+            if (self.path / schema.STAGING).exists():
+                shutil.rmtree(self.path / schema.STAGING)
             attrs = self.attrs
             attrs.update(complete=True, summary=summary)
             # Metadata (label classes, shapes, codecs, attributes) changes what

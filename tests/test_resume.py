@@ -194,6 +194,14 @@ def test_a_resume_refuses_other_weights_under_the_same_path(reference, tiny_bert
     assert_stores_identical(reference, out)
 
 
+def test_the_order_of_pool_kinds_does_not_matter_to_a_resume(reference, tiny_bert, ud_dev, tmp_path):
+    out = tmp_path / "s.zarr"
+    crashed = run_subprocess(extract_args(tiny_bert, ud_dev, out, "--pool", "mean,cls"), {"STRATA_FAULT": "unit-written:2"})
+    assert crashed.returncode == 137
+    assert run_here(extract_args(tiny_bert, ud_dev, out, "--pool", "cls,mean")) == 0
+    assert_stores_identical(reference, out)
+
+
 def swap_two_words(model: Path) -> None:
     """Swap the ids of 'the' and 'of': every sentence keeps its length, only the ids change."""
     path = model / "tokenizer.json"
