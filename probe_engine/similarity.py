@@ -93,6 +93,11 @@ def cosine_upper_triangle(x):
     i, j = xp.triu_indices(x.shape[0], k=1)
     values = (u @ u.T)[i, j]
     values -= values.mean()
+    # Rows all alike (a constant layer: BERT's layer-0 CLS vector) give equal cosines, which
+    # centre to rounding noise, not to zero, and the correlation of noise is any number.
+    # Cosines lie in [-1, 1]; a spread below 1e-9 is no structure: zero, so RSA is NaN as CKA is.
+    if values.size and float(xp.abs(values).max()) <= 1e-9:
+        values = xp.zeros_like(values)
     return values
 
 

@@ -77,6 +77,17 @@ def test_rsa_matches_scipy():
 
 
 # --------------------------------------------------------------------------- variants
+def test_rsa_of_a_constant_layer_is_undefined():
+    """Identical rows (BERT's layer-0 CLS vector): the cosines are equal up to rounding, and
+    their correlation with anything is noise, not a similarity."""
+    rng = np.random.default_rng(1)
+    for _ in range(12):  # rounding gave nan, 0, 1.0 or 0.94 before the spread was checked
+        n = int(rng.integers(50, 300))
+        x, y = (np.tile(rng.normal(size=32).astype(np.float16), (n, 1)) for _ in range(2))
+        assert np.isnan(rsa(x, y))
+        assert np.isnan(rsa(x, rng.normal(size=(n, 32))))
+
+
 def test_variant_syntax_and_permutation():
     assert parse_variant("reinit:3-").spec() == "reinit:3-"
     assert parse_variant("reinit:2-4", seed=5) == parse_variant("reinit:2-4", seed=5)
