@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from store.errors import StrataError
+
 from extractor.readers import FORMATS
 
 
@@ -31,6 +33,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from extractor.sentence_tasks import parse_edges, write_task
 
+    if args.seed < 0:  # numpy's generators take none
+        raise StrataError(f"--seed: must be >= 0, got {args.seed}")
     edges = parse_edges(args.length_bins)
     inputs = {split: path for split, path in (("train", args.train), ("dev", args.dev), ("test", args.test)) if path}
     report = write_task(args.task, inputs, args.format, args.out, seed=args.seed, edges=edges,

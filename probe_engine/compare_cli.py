@@ -37,12 +37,18 @@ def options_from_args(args) -> dict:
         raise StrataError(f"--tokens: RSA needs at least 2 tokens, got {args.tokens}")
     if args.repeats < 1:
         raise StrataError(f"--repeats: must be >= 1, got {args.repeats}")
+    if args.seed < 0:  # numpy's generators take none
+        raise StrataError(f"--seed: must be >= 0, got {args.seed}")
     layers = None
-    if args.layers:
+    if args.layers is not None:
         try:
             layers = [int(x) for x in args.layers.split(",") if x.strip()]
         except ValueError:
             raise StrataError(f"--layers: {args.layers!r} is not a comma-separated list of layer ids") from None
+        if not layers:
+            raise StrataError(f"--layers: no layer id given in {args.layers!r}")
+        if len(set(layers)) < len(layers):
+            raise StrataError(f"--layers: {args.layers!r} names a layer twice")
     return {"a": str(Path(args.a).resolve()), "b": str(Path(args.b).resolve()), "methods": methods,
             "tokens": args.tokens, "repeats": args.repeats, "layers": layers, "pool": args.pool,
             "device": args.device, "seed": args.seed, "command": getattr(args, "argv", None)}

@@ -238,3 +238,15 @@ def test_compare_errors(tiny_stores, tmp_path, strata, tiny_bert, ud_dev):
     code, _, err = strata("compare", base, tiny_stores["truncate"], "--out", tmp_path / "o", "--layers", "2")
     assert err.strip() == (f"strata compare: error: --layers: layer 2 is not in B {tiny_stores['truncate']} "
                            "(stored: 0, 1)")
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--layers", ",", "--layers: no layer id given in ','"),
+    ("--layers", "0,0", "--layers: '0,0' names a layer twice"),
+    ("--seed", "-1", "--seed: must be >= 0, got -1"),
+])
+def test_compare_option_errors(tiny_stores, tmp_path, strata, option, value, message):
+    base = tiny_stores["base"]
+    code, _, err = strata("compare", base, base, "--out", tmp_path / "o", "--quiet", f"{option}={value}")
+    assert code == 1 and err.strip() == f"strata compare: error: {message}"
+    assert not (tmp_path / "o").exists()

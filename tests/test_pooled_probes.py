@@ -224,3 +224,9 @@ def test_pool_errors(senteval_store, tmp_path, strata, tiny_bert, ud_dev):
                           "--quiet", "--out", tmp_path / "o")
     assert err.strip() == (f"strata probe: error: --labels: {nopool.resolve()} has no sentence-level label set "
                            "'upos' (it has: none); --pool probes need one label per sentence")
+
+
+def test_tasks_refuses_a_negative_seed(tmp_path, ud_dev, strata):
+    code, _, err = strata("tasks", "bigram-shift", "--train", ud_dev, "--seed=-1", "--out", tmp_path / "x.tsv")
+    assert code == 1 and err.strip() == "strata tasks: error: --seed: must be >= 0, got -1"
+    assert not (tmp_path / "x.tsv").exists()
