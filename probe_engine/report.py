@@ -31,6 +31,8 @@ from store.errors import StrataError
 
 KINDS = {"strata_probe": "probe", "strata_neurons": "neurons", "strata_compare": "compare"}
 FILES = ("results.json", "neurons.json", "compare.json")
+#: what the report reads of each kind (compare's sections depend on its --method, so none)
+NEEDED = {"probe": ("chosen",), "neurons": ("layer_distribution", "ablation", "minimal", "oracle"), "compare": ()}
 
 
 def load_results(path: Path, option: str) -> tuple[str, dict]:
@@ -49,6 +51,12 @@ def load_results(path: Path, option: str) -> tuple[str, dict]:
     kind = next((KINDS[k] for k in KINDS if isinstance(doc, dict) and k in doc), None)
     if kind is None:
         raise StrataError(f"{option}: {path} is not a strata probe, neurons or compare result")
+    header = doc[f"strata_{kind}"]
+    missing = [key for key in NEEDED[kind] if not isinstance(doc.get(key), (dict, list))]
+    if kind == "neurons" and not (isinstance(header, dict) and "label" in header):
+        missing.append("strata_neurons.label")
+    if missing:
+        raise StrataError(f"{option}: {path} is not a complete strata {kind} result (it has no {missing[0]})")
     return kind, doc
 
 

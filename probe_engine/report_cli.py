@@ -35,8 +35,13 @@ def report(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise StrataError(f"--out: {out} should end in .html")
+    if out.is_dir():
+        raise StrataError(f"--out: {out} is a directory; give the HTML file to write")
     models = load_models([(n, option, paths) for n, (option, paths) in zip(names, groups)])
-    result = build_report(models, out)
+    try:
+        result = build_report(models, out)
+    except OSError as e:  # an unwritable folder, a full disk
+        raise StrataError(f"--out: cannot write {out}: {e.strerror or e}") from None
     shown = ", ".join(title.split(" (")[0] for title, present in result["sections"].items() if present)
     print(f"{out}: {shown or 'no section had data'}; figures: {len(result['figures'])}")
     return 0

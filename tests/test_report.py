@@ -122,6 +122,23 @@ def test_report_errors(results, tmp_path, strata):
     code, _, err = strata("report", "--base", tmp_path, "--other", *results["other"], "--out", tmp_path / "x.html")
     assert err.strip() == (f"strata report: error: --base: {tmp_path} holds none of results.json, neurons.json, "
                            "compare.json")
+    stub = tmp_path / "stub.json"
+    stub.write_text('{"strata_probe": {}}')
+    code, _, err = strata("report", "--base", stub, "--other", *results["other"], "--out", tmp_path / "x.html")
+    assert err.strip() == f"strata report: error: --base: {stub} is not a complete strata probe result (it has no chosen)"
+    stub.write_text('{"strata_neurons": {}, "layer_distribution": {}, "ablation": {}, "minimal": {}, "oracle": {}}')
+    code, _, err = strata("report", "--base", stub, "--other", *results["other"], "--out", tmp_path / "x.html")
+    assert err.strip() == (f"strata report: error: --base: {stub} is not a complete strata neurons result "
+                           "(it has no strata_neurons.label)")
+    (tmp_path / "folder.html").mkdir()
+    code, _, err = strata("report", "--base", *results["base"], "--other", *results["other"],
+                          "--out", tmp_path / "folder.html")
+    assert err.strip() == f"strata report: error: --out: {tmp_path / 'folder.html'} is a directory; give the HTML file to write"
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    code, _, err = strata("report", "--base", *results["base"], "--other", *results["other"],
+                          "--out", blocked / "r.html")
+    assert code == 1 and err.strip().startswith(f"strata report: error: --out: cannot write {blocked / 'r.html'}: ")
     assert not (tmp_path / "x.html").exists()
 
 
