@@ -22,6 +22,9 @@ def open_store(path: Path) -> zarr.Group:
             group = zarr.open_group(path, mode="r")
         attrs = group.attrs[schema.ROOT_ATTR]
     except Exception:
+        root = path / schema.METADATA_FILE
+        if root.is_file() and path.joinpath(schema.MANIFEST).is_dir():  # a strata layout, its root unreadable
+            raise StrataError(f"{path}: damaged store: its root {schema.METADATA_FILE} cannot be read") from None
         raise StrataError(f"{path}: not a strata store") from None
     version = attrs.get("schema_version")
     if version != schema.SCHEMA_VERSION:
@@ -76,6 +79,9 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
     params = attrs["parameters"]
     n_units = manifest.read_record(group, schema.PLAN_RECORD).get("n_units")
     done = len(manifest.finished_units(path))
+    if attrs.get("complete") and done != n_units:  # records deleted after the finish: do not say complete
+        raise StrataError(f"{path}: damaged store: marked complete, but {n_units - done} of {n_units} unit "
+                          "records are missing; run strata verify")
     skipped = group[schema.SENTENCE_SKIPPED]
     acts = group[schema.ACTIVATIONS]
     arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),

@@ -217,6 +217,21 @@ def test_inspect_damaged_or_unfinished_store(strata, ud_store, tmp_path):
     assert "\n" not in line
     assert line.startswith(f"strata inspect: error: {damaged}: damaged store, cannot read it (")
     assert line.endswith("); run strata verify")
+    broken_root = tmp_path / "broken_root.zarr"
+    shutil.copytree(ud_store, broken_root)
+    (broken_root / "zarr.json").write_text("{")
+    for command in ("inspect", "verify"):
+        code, _, err = strata(command, broken_root)
+        assert code == 1
+        assert err.strip() == f"strata {command}: error: {broken_root}: damaged store: its root zarr.json cannot be read"
+    unrecorded = tmp_path / "unrecorded.zarr"  # complete, then a unit record deleted
+    shutil.copytree(ud_store, unrecorded)
+    units = sorted((unrecorded / "manifest").glob("unit_*"))
+    shutil.rmtree(units[0])
+    code, _, err = strata("inspect", unrecorded)
+    assert code == 1
+    assert err.strip() == (f"strata inspect: error: {unrecorded}: damaged store: marked complete, but 1 of "
+                           f"{len(units)} unit records are missing; run strata verify")
 
 
 def test_subword_store_gives_each_subword_its_text_word_and_word_label(tiny_bert, ud_dev, tmp_path):
