@@ -81,6 +81,19 @@ def layer_positions(store: ProbeStore, wanted: list[int] | None) -> list[int]:
     return [store.layers.index(x) for x in wanted]
 
 
+def readable(store: ProbeStore, read):
+    """``read()``, with a failure inside zarr or a codec (a truncated or corrupted shard)
+    as a one-line error naming the store."""
+    try:
+        return read()
+    except StrataError:
+        raise
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise StrataError(f"{store.option}: {store.path}: damaged store, cannot read it "
+                          f"({type(e).__name__}: {reason}); run strata verify") from None
+
+
 def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:
     """(len(pa), len(pb)) linear CKA from one pass over both stores' blocks."""
     xa, xb = da.from_zarr(A.features)[pa], da.from_zarr(B.features)[pb]
@@ -92,8 +105,8 @@ def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:
     acc = CrossProducts()
 
     def read(start):
-        block = dask.compute(xa[:, start:start + step], xb[:, start:start + step], scheduler="threads")
-        return [b.astype(np.float32) for b in block]
+        return [readable(store, lambda: dask.compute(x[:, start:start + step], scheduler="threads")[0])
+                .astype(np.float32) for store, x in ((A, xa), (B, xb))]
 
     bar = tqdm(total=n, desc="CKA pass", unit="row", unit_scale=True, disable=quiet)
     with ThreadPoolExecutor(1) as pool:  # read block k+1 while block k is multiplied
@@ -104,7 +117,8 @@ def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:
                 pending = pool.submit(read, starts[k + 1])
             if not (np.isfinite(a).all() and np.isfinite(b).all()):
                 which = "A" if not np.isfinite(a).all() else "B"
-                raise StrataError(f"{which}: non-finite activations in rows {starts[k]}..{starts[k] + a.shape[1] - 1}")
+                raise StrataError(f"{which}: non-finite activations in rows {starts[k]}..{starts[k] + a.shape[1] - 1} "
+                                  "(a deleted chunk reads as NaN: run strata verify)")
             acc.add(xp.asarray(a), xp.asarray(b))
             bar.update(a.shape[1])
     bar.close()
@@ -120,8 +134,12 @@ def rsa_per_layer(A, B, pairs, rows, tokens, seed, repeats, xp, quiet=False) -> 
     for r in range(repeats):
         pick = np.sort(np.random.default_rng([seed, r]).choice(n, size=size, replace=False))
         index = pick if rows is None else rows[pick]
-        sa = A.features.get_orthogonal_selection((slice(None), index, slice(None)))
-        sb = B.features.get_orthogonal_selection((slice(None), index, slice(None)))
+        sa, sb = (readable(store, lambda s=store: s.features.get_orthogonal_selection((slice(None), index, slice(None))))
+                  for store in (A, B))
+        for store, sample in ((A, sa), (B, sb)):
+            if not np.isfinite(sample).all():
+                raise StrataError(f"{store.option}: non-finite activations in RSA sample {r} "
+                                  "(a deleted chunk reads as NaN: run strata verify)")
         for k, (i, j) in enumerate(pairs):
             out[r, k] = correlation(cosine_upper_triangle(xp.asarray(sa[i])), cosine_upper_triangle(xp.asarray(sb[j])))
             bar.update()

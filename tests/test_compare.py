@@ -250,3 +250,26 @@ def test_compare_option_errors(tiny_stores, tmp_path, strata, option, value, mes
     code, _, err = strata("compare", base, base, "--out", tmp_path / "o", "--quiet", f"{option}={value}")
     assert code == 1 and err.strip() == f"strata compare: error: {message}"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_store_is_named_in_one_line(tiny_stores, tmp_path, strata):
+    import shutil
+
+    base = tiny_stores["base"]
+    truncated, deleted = tmp_path / "truncated.zarr", tmp_path / "deleted.zarr"
+    for copy in (truncated, deleted):
+        shutil.copytree(base, copy)
+    shard = truncated / "activations" / "c" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:100])
+    (deleted / "activations" / "c" / "0" / "0" / "0").unlink()
+    for method in ("cka", "rsa"):
+        code, _, err = strata("compare", base, truncated, "--out", tmp_path / "o", "--quiet", "--method", method)
+        assert code == 1 and "\n" not in err.strip()
+        assert err.strip().startswith(f"strata compare: error: B: {truncated}: damaged store, cannot read it (")
+        assert err.strip().endswith("; run strata verify")
+    code, _, err = strata("compare", base, deleted, "--out", tmp_path / "o", "--quiet", "--method", "cka")
+    assert code == 1 and err.strip().startswith("strata compare: error: B: non-finite activations in rows 0..")
+    assert err.strip().endswith("(a deleted chunk reads as NaN: run strata verify)")
+    code, _, err = strata("compare", base, deleted, "--out", tmp_path / "o", "--quiet", "--method", "rsa")
+    assert code == 1 and err.strip() == ("strata compare: error: B: non-finite activations in RSA sample 0 "
+                                         "(a deleted chunk reads as NaN: run strata verify)")
