@@ -44,7 +44,8 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
     as scikit-learn's binary classifiers: coef_ (1, n_features) and intercept_ (1,), class
     1's weights minus class 0's), mean_ and scale_ (the standardization, float64),
     n_iter_, converged_, objective_ (on the standardized problem), optimality_,
-    duality_gap_ (objective_ minus the optimum is at most this), n_nonzero_.
+    duality_gap_ (objective_ minus the optimum is at most this), n_nonzero_ (the non-zeros
+    of coef_: for two classes, of its one row, not of the two softmax columns solved).
     """
 
     def __init__(self, l1=1e-4, l2=0.0, *, standardize=True, tol=DEFAULT_TOL, gap_tol=None,
@@ -99,7 +100,7 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         self.objective_ = float(sol.objective[0])
         self.optimality_ = float(sol.optimality[0])
         self.duality_gap_ = float(sol.gap[0])
-        self.n_nonzero_ = int(np.count_nonzero(sol.W[:, 0, :]))
+        self.n_nonzero_ = int(np.count_nonzero(self.coef_standardized_))  # what coef_ shows
         return self
 
     def decision_function(self, X):

@@ -59,6 +59,13 @@ def test_l2_only_matches_sklearn_lbfgs(problem):
     assert np.count_nonzero(ours.coef_) == ours.coef_.size  # no l1: no zeros
 
 
+def test_n_nonzero_counts_what_coef_shows_for_two_classes(problem):
+    X, y = problem
+    binary = ElasticNetProbe(1e-2, 1e-3, tol=1e-6).fit(X, y % 2)
+    assert binary.coef_.shape == (1, X.shape[1])
+    assert binary.n_nonzero_ == np.count_nonzero(binary.coef_) > 0
+
+
 def test_large_l1_gives_all_zero_weights_after_one_pass(problem):
     X, y = problem
     Y = np.eye(4)[y]
