@@ -55,17 +55,21 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         self.tol, self.gap_tol, self.max_iter, self.device = tol, gap_tol, max_iter, device
 
     def _check_params(self):
+        def number(value):  # bool is an int to Python, not a penalty to a user
+            return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+
         for name in ("l1", "l2"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not 0 <= value < np.inf:
+            if not number(value) or not 0 <= value < np.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not isinstance(self.tol, (int, float, np.number)) or not 0 < self.tol < np.inf:
+        if not number(self.tol) or not 0 < self.tol < np.inf:
             raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
-        if self.gap_tol is not None and (not isinstance(self.gap_tol, (int, float, np.number))
-                                         or not 0 < self.gap_tol < np.inf):
+        if self.gap_tol is not None and (not number(self.gap_tol) or not 0 < self.gap_tol < np.inf):
             raise ValueError(f"gap_tol must be a finite number > 0 or None, got {self.gap_tol!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+        if not isinstance(self.max_iter, (int, np.integer)) or isinstance(self.max_iter, bool) or self.max_iter < 1:
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])

@@ -133,6 +133,9 @@ def test_estimator_contract_and_standardization(problem):
     ({"gap_tol": 0}, "gap_tol must be a finite number > 0 or None, got 0"),
     ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
     ({"max_iter": 2.5}, "max_iter must be an integer >= 1, got 2.5"),
+    ({"l1": True}, "l1 must be a finite number >= 0, got True"),
+    ({"max_iter": True}, "max_iter must be an integer >= 1, got True"),
+    ({"standardize": "no"}, "standardize must be True or False, got 'no'"),
 ])
 def test_estimator_rejects_bad_parameters(problem, params, message):
     X, y = problem
