@@ -94,6 +94,7 @@ def load_tokenizer(name: str):
         raise StrataError(f"--model: cannot load the tokenizer of {name!r}{offline}: {_first_line(e)}") from None
     if not tok.is_fast:
         raise StrataError(f"--model: {name!r} has no fast tokenizer; strata needs one to map subwords to words")
+    _byte_level_prefix_space(tok)
     # Without tokenizer files transformers still builds the config's tokenizer
     # class with only its special tokens, which turns every word into [UNK] (or
     # into nothing): a store of garbage with no warning.
@@ -116,6 +117,33 @@ def load_pretrained(name: str):
     except Exception as e:
         raise StrataError(f"--model: cannot load {name!r}{offline}: {_first_line(e)}") from None
     return model.eval()
+
+
+def _set_prefix_space(node) -> bool:
+    """Turn on ``add_prefix_space`` in every ByteLevel step of a pre-tokenizer's JSON; True if any was off."""
+    if not isinstance(node, dict):
+        return False
+    if node.get("type") == "ByteLevel" and node.get("add_prefix_space") is False:
+        node["add_prefix_space"] = True
+        return True
+    return any([_set_prefix_space(step) for step in node.get("pretokenizers") or []])
+
+
+def _byte_level_prefix_space(tok) -> None:
+    """Give a byte-level BPE backend the space before every pre-split word.
+
+    Reloading with ``add_prefix_space=True`` (above) does it for GPT-2's and RoBERTa's
+    tokenizer classes; a tokenizer saved with the generic fast class only records the flag
+    and leaves its backend's ByteLevel step without it, so every word of
+    ``is_split_into_words`` input lost its leading space ("The cat" became "T he c at":
+    other tokens, other vectors, no warning).  The backend's own pre-tokenizer is set here,
+    through the ``tokenizers`` JSON that describes it."""
+    from tokenizers import Tokenizer
+
+    backend = tok.backend_tokenizer
+    doc = json.loads(backend.to_str())
+    if _set_prefix_space(doc.get("pre_tokenizer")):
+        backend.pre_tokenizer = Tokenizer.from_str(json.dumps(doc)).pre_tokenizer
 
 
 def load_model(name: str, device: str):

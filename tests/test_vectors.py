@@ -95,3 +95,36 @@ def test_float16_store_is_rounded_float32(strata, tiny_bert, text_corpus, tmp_pa
     full = zarr.open_group(tmp_path / "float32", mode="r")["activations"][...]
     assert half.dtype == np.float16
     np.testing.assert_array_equal(half, full.astype(np.float16))
+
+
+def test_a_byte_level_tokenizer_of_the_generic_class_keeps_each_words_space(strata, tiny_gpt2, text_corpus,
+                                                                              tmp_path):
+    """Saved as the generic PreTrainedTokenizerFast with add_prefix_space off (as some hub
+    models are), reloading with add_prefix_space=True only set the flag: every pre-split
+    word lost its leading space, silently.  Checked against running text, word by word."""
+    import json
+    import shutil
+
+    generic = tmp_path / "generic"
+    shutil.copytree(tiny_gpt2, generic)
+    doc = json.loads((generic / "tokenizer.json").read_text())
+    assert doc["pre_tokenizer"]["type"] == "ByteLevel"
+    doc["pre_tokenizer"]["add_prefix_space"] = False
+    (generic / "tokenizer.json").write_text(json.dumps(doc))
+    config = json.loads((generic / "tokenizer_config.json").read_text())
+    config.pop("add_prefix_space", None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (generic / "tokenizer_config.json").write_text(json.dumps(config))
+    out = tmp_path / "s.zarr"
+    assert strata("extract", "--model", generic, "--input", text_corpus, "--format", "text", "--out", out,
+                  "--dtype", "float32", "--pool", "none")[0] == 0
+    g = zarr.open_group(out, mode="r")
+    acts, offsets = g["activations"][...], g["sentence_offsets"][...]
+    tok, model = AutoTokenizer.from_pretrained(tiny_gpt2), AutoModel.from_pretrained(tiny_gpt2).eval()
+    for i, sentence in enumerate(SENTENCES):
+        pieces = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in sentence.split()]
+        with torch.no_grad():
+            hidden = model(torch.tensor([[x for p in pieces for x in p]]), output_hidden_states=True).hidden_states
+        last = np.cumsum([len(p) for p in pieces]) - 1
+        np.testing.assert_allclose(acts[:, offsets[i]:offsets[i + 1]], torch.stack(hidden)[:, 0, last].numpy(),
+                                   rtol=1e-4, atol=1e-5)
