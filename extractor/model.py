@@ -207,7 +207,8 @@ def max_positions(config, tokenizer) -> int | None:
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             if config.model_type in PADDING_OFFSET_FAMILIES:
-                value -= (getattr(config, "pad_token_id", 1) or 1) + 1
+                pad = getattr(config, "pad_token_id", None)
+                value -= (pad if isinstance(pad, int) else 1) + 1  # positions start at pad + 1
             limits.append(value)
             break
     if 0 < tokenizer.model_max_length < _NO_LIMIT:
