@@ -20,6 +20,7 @@ from probe_engine.labels import mapped_classes, training_classes
 from probe_engine.stores import ProbeStore, check_same_model
 from probe_engine.screening import screened_grid
 from probe_engine.train import accuracies, predict, train_grid
+from store.writer import fault_point
 
 
 def finite_or_none(x) -> float | None:
@@ -51,6 +52,7 @@ def run_group(spec: dict, progress=None) -> dict:
 
     ``progress(iteration, active)`` is called after every training pass.
     """
+    fault_point("probe-group")  # tests: a worker process that dies in its group
     xp = array_module(spec["device"])
     stores = open_stores(spec)
     train = stores["train"]

@@ -119,23 +119,54 @@ def _run_local(todo, out, done, quiet):
     outer.close()
 
 
+#: Seconds a cluster may have no worker at all before the run stops (a worker without a
+#: nanny that died is not replaced, and the run would wait forever).
+NO_WORKERS_TIMEOUT_S = 60.0
+
+
 def _run_distributed(todo, out, done, address, quiet):
-    from dask.distributed import Client, as_completed
+    from concurrent.futures import CancelledError
+
+    from dask.distributed import Client, wait
+    from distributed.scheduler import KilledWorker
 
     try:
         client = Client(address, timeout="20s")
     except Exception as e:
         raise StrataError(f"--scheduler: cannot reach a dask scheduler at {address} ({e})") from None
+    resume = "the finished groups are kept: rerun the same command to resume"
     with client:
         futures = {client.submit(run_group, spec, pure=False, key=f"strata-probe-{gid}"): (gid, spec)
                    for gid, spec in todo}
         bar = tqdm(total=len(todo), desc=f"probe groups on {address}", unit="group", disable=quiet or not todo)
-        for future in as_completed(futures):
-            gid, spec = futures[future]
-            result = future.result()
-            save_group(out, gid, spec, result)
-            done[gid] = {"spec": spec, **result["summary"]}
-            bar.update()
+        pending, workerless_since = set(futures), None
+        while pending:
+            try:
+                finished, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                finished = set()
+            except OSError as e:  # the scheduler went away
+                raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({e}); {resume}") from None
+            if not finished:
+                if client.scheduler_info().get("workers"):
+                    workerless_since = None
+                elif (workerless_since := workerless_since or time.monotonic()) + NO_WORKERS_TIMEOUT_S < time.monotonic():
+                    raise StrataError(f"--scheduler: {address} has had no worker for {NO_WORKERS_TIMEOUT_S:g} s; "
+                                      f"{resume}")
+                continue
+            for future in finished:
+                gid, spec = futures.pop(future)
+                try:
+                    result = future.result()
+                except (KilledWorker, CancelledError, OSError) as e:  # a dying worker, a lost scheduler
+                    reason = (str(e).strip().splitlines() or [""])[0]
+                    raise StrataError(f"--scheduler: group {gid} failed on {address} ({type(e).__name__}: "
+                                      f"{reason}); {resume}") from None
+                # a saved group's result leaves the cluster: a later worker death never recomputes it
+                future.release()
+                save_group(out, gid, spec, result)
+                done[gid] = {"spec": spec, **result["summary"]}
+                bar.update()
         bar.close()
 
 

@@ -183,6 +183,27 @@ def test_distributed_equals_local(first_run, stores, tmp_path, strata):
         assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=5e-3 if b["l2"] > 0 else 2e-2)
 
 
+def test_a_worker_that_dies_is_a_one_line_error_and_the_run_resumes(stores, tmp_path, strata, monkeypatch):
+    """Every worker process dies in its first group (dask retries none here): the run stops
+    with one line, no results.json, and the same command finishes on a healthy cluster."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    out = tmp_path / "dist"
+    args = probe_args(stores, out, "--layers", "1")
+    monkeypatch.setenv("STRATA_FAULT", "probe-group:1")  # the workers inherit it
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        code, _, err = strata(*args, "--scheduler", cluster.scheduler_address)
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"strata probe: error: --scheduler: group ") and " failed on tcp://" in line
+    assert "(KilledWorker: " in line and line.endswith("the finished groups are kept: rerun the same command to resume")
+    assert not (out / "results.json").exists()
+    monkeypatch.delenv("STRATA_FAULT")
+    assert strata(*args)[0] == 0
+
+
 @pytest.mark.parametrize("schedule", ["path", "batched"])
 def test_grid_schedules_give_the_same_solutions(first_run, stores, tmp_path, strata, schedule):
     """The default schedule on the CPU (``auto``) is ``l1-path``, and every schedule solves
