@@ -16,7 +16,10 @@ def array_module(device: str):
     """``numpy`` for ``cpu``, ``cupy`` for ``cuda`` (a clear error when CuPy or a GPU is missing)."""
     if device == "cpu":
         return np
-    if device.split(":")[0] == "cuda":
+    kind, colon, index = device.partition(":")
+    if kind == "cuda":
+        if colon and not index.isdigit():
+            raise StrataError(f"--device: {device!r} is not cuda or cuda:N")
         try:
             import cupy
         except ImportError:
@@ -26,8 +29,12 @@ def array_module(device: str):
                 raise RuntimeError
         except Exception:
             raise StrataError("--device cuda: no CUDA GPU is visible") from None
-        if ":" in device:
-            cupy.cuda.Device(int(device.split(":")[1])).use()
+        if colon:
+            count = cupy.cuda.runtime.getDeviceCount()
+            if int(index) >= count:
+                raise StrataError(f"--device: {device} is out of range: this machine has {count} CUDA "
+                                  f"device{'s' if count != 1 else ''}")
+            cupy.cuda.Device(int(index)).use()
         return cupy
     raise StrataError(f"--device: {device!r} is not cpu or cuda")
 

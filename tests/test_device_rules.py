@@ -124,3 +124,13 @@ def test_solver_cuda_path(cuda_stand_in, check):
     """test_probe_cupy.py's solver-level checks (batched, restricted, grouped passes, predict,
     the Lipschitz bound, the estimator), each against the NumPy run."""
     getattr(solver_on_gpu, check)()
+
+
+def test_a_device_index_past_the_gpus_is_a_one_line_error(monkeypatch):
+    from probe_engine.backend import array_module
+    from store.errors import StrataError
+
+    stand_in = install(monkeypatch)  # one device
+    assert array_module("cuda:0") is stand_in
+    with pytest.raises(StrataError, match=r"^--device: cuda:1 is out of range: this machine has 1 CUDA device$"):
+        array_module("cuda:1")

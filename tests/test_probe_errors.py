@@ -89,6 +89,8 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
     ("--screen-margin", "-0.1", "--screen-margin: must be a fraction in [0, 1], got -0.1"),
     ("--screen-margin", "inf", "--screen-margin: must be a fraction in [0, 1], got inf"),
     ("--device", "tpu", "--device: 'tpu' is not cpu or cuda"),
+    ("--device", "cuda:abc", "--device: 'cuda:abc' is not cuda or cuda:N"),
+    ("--device", "cuda:", "--device: 'cuda:' is not cuda or cuda:N"),
 ])
 def test_bad_options(run, option, value, message):
     assert run(option, value) == (1, f"strata probe: error: {message}")
