@@ -86,6 +86,8 @@ def load_group_arrays(out: Path, gid: str) -> dict:
 def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bool = False) -> dict:
     """Run every group of ``options`` into ``out``; returns the results document."""
     specs = plan_groups(options)
+    # the cluster is reached before --out is made: a wrong address leaves nothing behind
+    client = None if scheduler == "threads" else _connect(scheduler)
     out.mkdir(parents=True, exist_ok=True)
     ids = [group_id(s) for s in specs]
     done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
@@ -93,10 +95,11 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
     if done:
         print(f"strata probe: reusing {len(done)} finished group(s) in {out / 'groups'}", file=sys.stderr)
     started = time.perf_counter()
-    if scheduler == "threads":
+    if client is None:
         _run_local(todo, out, done, quiet)
     else:
-        _run_distributed(todo, out, done, scheduler, quiet)
+        with client:
+            _run_distributed(client, todo, out, done, scheduler, quiet)
     return write_results(options, out, [(gid, done[gid]) for gid in ids], time.perf_counter() - started, scheduler)
 
 
@@ -124,50 +127,54 @@ def _run_local(todo, out, done, quiet):
 NO_WORKERS_TIMEOUT_S = 60.0
 
 
-def _run_distributed(todo, out, done, address, quiet):
-    from concurrent.futures import CancelledError
-
-    from dask.distributed import Client, wait
-    from distributed.scheduler import KilledWorker
+def _connect(address: str):
+    from dask.distributed import Client
 
     try:
-        client = Client(address, timeout="20s")
+        return Client(address, timeout="20s")
     except Exception as e:
         raise StrataError(f"--scheduler: cannot reach a dask scheduler at {address} ({e})") from None
+
+
+def _run_distributed(client, todo, out, done, address, quiet):
+    from concurrent.futures import CancelledError
+
+    from dask.distributed import wait
+    from distributed.scheduler import KilledWorker
+
     resume = "the finished groups are kept: rerun the same command to resume"
-    with client:
-        futures = {client.submit(run_group, spec, pure=False, key=f"strata-probe-{gid}"): (gid, spec)
-                   for gid, spec in todo}
-        bar = tqdm(total=len(todo), desc=f"probe groups on {address}", unit="group", disable=quiet or not todo)
-        pending, workerless_since = set(futures), None
-        while pending:
+    futures = {client.submit(run_group, spec, pure=False, key=f"strata-probe-{gid}"): (gid, spec)
+               for gid, spec in todo}
+    bar = tqdm(total=len(todo), desc=f"probe groups on {address}", unit="group", disable=quiet or not todo)
+    pending, workerless_since = set(futures), None
+    while pending:
+        try:
+            finished, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            finished = set()
+        except OSError as e:  # the scheduler went away
+            raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({e}); {resume}") from None
+        if not finished:
+            if client.scheduler_info().get("workers"):
+                workerless_since = None
+            elif (workerless_since := workerless_since or time.monotonic()) + NO_WORKERS_TIMEOUT_S < time.monotonic():
+                raise StrataError(f"--scheduler: {address} has had no worker for {NO_WORKERS_TIMEOUT_S:g} s; "
+                                  f"{resume}")
+            continue
+        for future in finished:
+            gid, spec = futures.pop(future)
             try:
-                finished, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                finished = set()
-            except OSError as e:  # the scheduler went away
-                raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({e}); {resume}") from None
-            if not finished:
-                if client.scheduler_info().get("workers"):
-                    workerless_since = None
-                elif (workerless_since := workerless_since or time.monotonic()) + NO_WORKERS_TIMEOUT_S < time.monotonic():
-                    raise StrataError(f"--scheduler: {address} has had no worker for {NO_WORKERS_TIMEOUT_S:g} s; "
-                                      f"{resume}")
-                continue
-            for future in finished:
-                gid, spec = futures.pop(future)
-                try:
-                    result = future.result()
-                except (KilledWorker, CancelledError, OSError) as e:  # a dying worker, a lost scheduler
-                    reason = (str(e).strip().splitlines() or [""])[0]
-                    raise StrataError(f"--scheduler: group {gid} failed on {address} ({type(e).__name__}: "
-                                      f"{reason}); {resume}") from None
-                # a saved group's result leaves the cluster: a later worker death never recomputes it
-                future.release()
-                save_group(out, gid, spec, result)
-                done[gid] = {"spec": spec, **result["summary"]}
-                bar.update()
-        bar.close()
+                result = future.result()
+            except (KilledWorker, CancelledError, OSError) as e:  # a dying worker, a lost scheduler
+                reason = (str(e).strip().splitlines() or [""])[0]
+                raise StrataError(f"--scheduler: group {gid} failed on {address} ({type(e).__name__}: "
+                                  f"{reason}); {resume}") from None
+            # a saved group's result leaves the cluster: a later worker death never recomputes it
+            future.release()
+            save_group(out, gid, spec, result)
+            done[gid] = {"spec": spec, **result["summary"]}
+            bar.update()
+    bar.close()
 
 
 def _versions() -> dict:

@@ -149,3 +149,13 @@ def test_the_train_store_as_dev_is_allowed_with_a_warning(run, stores):
     assert code == 0
     assert err == (f"strata probe: warning: --dev is the --train store {stores['train'].resolve()} and it has no "
                    "'split' label set to separate them: dev scores are scores on the training rows")
+
+
+def test_an_unreachable_scheduler_is_one_line_and_leaves_no_out(run, tmp_path):
+    """(A refused tcp:// address is retried for the 20 s connect timeout; an address of an
+    unknown scheme fails at once, through the same path.)"""
+    out = tmp_path / "out"  # the fixture's --out
+    code, err = run("--scheduler", "nowhere://scheduler:8786")
+    assert code == 1 and err.startswith("strata probe: error: --scheduler: cannot reach a dask scheduler at "
+                                        "nowhere://scheduler:8786 (")
+    assert not out.exists()
