@@ -67,6 +67,9 @@ def load_models(groups: list[tuple[str, str, list[str]]]) -> list[dict]:
         model = {"name": name, "probe": [], "neurons": [], "compare": []}
         for p in paths:
             kind, doc = load_results(Path(p), option)
+            if kind == "compare" and option == "--base":  # section 4 draws each other model against the base
+                raise StrataError(f"--base: {p} is a strata compare result; give it with --other, after the "
+                                  "results of the model it compares with the base")
             model[kind].append(doc)
         models.append(model)
     return models

@@ -122,6 +122,11 @@ def test_report_errors(results, tmp_path, strata):
     code, _, err = strata("report", "--base", tmp_path, "--other", *results["other"], "--out", tmp_path / "x.html")
     assert err.strip() == (f"strata report: error: --base: {tmp_path} holds none of results.json, neurons.json, "
                            "compare.json")
+    compare = results["other"][-1]
+    code, _, err = strata("report", "--base", *results["base"], compare, "--other", *results["other"][:-1],
+                          "--out", tmp_path / "x.html")
+    assert err.strip() == (f"strata report: error: --base: {compare} is a strata compare result; give it with "
+                           "--other, after the results of the model it compares with the base")
     stub = tmp_path / "stub.json"
     stub.write_text('{"strata_probe": {}}')
     code, _, err = strata("report", "--base", stub, "--other", *results["other"], "--out", tmp_path / "x.html")
