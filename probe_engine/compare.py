@@ -179,18 +179,23 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
         if not common:
             raise StrataError("--method rsa: A and B share no layer id to compare")
         size = min(options["tokens"], n_rows)
+        # a sample of every row is the same sample whatever the seed: one repeat, no spread
+        repeats = 1 if size == n_rows else options["repeats"]
         if not quiet:
-            print(f"strata compare: RSA on {size:,} sampled rows x {options['repeats']} seeds, "
+            every = " (every row: one repeat)" if repeats < options["repeats"] else ""
+            print(f"strata compare: RSA on {size:,} sampled rows x {repeats} seeds{every}, "
                   f"{len(common)} layers", file=sys.stderr)
         t = time.perf_counter()
         scores = rsa_per_layer(A, B, [(pa[la.index(x)], pb[lb.index(x)]) for x in common], rows,
-                               options["tokens"], options["seed"], options["repeats"], xp, quiet)
-        doc["rsa"] = {"layers": common, "sample_rows": int(size), "repeats": options["repeats"],
-                      "seed": options["seed"], "seeds": [[options["seed"], r] for r in range(options["repeats"])],
+                               options["tokens"], options["seed"], repeats, xp, quiet)
+        doc["rsa"] = {"layers": common, "sample_rows": int(size), "repeats": repeats,
+                      "seed": options["seed"], "seeds": [[options["seed"], r] for r in range(repeats)],
                       "mean": {str(x): float(scores[:, k].mean()) for k, x in enumerate(common)},
-                      "std": {str(x): float(scores[:, k].std(ddof=1)) if options["repeats"] > 1 else None
+                      "std": {str(x): float(scores[:, k].std(ddof=1)) if repeats > 1 else None
                               for k, x in enumerate(common)},
                       "per_repeat": scores.tolist(), "seconds": round(time.perf_counter() - t, 3)}
+        if repeats < options["repeats"]:
+            doc["rsa"]["note"] = f"--tokens {options['tokens']} covers all {n_rows} rows: one repeat"
     if schema.ATTENTION_CLS in A.group and schema.ATTENTION_CLS in B.group:
         from probe_engine.attention_stats import attention_statistics
         both = np.flatnonzero(~(A.group[schema.SENTENCE_SKIPPED][...] | B.group[schema.SENTENCE_SKIPPED][...]))

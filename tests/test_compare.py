@@ -273,3 +273,13 @@ def test_a_damaged_store_is_named_in_one_line(tiny_stores, tmp_path, strata):
     code, _, err = strata("compare", base, deleted, "--out", tmp_path / "o", "--quiet", "--method", "rsa")
     assert code == 1 and err.strip() == ("strata compare: error: B: non-finite activations in RSA sample 0 "
                                          "(a deleted chunk reads as NaN: run strata verify)")
+
+
+def test_an_rsa_sample_of_every_row_is_one_repeat(tiny_stores, tmp_path, strata):
+    out = tmp_path / "all"
+    assert strata("compare", tiny_stores["base"], tiny_stores["random"], "--out", out, "--tokens", "1000000",
+                  "--repeats", "5", "--method", "rsa", "--quiet")[0] == 0
+    rsa = json.loads((out / "compare.json").read_text())["rsa"]
+    rows = rsa["sample_rows"]
+    assert rsa["repeats"] == 1 and len(rsa["per_repeat"]) == 1 and set(rsa["std"].values()) == {None}
+    assert rsa["note"] == f"--tokens 1000000 covers all {rows} rows: one repeat"
