@@ -59,6 +59,18 @@ def test_l2_only_matches_sklearn_lbfgs(problem):
     assert np.count_nonzero(ours.coef_) == ours.coef_.size  # no l1: no zeros
 
 
+def test_a_feature_constant_up_to_rounding_is_not_scaled_up(problem):
+    """As scikit-learn's StandardScaler: a std at the level of the variance's rounding is no
+    spread, so the feature keeps scale 1 (its raw coefficient stays bounded)."""
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = problem
+    X = np.c_[X, 1e5 + 1e-11 * np.random.default_rng(0).standard_normal(len(X))]
+    probe = ElasticNetProbe(1e-3, 1e-3, tol=1e-6).fit(X, y)
+    np.testing.assert_allclose(probe.scale_, StandardScaler().fit(X).scale_, rtol=1e-12)
+    assert probe.scale_[-1] == 1.0 and np.abs(probe.coef_[:, -1]).max() < 1.0
+
+
 def test_n_nonzero_counts_what_coef_shows_for_two_classes(problem):
     X, y = problem
     binary = ElasticNetProbe(1e-2, 1e-3, tol=1e-6).fit(X, y % 2)
