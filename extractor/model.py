@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from store.errors import StrataError
+from store.errors import StrataError, first_line
 
 #: Model families whose position ids start after the padding index, so two
 #: of their position embeddings are never usable (RoBERTa-style offset).
@@ -74,7 +74,7 @@ def load_config(name: str):
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=False, **options)
     except Exception as e:  # transformers raises many types; the message is what matters
-        raise StrataError(f"--model: cannot load {name!r}{offline}: {_first_line(e)}") from None
+        raise StrataError(f"--model: cannot load {name!r}{offline}: {first_line(e)}") from None
 
 
 def load_tokenizer(name: str):
@@ -91,7 +91,7 @@ def load_tokenizer(name: str):
         if getattr(tok, "add_prefix_space", None) is False:
             tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False, add_prefix_space=True, **options)
     except Exception as e:
-        raise StrataError(f"--model: cannot load the tokenizer of {name!r}{offline}: {_first_line(e)}") from None
+        raise StrataError(f"--model: cannot load the tokenizer of {name!r}{offline}: {first_line(e)}") from None
     if not tok.is_fast:
         raise StrataError(f"--model: {name!r} has no fast tokenizer; strata needs one to map subwords to words")
     _byte_level_prefix_space(tok)
@@ -115,7 +115,7 @@ def load_pretrained(name: str):
     try:
         model = AutoModel.from_pretrained(name, trust_remote_code=False, dtype=torch.float32, **options)
     except Exception as e:
-        raise StrataError(f"--model: cannot load {name!r}{offline}: {_first_line(e)}") from None
+        raise StrataError(f"--model: cannot load {name!r}{offline}: {first_line(e)}") from None
     return model.eval()
 
 
@@ -175,7 +175,7 @@ def to_device(model, device: str):
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as e:  # torch: CUDA out of memory, bad ordinal, no CUDA build
-        raise StrataError(f"--device: cannot move the model to {device}: {_first_line(e)}") from None
+        raise StrataError(f"--device: cannot move the model to {device}: {first_line(e)}") from None
 
 
 def n_layers(config) -> int:
@@ -260,6 +260,3 @@ def same_model(recorded: str | None, given: str) -> bool:
     return recorded == given or (recorded is not None and model_identity(recorded) == model_identity(given))
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

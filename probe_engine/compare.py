@@ -35,7 +35,7 @@ from probe_engine.outputs import write_json
 from probe_engine.similarity import CrossProducts, cosine_upper_triangle, correlation
 from probe_engine.stores import ProbeStore
 from store import schema
-from store.errors import StrataError
+from store.errors import StrataError, first_line
 
 METHODS = ("rsa", "cka")
 #: Rows per block of the CKA pass.
@@ -89,9 +89,8 @@ def readable(store: ProbeStore, read):
     except StrataError:
         raise
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0]
         raise StrataError(f"{store.option}: {store.path}: damaged store, cannot read it "
-                          f"({type(e).__name__}: {reason}); run strata verify") from None
+                          f"({type(e).__name__}: {first_line(e)}); run strata verify") from None
 
 
 def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:

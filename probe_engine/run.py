@@ -25,7 +25,7 @@ from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
 from probe_engine.outputs import read_npz, write_json, write_npz
 from probe_engine.stores import shared_rows_warning
-from store.errors import StrataError
+from store.errors import StrataError, first_line
 
 RESULTS_VERSION = 1
 
@@ -166,9 +166,8 @@ def _run_distributed(client, todo, out, done, address, quiet):
             try:
                 result = future.result()
             except (KilledWorker, CancelledError, OSError) as e:  # a dying worker, a lost scheduler
-                reason = (str(e).strip().splitlines() or [""])[0]
                 raise StrataError(f"--scheduler: group {gid} failed on {address} ({type(e).__name__}: "
-                                  f"{reason}); {resume}") from None
+                                  f"{first_line(e)}); {resume}") from None
             # a saved group's result leaves the cluster: a later worker death never recomputes it
             future.release()
             save_group(out, gid, spec, result)

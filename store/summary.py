@@ -8,7 +8,7 @@ import numpy as np
 import zarr
 
 from store import manifest, schema
-from store.errors import StrataError
+from store.errors import StrataError, first_line
 from store.writer import quiet_codec_warnings
 
 
@@ -69,8 +69,7 @@ def summarize(path: Path) -> dict:
         except StrataError:
             raise
         except Exception as e:  # any damaged array or attribute: say what, point to verify
-            reason = (str(e).strip().splitlines() or [""])[0]
-            raise StrataError(f"{path}: damaged store, cannot read it ({type(e).__name__}: {reason}); "
+            raise StrataError(f"{path}: damaged store, cannot read it ({type(e).__name__}: {first_line(e)}); "
                               "run strata verify") from None
 
 
