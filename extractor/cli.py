@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from extractor.alignment import WORD_VECTORS
 from extractor.linear_kernel import KERNELS
 from extractor.readers import FORMATS
