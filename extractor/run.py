@@ -190,8 +190,8 @@ class Extraction:
         self.tokens_sha256 = alignment.tokens_sha256(self.enc)
         #: set when the pretrained weights are loaded (load_model); None for --variant random-init
         self.weights_sha256: str | None = None
-        #: the existing store's parameters (check_store), for the checks that need the model
-        self.existing_parameters: dict | None = None
+        #: the existing store's weights hash (check_store), compared once the model is loaded
+        self.existing_weights: str | None = None
         if self.counts.sum() == 0:
             raise StrataError(f"{opts.input}: every sentence is longer than the model's {self.max_len} positions")
         chunk, shard = default_geometry(len(self.layer_ids), self.hidden, np.dtype(opts.dtype).itemsize)
@@ -258,19 +258,18 @@ class Extraction:
 
             group = zarr.open_group(self.out, mode="r")
             existing = dict(group.attrs[schema.ROOT_ATTR]["parameters"])
-            self.existing_parameters = dict(existing)
             requested = self.parameters()
             # The weights are compared once they are loaded (load_model).  Stores written
             # before the tokens were hashed have their sentence offsets compared instead.
-            existing.pop("weights_sha256", None)
+            self.existing_weights = existing.pop("weights_sha256", None)
             requested.pop("weights_sha256", None)
             if "tokens_sha256" not in existing:
                 del requested["tokens_sha256"]
+            if sorted(existing.get("pool", [])) == sorted(requested["pool"]):  # the order stores nothing
+                requested["pool"] = existing["pool"]
             # Another spelling of the same model is the same model; stores written
             # before either value was made spelling-independent recorded the raw
             # --model string and a config hash that included it.
-            if sorted(existing.get("pool", [])) == sorted(requested["pool"]):  # the order stores nothing
-                requested["pool"] = existing["pool"]
             if hf.same_model(existing.get("model"), self.opts.model):
                 requested["model"] = existing["model"]
                 if existing.get("config_sha256") == hf.legacy_config_sha256(self.config, existing["model"]):
@@ -307,9 +306,8 @@ class Extraction:
         model = hf.to_device(build_model(pretrained, self.config, self.variant, self.pretrained_blocks,
                                          self.opts.model), device)
         self._check_vocabulary(model)
-        existing = self.existing_parameters
-        if existing is not None and "weights_sha256" in existing:
-            check_parameters(self.out, {"weights_sha256": existing["weights_sha256"]},
+        if self.existing_weights is not None:
+            check_parameters(self.out, {"weights_sha256": self.existing_weights},
                              {"weights_sha256": self.weights_sha256})
         if self.opts.attention:
             # Fused attention kernels (SDPA, flash) do not return attention weights.
