@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -82,12 +83,10 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         # Standardized here in float64, not by blocks.standardize (float32 arithmetic): features
         # far from 0 (an offset of 1e5 and more) would lose their digits before the subtraction.
         if self.standardize:
-            mean, var = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
-            # constant up to the variance's own rounding (scikit-learn's StandardScaler bound):
-            # scale 1, not a std of ~1e-12 that would blow its raw coefficient up to ~1e11
-            eps, n = np.finfo(np.float64).eps, len(X)
-            constant = var <= n * eps * var + (n * mean * eps) ** 2
-            self.mean_, self.scale_ = mean, np.where(constant, 1.0, np.sqrt(var))
+            # scikit-learn's scaler: float64 statistics, and scale 1 for a feature constant up to
+            # the variance's rounding (a std of ~1e-12 would blow its raw coefficient up to ~1e11)
+            scaler = StandardScaler().fit(X)
+            self.mean_, self.scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
         else:
             self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         xp = array_module(self.device)
