@@ -37,25 +37,51 @@ def tokenize_corpus(tokenizer, sentences: list[list[str]], max_len: int | None, 
     # and counts those itself, so the warning would only confuse.
     hf_logging.set_verbosity_error()
     input_ids, word_ids, replaced = [], [], 0
-    stand_in = tokenizer.unk_token or "?"
+    # split_special_tokens: a corpus word spelled like a control token ("[SEP]", "<pad>",
+    # "<s>") is text and is tokenized as text.  Without it the model read a real
+    # separator mid-sentence, and RoBERTa, whose positions count the non-pad ids, gave
+    # every later word its neighbour's position.
+    call = dict(is_split_into_words=True, add_special_tokens=True, truncation=False, split_special_tokens=True)
     for lo in range(0, len(sentences), batch):
         chunk = sentences[lo:lo + batch]
-        enc = tokenizer(chunk, is_split_into_words=True, add_special_tokens=True, truncation=False)
+        enc = tokenizer(chunk, **call)
         for i, words in enumerate(chunk):
             ids, wids = enc["input_ids"][i], enc.word_ids(i)
             present = {w for w in wids if w is not None}
             if len(present) < len(words):
                 # Some words (e.g. a lone zero-width character) yield no subword;
                 # give them the unk token so every word keeps a vector.
-                fixed = [w if j in present else stand_in for j, w in enumerate(words)]
-                replaced += len(words) - len(present)
-                one = tokenizer([fixed], is_split_into_words=True, add_special_tokens=True, truncation=False)
-                ids, wids = one["input_ids"][0], one.word_ids(0)
+                missing = set(range(len(words))) - present
+                replaced += len(missing)
+                ids, wids = _unknown_in_place(tokenizer, words, missing, call)
             input_ids.append(np.asarray(ids, dtype=np.int64))
             word_ids.append(np.asarray([-1 if w is None else w for w in wids], dtype=np.int64))
     lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
     skipped = lengths > max_len if max_len else np.zeros(len(input_ids), dtype=bool)
     return Encoded(input_ids, word_ids, skipped, replaced)
+
+
+def _unknown_in_place(tokenizer, words: list[str], missing: set[int], call: dict) -> tuple[list, list]:
+    """Ids and word ids of ``words`` with every word in ``missing`` as one unk id.
+
+    The missing words are tokenized as a plain placeholder (``?``, one word of text),
+    whose subwords are then replaced by the unk id: the unk token's own spelling would
+    be split like any other text under ``split_special_tokens``.  A tokenizer without
+    an unk token keeps the placeholder's subwords.
+    """
+    one = tokenizer([[("?" if j in missing else w) for j, w in enumerate(words)]], **call)
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return one["input_ids"][0], one.word_ids(0)
+    ids, wids = [], []
+    for token, w in zip(one["input_ids"][0], one.word_ids(0)):
+        if w in missing:
+            if wids and wids[-1] == w:
+                continue  # the placeholder's further subwords
+            token = unk
+        ids.append(token)
+        wids.append(w)
+    return ids, wids
 
 
 def tokens_sha256(enc: Encoded) -> str:

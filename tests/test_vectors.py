@@ -20,7 +20,7 @@ def manual_vectors(model_dir, words, word_vector):
     """Hidden states of one sentence (float32), picked without strata's code."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
-    enc = tok([words], is_split_into_words=True, return_tensors="pt")
+    enc = tok([words], is_split_into_words=True, return_tensors="pt", split_special_tokens=True)
     with torch.no_grad():
         hidden = model(**enc, output_hidden_states=True).hidden_states
     states = torch.stack(hidden)[:, 0].numpy()  # (layer, position, neuron)
@@ -73,6 +73,33 @@ def test_stored_vectors_match_manual_forward(strata, tiny_models_by_name, text_c
     text = g["token_text"][...]
     if word_vector != "subword":
         assert text[offsets[1]:offsets[2]].tolist() == SENTENCES[1].split()
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "roberta"])
+def test_words_spelled_like_special_tokens_are_text(strata, tiny_models_by_name, tmp_path, family):
+    """A corpus word "[SEP]" or "<pad>" is text: the model never reads a control token
+    mid-sentence.  Before, RoBERTa read "<pad>" as its pad id, which takes no position,
+    and the words after it got their neighbour's positions."""
+    model_dir = tiny_models_by_name[family]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    spellings = [t for t in tok.all_special_tokens if t.strip()]
+    sentences = [["the", "cat", "sat"], ["the", *spellings, "cat", "sat"]]
+    corpus = tmp_path / "special.txt"
+    corpus.write_text("\n".join(" ".join(words) for words in sentences) + "\n")
+    out = tmp_path / "s.zarr"
+    code, _, err = strata("extract", "--model", model_dir, "--input", corpus, "--format", "text",
+                          "--out", out, "--dtype", "float32")
+    assert code == 0, err
+    g = zarr.open_group(out, mode="r")
+    acts, offsets = g["activations"][...], g["sentence_offsets"][...]
+    for i, words in enumerate(sentences):
+        expected, _, _ = manual_vectors(model_dir, words, "last")
+        np.testing.assert_allclose(acts[:, offsets[i]:offsets[i + 1]], expected, rtol=1e-4, atol=1e-5)
+    enc = tok([sentences[1]], is_split_into_words=True, split_special_tokens=True)
+    content = [t for t, w in zip(enc["input_ids"][0], enc.word_ids(0)) if w is not None]
+    control = set(tok.all_special_ids) - {tok.unk_token_id}  # a tiny vocabulary spells "[" as unk
+    assert content and not set(content) & control  # the reference reads them as text too
+    assert g["token_text"][offsets[1]:offsets[2]].tolist() == sentences[1]
 
 
 def test_first_last_mean_differ_on_split_words(strata, tiny_bert, text_corpus, tmp_path):
