@@ -9,6 +9,8 @@ Subcommands live next to the code they drive:
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from store.errors import StrataError
@@ -51,10 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except StrataError as e:
         print(f"strata {args.command}: error: {e}", file=sys.stderr)
+        # zarr decodes a read's chunks as asyncio tasks: when one fails (a damaged shard)
+        # the others are left pending, and asyncio logs each at exit ("Task was destroyed
+        # but it is pending!") under the one-line error, which has said it all.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         return 1
     except KeyboardInterrupt:
         print(f"strata {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`strata inspect S | head`): stop quietly, as
+        # other Unix tools do; stdout goes to /dev/null so that Python's own flush at
+        # exit does not fail again (the recipe in Python's signal module docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

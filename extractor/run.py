@@ -254,9 +254,9 @@ class Extraction:
         """Refuse foreign paths and mismatched parameters (read-only, every process)."""
         state = store_state(self.out)
         if state == "planned":
-            import zarr
+            from store.writer import open_group_read
 
-            group = zarr.open_group(self.out, mode="r")
+            group = open_group_read(self.out)
             existing = dict(group.attrs[schema.ROOT_ATTR]["parameters"])
             requested = self.parameters()
             # The weights are compared once they are loaded (load_model).  Stores written

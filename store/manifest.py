@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import zarr
@@ -51,9 +52,21 @@ def store_files(root: Path) -> list[str]:
 
     The root's file is rewritten when the store is marked complete, after
     every record: its attributes are checksummed instead (``attributes_sha256``).
+    Symlinked folders are followed (``Path.rglob`` does not enter them, so a chunk
+    behind one went unlisted), each real folder once, so a link loop ends.
     """
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and p != root / schema.METADATA_FILE)
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.stat(folder)
+        if (real.st_dev, real.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((real.st_dev, real.st_ino))
+        for name in names:
+            full = Path(folder) / name
+            if full.is_file() and full != root / schema.METADATA_FILE:
+                files.append(full.relative_to(root).as_posix())
+    return sorted(files)
 
 
 def metadata_files(root: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import zarr
 
 from store import manifest, schema
 from store.errors import StrataError, first_line
-from store.writer import quiet_codec_warnings
+from store.writer import open_group_read, quiet_codec_warnings
 
 
 def open_store(path: Path) -> zarr.Group:
@@ -17,15 +18,24 @@ def open_store(path: Path) -> zarr.Group:
     path = Path(path)
     if not path.exists():
         raise StrataError(f"{path}: no such store")
+    root = path / schema.METADATA_FILE
+    strata_layout = path.joinpath(schema.MANIFEST).is_dir()
+    if strata_layout and not root.is_file():
+        raise StrataError(f"{path}: damaged store: its root {schema.METADATA_FILE} is missing")
     try:
         with quiet_codec_warnings():
-            group = zarr.open_group(path, mode="r")
-        attrs = group.attrs[schema.ROOT_ATTR]
+            group = open_group_read(path)
+        attrs = group.attrs.asdict()
     except Exception:
-        root = path / schema.METADATA_FILE
-        if root.is_file() and path.joinpath(schema.MANIFEST).is_dir():  # a strata layout, its root unreadable
+        if strata_layout:
             raise StrataError(f"{path}: damaged store: its root {schema.METADATA_FILE} cannot be read") from None
         raise StrataError(f"{path}: not a strata store") from None
+    attrs = attrs.get(schema.ROOT_ATTR)
+    if not isinstance(attrs, dict):
+        if strata_layout:
+            raise StrataError(f"{path}: damaged store: its root {schema.METADATA_FILE} has no '{schema.ROOT_ATTR}' "
+                              "attributes (rewritten by another tool?)")
+        raise StrataError(f"{path}: not a strata store")
     version = attrs.get("schema_version")
     if version != schema.SCHEMA_VERSION:
         raise StrataError(f"{path}: store schema version {version} is not supported "
@@ -59,10 +69,15 @@ def summarize(path: Path) -> dict:
     damaged afterwards, give a one-line error rather than a traceback.
     """
     path = Path(path)
-    with quiet_codec_warnings():
+    with quiet_codec_warnings(), warnings.catch_warnings():
+        # zarr warns of a stray folder (an empty staging/, a .DS_Store); verify names it
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
         group = open_store(path)
         # Creation writes the plan record last: without it arrays may be missing.
         if manifest.read_record(group, schema.PLAN_RECORD) is None:
+            if group.attrs[schema.ROOT_ATTR].get("complete"):
+                raise StrataError(f"{path}: damaged store: marked complete, but its {schema.PLAN_RECORD} record is "
+                                  "missing; run strata verify")
             raise StrataError(f"{path}: incomplete: creation did not finish; rerun the same extract command")
         try:
             return _summarize(path, group)
@@ -77,7 +92,11 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
     attrs = dict(group.attrs[schema.ROOT_ATTR])
     params = attrs["parameters"]
     n_units = manifest.read_record(group, schema.PLAN_RECORD).get("n_units")
-    done = len(manifest.finished_units(path))
+    finished = manifest.finished_units(path)
+    done = len(finished)
+    # Every record read, not only listed (a few small files): a damaged one is named here.
+    for name in [*map(schema.unit_record, sorted(finished)), schema.FINAL_RECORD, schema.METADATA_RECORD]:
+        manifest.read_record(group, name)
     if attrs.get("complete") and done != n_units:  # records deleted after the finish: do not say complete
         raise StrataError(f"{path}: damaged store: marked complete, but {n_units - done} of {n_units} unit "
                           "records are missing; run strata verify")

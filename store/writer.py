@@ -60,6 +60,13 @@ def disk_errors(path: Path):
         raise StrataError(f"disk error writing {path}: {reason}") from e
 
 
+def open_group_read(path: Path) -> zarr.Group:
+    """``zarr.open_group`` read-only, from each node's own ``zarr.json``: never from
+    consolidated metadata (a copy in the root file that a user may add with
+    ``zarr.consolidate_metadata``), which no record vouches for and which goes stale."""
+    return zarr.open_group(path, mode="r", use_consolidated=False)
+
+
 @contextlib.contextmanager
 def quiet_codec_warnings():
     """BitRound is a numcodecs codec outside the Zarr v3 spec and zarr warns on
@@ -82,13 +89,18 @@ def store_state(path: Path) -> str:
     if not any(path.iterdir()):
         return "new"
     try:
-        group = zarr.open_group(path, mode="r")
+        group = open_group_read(path)
         attrs = group.attrs.get(schema.ROOT_ATTR)
     except Exception:
         attrs = None
     if not isinstance(attrs, dict) or "parameters" not in attrs:
         raise StrataError(f"--out: {path} exists and is not a strata store; choose a new path")
-    return "planned" if manifest.read_record(group, schema.PLAN_RECORD) else "unplanned"
+    if manifest.read_record(group, schema.PLAN_RECORD):
+        return "planned"
+    if attrs.get("complete"):  # damaged after its finish: never recreate (delete) a finished store's data
+        raise StrataError(f"--out: {path}: damaged store: marked complete, but its {schema.PLAN_RECORD} record is "
+                          "missing; run strata verify, or extract into a new --out")
+    return "unplanned"
 
 
 def check_parameters(path: Path, existing: dict, requested: dict) -> None:
@@ -220,7 +232,7 @@ class StoreWriter:
         self.path = Path(path)
         self.layout = layout
         with quiet_codec_warnings():
-            self.group = zarr.open_group(self.path, mode="r+")
+            self.group = zarr.open_group(self.path, mode="r+", use_consolidated=False)
             self.activations = _writable(self.group[schema.ACTIVATIONS])
         self.pool = [k for k in schema.POOL_KINDS if schema.pooled_name(k) in self.group]
         #: per-sentence arrays assembled at the end: staging key -> array name

@@ -175,6 +175,17 @@ def test_verify_store_without_metadata_record(strata, ud_store, tmp_path):
     copy = tmp_path / "old.zarr"
     shutil.copytree(ud_store, copy)
     shutil.rmtree(copy / "manifest" / "metadata")
+    # A store with the hashes added after the metadata record was finished with one: damaged.
+    code, _, err = strata("verify", copy)
+    assert code == 1
+    assert err.strip() == (f"strata verify: error: {copy}: damaged store: marked complete, but its metadata "
+                           "record is missing")
+
+    def as_old(doc):  # what a store from before the hashes holds
+        for key in ("tokens_sha256", "weights_sha256"):
+            del doc["attributes"]["strata"]["parameters"][key]
+
+    _edit_json(copy / "zarr.json", as_old)
     code, out, _ = strata("verify", copy)
     assert code == 0
     assert out.strip().endswith("files match their checksums "
@@ -182,6 +193,73 @@ def test_verify_store_without_metadata_record(strata, ud_store, tmp_path):
     shard = copy / "activations" / "c" / "0" / "0" / "0"
     shard.write_bytes(shard.read_bytes()[:-1])
     assert strata("verify", copy)[2].strip() == f"strata verify: error: {copy}: checksum mismatch in activations/c/0/0/0"
+
+
+def test_verify_names_records_missing_from_a_complete_store(strata, ud_store, tmp_path):
+    """A store marked complete that lost a record is damaged: rerunning extract (which says
+    "already complete") would not bring it back, so verify must not say "rerun"."""
+    import shutil
+
+    n_units = len(list((ud_store / "manifest").glob("unit_*")))
+    cases = [("unit_0000000", f"1 of {n_units} unit records are missing (first: unit 0)"),
+             ("final", "its final record is missing"), ("plan", "its plan record is missing")]
+    for record, message in cases:
+        copy = tmp_path / f"{record}.zarr"
+        shutil.copytree(ud_store, copy)
+        shutil.rmtree(copy / "manifest" / record)
+        code, _, err = strata("verify", copy)
+        assert code == 1
+        assert err.strip() == f"strata verify: error: {copy}: damaged store: marked complete, but {message}"
+
+
+def test_verify_checks_consolidated_metadata_and_follows_symlinked_folders(strata, ud_store, tiny_bert, text_corpus,
+                                                                          tmp_path):
+    import shutil
+
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(ud_store, copy)
+    zarr.consolidate_metadata(copy)  # what a user may add for xarray: a true copy verifies
+    assert strata("verify", copy)[0] == 0
+
+    def swap(doc):
+        classes = doc["consolidated_metadata"]["metadata"]["label_upos"]["attributes"]["classes"]
+        classes[0], classes[1] = classes[1], classes[0]
+
+    _edit_json(copy / "zarr.json", swap)  # xarray would read these classes; strata reads the array's own
+    code, _, err = strata("verify", copy)
+    assert code == 1
+    assert err.strip() == (f"strata verify: error: {copy}: the consolidated metadata in the root zarr.json "
+                           "differs from label_upos/zarr.json (rerun zarr.consolidate_metadata, or remove it)")
+    assert strata("inspect", copy, "--json")[0] == 0  # strata's own reads ignore the copy
+
+    linked = tmp_path / "l.zarr"  # a chunk behind a symlinked folder is still a file of the store
+    assert strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text", "--out", linked)[0] == 0
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "c").mkdir(parents=True)
+    assert not (linked / "sentence_skipped" / "c").exists()
+    (linked / "sentence_skipped" / "c").symlink_to(elsewhere / "c", target_is_directory=True)
+    zarr.open_group(linked, mode="r+")["sentence_skipped"][0] = True
+    assert (elsewhere / "c" / "0").is_file()
+    code, _, err = strata("verify", linked)
+    assert code == 1
+    assert err.strip() == (f"strata verify: error: {linked}: unrecorded file sentence_skipped/c/0 "
+                           "(not part of the finished store)")
+
+
+def test_verify_an_unreadable_file_is_one_line(strata, ud_store, tmp_path, monkeypatch):
+    from store import manifest
+
+    real = manifest.sha256_file
+
+    def denied(path):
+        if path.as_posix().endswith("activations/c/0/0/0"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(manifest, "sha256_file", denied)  # root reads any file: deny it here
+    code, _, err = strata("verify", ud_store)
+    assert code == 1
+    assert err.strip() == f"strata verify: error: {ud_store}: cannot read activations/c/0/0/0 (Permission denied)"
 
 
 def test_verify_corrupt_manifest_record(strata, ud_store, tmp_path):
@@ -200,9 +278,10 @@ def test_inspect_damaged_or_unfinished_store(strata, ud_store, tmp_path):
 
     unfinished = tmp_path / "unfinished.zarr"
     shutil.copytree(ud_store, unfinished)
-    # What an interrupted creation leaves: root attributes, no plan, arrays missing.
+    # What an interrupted creation leaves: root attributes (not complete), no plan, arrays missing.
     for name in ("manifest", "sentence_skipped", "activations"):
         shutil.rmtree(unfinished / name)
+    _edit_json(unfinished / "zarr.json", lambda doc: doc["attributes"]["strata"].update(complete=False))
     for args in ((unfinished,), (unfinished, "--json")):
         code, _, err = strata("inspect", *args)
         assert code == 1
@@ -224,6 +303,20 @@ def test_inspect_damaged_or_unfinished_store(strata, ud_store, tmp_path):
         code, _, err = strata(command, broken_root)
         assert code == 1
         assert err.strip() == f"strata {command}: error: {broken_root}: damaged store: its root zarr.json cannot be read"
+    garbled = tmp_path / "garbled.zarr"  # a record that is there but unreadable: inspect names it
+    shutil.copytree(ud_store, garbled)
+    (garbled / "manifest" / "unit_0000000" / "zarr.json").write_text("{garbage")
+    assert strata("inspect", garbled)[2].strip() == (f"strata inspect: error: {garbled}: corrupt manifest record "
+                                                      "unit_0000000")
+    rootless = tmp_path / "rootless.zarr"
+    shutil.copytree(ud_store, rootless)
+    (rootless / "zarr.json").unlink()
+    for command in ("inspect", "verify"):
+        assert strata(command, rootless)[2].strip() == (f"strata {command}: error: {rootless}: damaged store: "
+                                                        "its root zarr.json is missing")
+    (rootless / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    assert strata("inspect", rootless)[2].strip() == (f"strata inspect: error: {rootless}: damaged store: its root "
+                                                      "zarr.json has no 'strata' attributes (rewritten by another tool?)")
     unrecorded = tmp_path / "unrecorded.zarr"  # complete, then a unit record deleted
     shutil.copytree(ud_store, unrecorded)
     units = sorted((unrecorded / "manifest").glob("unit_*"))
@@ -265,3 +358,32 @@ def test_subword_store_gives_each_subword_its_text_word_and_word_label(tiny_bert
         assert upos[a:b] == [corpus.token_labels["upos"][i][w] for _, w in content]
         split_words += len(content) - len(words)
     assert split_words > 0 and not skipped.all()
+
+
+def test_extract_never_recreates_a_complete_store_that_lost_its_plan(strata, ud_store, tiny_bert, ud_dev, tmp_path):
+    """Without the plan record a store reads as an interrupted creation, which extract
+    creates again (deleting it); marked complete, it is damaged and is left as it is."""
+    import shutil
+
+    copy = tmp_path / "planless.zarr"
+    shutil.copytree(ud_store, copy)
+    shutil.rmtree(copy / "manifest" / "plan")
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu",
+                          "--out", copy, "--max-sentences", "300", "--layers", "0,2")
+    assert code == 1
+    assert err.strip() == (f"strata extract: error: --out: {copy}: damaged store: marked complete, but its plan "
+                           "record is missing; run strata verify, or extract into a new --out")
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+def test_a_closed_pipe_ends_quietly(ud_store):
+    """`strata inspect S --json | head -0`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen([sys.executable, "-m", "strata", "inspect", str(ud_store), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # the reader goes away before strata writes (it is still importing)
+    err = reader.stderr.read().decode()
+    assert reader.wait() == 141 and err == ""
