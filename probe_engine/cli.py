@@ -50,8 +50,15 @@ def add_parser(subparsers) -> None:
                         "fits as stored (float16: half the bytes) and stream the rest on every pass (default 4GB)")
     p.add_argument("--seed", type=int, default=0, help="recorded with the results (the solver draws nothing)")
     p.add_argument("--out", required=True, help="output directory (results.json, weights/, plot)")
+    add_no_verify_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=probe)
+
+
+def add_no_verify_argument(p) -> None:
+    """``--no-verify``, shared by probe, neurons and compare (probe_engine.stores.verify_stores)."""
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check the stores' checksums first (strata verify: one read of each store)")
 
 
 def add_screening_arguments(p, default_tol) -> None:
@@ -127,7 +134,8 @@ def options_from_args(args) -> dict:
             # resolved, so results record what ran; strata neurons has no such option
             "grid_schedule": resolve_grid_schedule(getattr(args, "grid_schedule", "batched"), args.device),
             **screening_options(args),
-            "seed": args.seed, "command": getattr(args, "argv", None)}
+            "seed": args.seed, "verify": not getattr(args, "no_verify", False),
+            "command": getattr(args, "argv", None)}
 
 
 def probe(args) -> int:

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from probe_engine.backend import array_module
 from probe_engine.outputs import write_json
 from probe_engine.similarity import CrossProducts, cosine_upper_triangle, correlation
-from probe_engine.stores import ProbeStore
+from probe_engine.stores import ProbeStore, verify_stores
 from store import schema
-from store.errors import StrataError, first_line
+from store.errors import StrataError
 
 METHODS = ("rsa", "cka")
 #: Rows per block of the CKA pass.
@@ -81,18 +81,6 @@ def layer_positions(store: ProbeStore, wanted: list[int] | None) -> list[int]:
     return [store.layers.index(x) for x in wanted]
 
 
-def readable(store: ProbeStore, read):
-    """``read()``, with a failure inside zarr or a codec (a truncated or corrupted shard)
-    as a one-line error naming the store."""
-    try:
-        return read()
-    except StrataError:
-        raise
-    except Exception as e:
-        raise StrataError(f"{store.option}: {store.path}: damaged store, cannot read it "
-                          f"({type(e).__name__}: {first_line(e)}); run strata verify") from None
-
-
 def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:
     """(len(pa), len(pb)) linear CKA from one pass over both stores' blocks."""
     xa, xb = da.from_zarr(A.features)[pa], da.from_zarr(B.features)[pb]
@@ -104,7 +92,7 @@ def cka_all_pairs(A, B, pa, pb, rows, xp, quiet=False) -> np.ndarray:
     acc = CrossProducts()
 
     def read(start):
-        return [readable(store, lambda: dask.compute(x[:, start:start + step], scheduler="threads")[0])
+        return [store.read(lambda: dask.compute(x[:, start:start + step], scheduler="threads")[0])
                 .astype(np.float32) for store, x in ((A, xa), (B, xb))]
 
     bar = tqdm(total=n, desc="CKA pass", unit="row", unit_scale=True, disable=quiet)
@@ -133,7 +121,7 @@ def rsa_per_layer(A, B, pairs, rows, tokens, seed, repeats, xp, quiet=False) -> 
     for r in range(repeats):
         pick = np.sort(np.random.default_rng([seed, r]).choice(n, size=size, replace=False))
         index = pick if rows is None else rows[pick]
-        sa, sb = (readable(store, lambda s=store: s.features.get_orthogonal_selection((slice(None), index, slice(None))))
+        sa, sb = (store.read(lambda s=store: s.features.get_orthogonal_selection((slice(None), index, slice(None))))
                   for store in (A, B))
         for store, sample in ((A, sa), (B, sb)):
             if not np.isfinite(sample).all():
@@ -151,6 +139,8 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
     started = time.perf_counter()
     xp = array_module(options["device"])
     A, B = open_pair(options["a"], options["b"], options["pool"])
+    if options.get("verify", True):
+        verify_stores([A, B])
     pa, pb = layer_positions(A, options["layers"]), layer_positions(B, options["layers"])
     la, lb = [A.layers[i] for i in pa], [B.layers[i] for i in pb]
     rows = rows_of(A, B, options["pool"])

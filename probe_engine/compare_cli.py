@@ -8,6 +8,8 @@ from store.errors import StrataError
 
 
 def add_parser(subparsers) -> None:
+    from probe_engine.cli import add_no_verify_argument
+
     p = subparsers.add_parser(
         "compare", help="RSA and linear CKA between two stores of the same corpus, layer by layer",
         description="Compare two models' representations of the same tokens: linear CKA of every layer pair "
@@ -22,6 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pool", choices=("cls", "mean"), help="compare pooled sentence vectors instead of tokens")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the RSA samples")
+    add_no_verify_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=compare)
 
@@ -51,7 +54,8 @@ def options_from_args(args) -> dict:
             raise StrataError(f"--layers: {args.layers!r} names a layer twice")
     return {"a": str(Path(args.a).resolve()), "b": str(Path(args.b).resolve()), "methods": methods,
             "tokens": args.tokens, "repeats": args.repeats, "layers": layers, "pool": args.pool,
-            "device": args.device, "seed": args.seed, "command": getattr(args, "argv", None)}
+            "device": args.device, "seed": args.seed, "verify": not args.no_verify,
+            "command": getattr(args, "argv", None)}
 
 
 def compare(args) -> int:

@@ -133,7 +133,7 @@ class FeatureSet:
     def read_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Block ``i``'s labelled rows as stored (float16 by default) and their class indices, on the host."""
         _, keep = self.rows_in_block(i)
-        return self.X.blocks[i].compute(scheduler="threads")[keep], self.labels_in_block(i)
+        return self.store.read(lambda: self.X.blocks[i].compute(scheduler="threads"))[keep], self.labels_in_block(i)
 
     def read_checked(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`read_raw`, refusing non-finite activations (naming layer and neuron): dev and

@@ -46,7 +46,7 @@ from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
 from probe_engine.outputs import read_npz, write_json, write_npz
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
-from probe_engine.stores import shared_rows_warning
+from probe_engine.stores import shared_rows_warning, verify_stores
 from probe_engine.train import accuracies, predict, train_probes
 from store import schema
 from store.errors import StrataError
@@ -281,6 +281,8 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     check_options(options)
     # what the stores hold, not only where: steps on a store rebuilt at the same path run again
     opened = open_stores(options)
+    if options.get("verify", True):
+        verify_stores(opened.values())
     options = {**options, "stores": {split: store.identity for split, store in opened.items()}}
     if not quiet and (warning := shared_rows_warning(opened)) is not None:
         print(f"strata neurons: warning: {warning}", file=sys.stderr)

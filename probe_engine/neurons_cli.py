@@ -12,7 +12,7 @@ DEFAULT_SCREEN_TOL = 1e-3
 
 
 def add_parser(subparsers) -> None:
-    from probe_engine.cli import DEFAULT_GRID, add_screening_arguments
+    from probe_engine.cli import DEFAULT_GRID, add_no_verify_argument, add_screening_arguments
     from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL
 
     p = subparsers.add_parser(
@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
                         "beyond it, hold what fits and stream the rest")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ablation set and the control labels")
     p.add_argument("--out", required=True, help="output directory")
+    add_no_verify_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=neurons)
 

@@ -24,7 +24,7 @@ from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
 from probe_engine.outputs import read_npz, write_json, write_npz
-from probe_engine.stores import shared_rows_warning
+from probe_engine.stores import shared_rows_warning, verify_stores
 from store.errors import StrataError, first_line
 
 RESULTS_VERSION = 1
@@ -43,6 +43,8 @@ def plan_groups(options: dict) -> list[dict]:
         common.update(screen_tol=options["screen_tol"], screen_margin=options["screen_margin"])
     # what the stores hold, not only where: a store rebuilt at the same path is trained on again
     opened = open_stores(options)
+    if options.get("verify", True):
+        verify_stores(opened.values())
     common["stores"] = {role: store.identity for role, store in opened.items()}
     specs = []
     for pool in options.get("pools") or [None]:

@@ -21,8 +21,9 @@ import numpy as np
 import zarr
 
 from store import schema
-from store.errors import StrataError
+from store.errors import StrataError, first_line
 from store.summary import open_store
+from store.verify import verify_store
 from store.writer import quiet_codec_warnings
 
 #: Parameters that must agree between the train, dev and test stores.
@@ -53,6 +54,17 @@ class ProbeStore:
                               "finish it by rerunning the same strata extract command")
         return group
 
+    def read(self, read):
+        """``read()``, with a failure inside zarr or a codec (a truncated or corrupted
+        shard, a damaged ``zarr.json``) as a one-line error naming the store."""
+        try:
+            return read()
+        except StrataError:
+            raise
+        except Exception as e:
+            raise StrataError(f"{self.option}: {self.path}: damaged store, cannot read it "
+                              f"({type(e).__name__}: {first_line(e)}); run strata verify") from None
+
     @cached_property
     def identity(self) -> str:
         """A fingerprint of what the store holds: its root attributes and every manifest
@@ -75,15 +87,19 @@ class ProbeStore:
     def layers(self) -> list[int]:
         return [int(x) for x in self.group[schema.LAYER][...]]
 
+    def has(self, key: str) -> bool:
+        """Whether the store holds the node ``key`` (a damaged ``zarr.json``: one-line error)."""
+        return self.read(lambda: key in self.group)
+
     @property
     def features(self) -> zarr.Array:
         """The (layer, row, neuron) array probes read: activations, or a pooled array."""
         if self.pool is None:
-            return self.group[schema.ACTIVATIONS]
+            return self.read(lambda: self.group[schema.ACTIVATIONS])
         name = schema.pooled_name(self.pool)
-        if name not in self.group:
+        if not self.has(name):
             raise StrataError(f"--pool: {self.path} has no {name} array (extract it with --pool {self.pool})")
-        return self.group[name]
+        return self.read(lambda: self.group[name])
 
     def label_names(self, level: str | None = None) -> list[str]:
         """Label sets of one level (default: the level this store is read at)."""
@@ -95,21 +111,21 @@ class ProbeStore:
         """Label codes per row (-1 = not a row) and class names of one label set."""
         if self.pool is None:
             key = schema.token_label_name(name)
-            if key not in self.group:
+            if not self.has(key):
                 have = ", ".join(self.label_names()) or "none"
                 hint = ("; it is a sentence-level label set: probe pooled sentence vectors with --pool cls or --pool mean"
                         if name in self.label_names("sentence") else "")
                 raise StrataError(f"--labels: {self.path} has no token-level label set {name!r} (it has: {have}){hint}")
-            arr = self.group[key]
-            return arr[...].astype(np.int64), [str(c) for c in arr.attrs["classes"]]
+            arr = self.read(lambda: self.group[key])
+            return self.read(lambda: arr[...]).astype(np.int64), [str(c) for c in arr.attrs["classes"]]
         key = schema.sentence_label_name(name)
-        if key not in self.group:
+        if not self.has(key):
             have = ", ".join(self.label_names()) or "none"
             raise StrataError(f"--labels: {self.path} has no sentence-level label set {name!r} (it has: {have}); "
                               "--pool probes need one label per sentence")
-        arr = self.group[key]
-        codes = arr[...].astype(np.int64)
-        codes[self.group[schema.SENTENCE_SKIPPED][...]] = -1
+        arr = self.read(lambda: self.group[key])
+        codes = self.read(lambda: arr[...]).astype(np.int64)
+        codes[self.read(lambda: self.group[schema.SENTENCE_SKIPPED][...])] = -1
         codes[~self.role_rows()] = -1
         return codes, [str(c) for c in arr.attrs["classes"]]
 
@@ -117,23 +133,22 @@ class ProbeStore:
         """Refuse a label set with no rows here (e.g. a SentEval store without this role's split)."""
         codes, _ = self.labels(name)
         if not (codes >= 0).any():
-            split = schema.sentence_label_name(SPLIT_LABEL)
             why = (f" (no sentence of SentEval split {ROLE_SPLITS[self.option]!r})"
-                   if self.pool and split in self.group else "")
+                   if self.pool and self.has(schema.sentence_label_name(SPLIT_LABEL)) else "")
             raise StrataError(f"{self.option}: {self.path} has no rows labelled in {name!r}{why}")
 
     def role_rows(self) -> np.ndarray:
         """Sentences this store contributes in its role: all, or its SentEval split's."""
         key = schema.sentence_label_name(SPLIT_LABEL)
-        n = self.group[schema.SENTENCE_SKIPPED].shape[0]
-        if key not in self.group:
+        n = self.read(lambda: self.group[schema.SENTENCE_SKIPPED]).shape[0]
+        if not self.has(key):
             return np.ones(n, bool)
-        split = self.group[key]
+        split = self.read(lambda: self.group[key])
         classes = [str(c) for c in split.attrs["classes"]]
         wanted = ROLE_SPLITS[self.option]
         if wanted not in classes:
             return np.zeros(n, bool)
-        return split[...] == classes.index(wanted)
+        return self.read(lambda: split[...]) == classes.index(wanted)
 
 
 def check_same_model(train: ProbeStore, other: ProbeStore) -> None:
@@ -184,3 +199,22 @@ def shared_rows_warning(stores: dict) -> str | None:
             return (f"--{role} is the --train store {train.path} and it has no {SPLIT_LABEL!r} label set "
                     f"to separate them: {role} scores are scores on the training rows")
     return None
+
+
+def verify_stores(stores) -> None:
+    """``strata verify`` on each distinct store before anything is trained on it.
+
+    A flipped bit in a shard or a label chunk reads back as a valid value (Blosc keeps
+    no checksum, and the label arrays' zstd is written without one), so a damaged
+    store would train without an error.  It costs one read of each store, hashed on
+    every core (about 1 GB/s per core); ``--no-verify`` skips it.
+    """
+    seen = set()
+    for store in stores:
+        if (key := Path(store.path).resolve()) in seen:
+            continue
+        seen.add(key)
+        try:
+            verify_store(store.path)
+        except StrataError as e:
+            raise StrataError(f"{store.option}: {e} (strata verify checks it; --no-verify skips the check)") from None

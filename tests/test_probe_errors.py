@@ -104,8 +104,30 @@ def test_non_finite_activations(run, stores, tmp_path):
     broken = copy_store(stores["train"], tmp_path / "nan.zarr")
     acts = zarr.open_group(broken, mode="r+")["activations"]
     acts[2, 5, 3] = np.nan  # layer position 2 = hidden state 2
-    assert run(train=broken) == (1, f"strata probe: error: --train: {broken.resolve()} has non-finite "
-                                    "activations (layer 2, neuron 3)")
+    # The store's own checksums catch the edit first; past them (--no-verify) the read does.
+    assert run(train=broken) == (1, f"strata probe: error: --train: {broken.resolve()}: checksum mismatch in "
+                                    "activations/c/0/0/0 (strata verify checks it; --no-verify skips the check)")
+    assert run("--no-verify", train=broken) == (1, f"strata probe: error: --train: {broken.resolve()} has "
+                                                   "non-finite activations (layer 2, neuron 3)")
+
+
+def test_a_damaged_shard_is_refused_in_one_line(run, stores, tmp_path):
+    """A flipped bit decodes as a valid value (Blosc keeps no checksum): only the store's
+    recorded sha256 tells, and probe checks it before training.  Past the check, a shard
+    that does not decode is one line too, not a traceback (nor asyncio's noise at exit)."""
+    flipped = copy_store(stores["train"], tmp_path / "flipped.zarr")
+    shard = flipped / "activations" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    assert run(train=flipped) == (1, f"strata probe: error: --train: {flipped.resolve()}: checksum mismatch in "
+                                     "activations/c/0/0/0 (strata verify checks it; --no-verify skips the check)")
+    assert not (tmp_path / "out").exists()
+    shard.write_bytes(bytes(data[:1000]))
+    code, err = run("--no-verify", train=flipped)
+    assert code == 1 and "\n" not in err
+    assert err.startswith(f"strata probe: error: --train: {flipped.resolve()}: damaged store, cannot read it (")
+    assert err.endswith("); run strata verify")
 
 
 def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):
@@ -115,7 +137,7 @@ def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):
     renamed = classes.index("NOUN")
     classes[renamed] = "NEWTAG"
     labels.attrs["classes"] = classes
-    code, err = run(dev=dev)
+    code, err = run("--no-verify", dev=dev)  # an edited store: its metadata checksum no longer matches
     assert code == 0
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     unseen = int((labels[...] == renamed).sum())
@@ -138,9 +160,9 @@ def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_pat
     dev = copy_store(stores["dev"], tmp_path / "dev.zarr")
     legacy = hf.legacy_config_sha256(hf.load_config(params["model"]), str(link))
     edit_root_attrs(dev, parameters={**params, "model": str(link), "config_sha256": legacy})
-    assert run(dev=dev)[0] == 0
+    assert run("--no-verify", dev=dev)[0] == 0  # edited root attributes: their checksum no longer matches
     edit_root_attrs(dev, parameters={**params, "model": str(link), "config_sha256": "0" * 64})
-    code, err = run(dev=dev)
+    code, err = run("--no-verify", dev=dev)
     assert code == 1 and "in config_sha256 ('" + "0" * 64 in err
 
 
