@@ -5,6 +5,7 @@ from __future__ import annotations
 from extractor.alignment import WORD_VECTORS
 from extractor.linear_kernel import KERNELS
 from extractor.readers import FORMATS
+from store.errors import StrataError
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +49,10 @@ def add_parser(subparsers) -> None:
 def options_from_args(args):
     from extractor.run import ExtractOptions
 
-    pool = () if args.pool in ("none", "") else tuple(dict.fromkeys(x.strip() for x in args.pool.split(",")))
+    kinds = tuple(dict.fromkeys(x.strip() for x in args.pool.split(",") if x.strip()))
+    if "none" in kinds and len(kinds) > 1:
+        raise StrataError(f"--pool: 'none' stores no sentence vectors and takes no other kind, got {args.pool!r}")
+    pool = () if kinds in ((), ("none",)) else kinds
     return ExtractOptions(
         model=args.model, input=args.input, format=args.format, out=args.out,
         columns=[c.strip() for c in args.columns.split(",")] if args.columns else None, labels=args.labels, layers=args.layers,
@@ -75,6 +79,8 @@ def run(args) -> int:
     else:
         print(f"{result['status']}: {result['path']}  ({result['sentences']:,} sentences, {result['tokens']:,} tokens"
               + (f", {result['sentences_skipped']} skipped as too long" if result["sentences_skipped"] else "")
+              + (f", {n} word{'s' * (n != 1)} with no subword read as the unknown token"
+                 if (n := result.get("words_replaced_by_unk")) else "")
               + (f", {result['tokens_per_second_this_process']:,.0f} tokens/s" if result.get("seconds") else "")
               + ")")
         print(format_summary(summarize(result["path"])))

@@ -9,10 +9,15 @@ Formats (``fmt`` argument of :func:`read_corpus`):
 
 ``conllu``
     Universal Dependencies CoNLL-U. ``#`` lines are comments, a blank line
-    ends a sentence, token lines have exactly 10 tab-separated columns.
-    Multiword-token ranges (ID ``3-4``) and empty nodes (ID ``8.1``) are
-    skipped so that words line up with the syntactic tokens. Words are FORM;
-    token label sets ``upos``, ``xpos`` and ``deprel``.
+    ends a sentence, token lines have exactly 10 tab-separated columns, and the
+    word IDs of a sentence run 1, 2, 3, ... (an ID that starts again at 1 is a
+    missing blank line: two sentences would merge).  Multiword-token ranges
+    (ID ``3-4``: the surface token, e.g. "can't") and empty nodes (ID ``8.1``:
+    not in the text) are skipped; the model reads the syntactic words the
+    treebank splits a multiword token into ("ca", "n't"), the units UPOS
+    labels. Words are FORM; token label sets ``upos``, ``xpos`` and ``deprel``,
+    whose values may not start or end with whitespace (``NOUN `` would be a
+    class of its own).
 ``conll``
     Whitespace-separated columns, blank line between sentences. ``columns``
     names the columns; exactly one must be ``word``, every other becomes a
@@ -31,8 +36,11 @@ Formats (``fmt`` argument of :func:`read_corpus`):
 
 Line rules shared by all formats:
 
-* Files are UTF-8 (a leading byte-order mark is ignored); ``\\n`` and
-  ``\\r\\n`` line endings are both accepted.
+* Files are UTF-8 (a leading byte-order mark is ignored; one at the start of a
+  later line, as ``cat`` of two such files leaves, is an error); ``\\n`` and
+  ``\\r\\n`` line endings are both accepted, a lone ``\\r`` (old Mac endings) is
+  an error.  Input must be a regular file: it is read twice (parsed, then hashed),
+  and a pipe gives its bytes only once.
 * "Whitespace" means what :meth:`str.split` splits on.
 * In the line-per-sentence formats (``neurox``, ``senteval``, ``text``) every
   line is a sentence, so any blank or whitespace-only line is an error, even
@@ -53,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -108,6 +117,9 @@ def read_corpus(path, fmt, *, columns=None, labels_path=None, max_sentences=None
     if labels_path is not None:
         labels_path = os.fspath(labels_path)
     _check_parameters(fmt, columns, labels_path, max_sentences)
+    _require_regular_file(path, "input file")
+    if labels_path is not None:
+        _require_regular_file(labels_path, "labels file")
 
     if fmt == "conllu":
         sentences, token_labels, sentence_labels = _read_conllu(path, max_sentences)
@@ -204,25 +216,54 @@ def _open_binary(path: str, role: str) -> BinaryIO:
         raise StrataError(f"{role} not readable: {path} ({e.strerror or e})") from None
 
 
-def _iter_lines(path: str, role: str) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` for each line, without its line ending.
+def _require_regular_file(path: str, role: str) -> None:
+    """Refuse a pipe or device (``--input <(zcat x.gz)``): the file is read twice, once to
+    parse and once to hash, and the second read of a pipe is empty, which recorded the
+    hash of nothing as the dataset's."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # _open_binary names what is wrong
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise StrataError(f"{role} is not a regular file (a pipe?): {path}; strata reads it twice, to parse and "
+                          "to hash it: write it to a file first")
 
-    The file is read in binary and each line decoded on its own, so that a
-    bad byte can be reported with its line number, and only one line is held
-    at a time. Splitting bytes on ``\\n`` is safe because that byte never
-    occurs inside a multi-byte UTF-8 character.
-    """
+
+def _iter_raw(path: str, role: str) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, bytes)`` for each line, its line ending included."""
     with _open_binary(path, role) as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise StrataError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
-                ) from None
-            if lineno == 1 and text.startswith("\ufeff"):
-                text = text[1:]  # a byte-order mark is not part of the first word
-            yield lineno, text.rstrip("\r\n")
+        yield from enumerate(f, start=1)
+
+
+def _decoded(path: str, lineno: int, raw: bytes) -> str:
+    """One line as text, without its line ending.
+
+    Each line is decoded on its own, so that a bad byte can be reported with its
+    line number. Splitting bytes on ``\\n`` is safe because that byte never occurs
+    inside a multi-byte UTF-8 character.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StrataError(
+            f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+        ) from None
+    if text.startswith("\ufeff"):
+        if lineno > 1:
+            raise StrataError(f"{path}:{lineno}: a byte-order mark starts this line (two files joined with cat?)")
+        text = text[1:]  # a byte-order mark is not part of the first word
+    text = text.rstrip("\r\n")
+    if "\r" in text:  # str.split would take it for a space and join the lines around it
+        raise StrataError(f"{path}:{lineno}: a carriage return inside the line (old Mac line endings?); "
+                          "lines must end in \\n or \\r\\n")
+    return text
+
+
+def _iter_lines(path: str, role: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each line, without its line ending; one line
+    is held at a time."""
+    for lineno, raw in _iter_raw(path, role):
+        yield lineno, _decoded(path, lineno, raw)
 
 
 def _iter_blocks(path: str) -> Iterator[list[tuple[int, str]]]:
@@ -251,13 +292,13 @@ def _read_line_rows(path: str, role: str, max_rows, empty_message: str) -> tuple
     ``empty_message``.
     """
     rows: list[list[str]] = []
-    lines = _iter_lines(path, role)
-    for lineno, line in islice(lines, max_rows):
-        words = line.split()
+    lines = _iter_raw(path, role)
+    for lineno, raw in islice(lines, max_rows):
+        words = _decoded(path, lineno, raw).split()
         if not words:
             raise StrataError(f"{path}:{lineno}: {empty_message}")
         rows.append(words)
-    total_lines = len(rows) + sum(1 for _ in lines)
+    total_lines = len(rows) + sum(1 for _ in lines)  # counted, not decoded: only the kept rows are checked
     return rows, total_lines
 
 
@@ -291,14 +332,22 @@ def _read_conllu(path: str, max_sentences):
             for name, value in zip(_CONLLU_COLUMNS, fields):
                 if not value:
                     raise StrataError(f"{path}:{lineno}: empty {name} column")
-            # Multiword ranges repeat words that the following lines spell out,
-            # and empty nodes are not in the text at all; keeping either would
-            # put words in the sentence that the model never sees.
+            # A multiword range is the surface token the following lines split into
+            # syntactic words (the units the labels belong to), and an empty node is
+            # not in the text at all: neither is a word of its own.
             if "-" in fields[0] or "." in fields[0]:
                 continue
+            expected = len(words) + 1
+            if fields[0] != str(expected):
+                hint = " (a missing blank line between two sentences?)" if fields[0] == "1" else ""
+                raise StrataError(f"{path}:{lineno}: word ID {fields[0]!r}, expected {expected}{hint}")
             words.append(fields[1])
             for name, column in _CONLLU_LABEL_COLUMNS.items():
-                labels[name].append(fields[column])
+                value = fields[column]
+                if value != value.strip():  # 'NOUN' and 'NOUN ' would become two classes
+                    raise StrataError(f"{path}:{lineno}: {_CONLLU_COLUMNS[column]} {value!r} has leading or "
+                                      "trailing whitespace")
+                labels[name].append(value)
         if not words:
             # A block of comments only: point at where it starts.
             raise StrataError(f"{path}:{block[0][0]}: empty sentence")

@@ -106,11 +106,12 @@ def _versions() -> dict:
     return out
 
 
-def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
+def _codes(values: list[str], name: str, path: str) -> tuple[np.ndarray, list[str]]:
     """Label strings -> int16 codes over the sorted class names."""
     classes = sorted(set(values))
-    if len(classes) > np.iinfo(np.int16).max:
-        raise StrataError(f"a label set has {len(classes)} classes; at most {np.iinfo(np.int16).max} are supported")
+    if len(classes) > np.iinfo(np.int16).max:  # often words read as labels: --columns out of order
+        raise StrataError(f"{path}: label set {name!r} has {len(classes):,} classes; at most "
+                          f"{np.iinfo(np.int16).max:,} are supported (is it a label column?)")
     index = {c: i for i, c in enumerate(classes)}
     return np.fromiter((index[v] for v in values), dtype=np.int16, count=len(values)), classes
 
@@ -140,8 +141,8 @@ def corpus_arrays(corpus, enc: alignment.Encoded, counts: np.ndarray, word_vecto
         "token_word": np.concatenate(token_word) if token_word else empty,
         "token_text": token_text,
         "sentence_skipped": enc.skipped,
-        "token_labels": {name: _codes(v) for name, v in token_labels.items()},
-        "sentence_labels": {name: _codes(v) for name, v in corpus.sentence_labels.items()},
+        "token_labels": {name: _codes(v, name, corpus.path) for name, v in token_labels.items()},
+        "sentence_labels": {name: _codes(v, name, corpus.path) for name, v in corpus.sentence_labels.items()},
     }
 
 

@@ -86,7 +86,7 @@ def sentence_length(sentences: list[list[str]], edges) -> list[tuple[str, list[s
 
 def parse_edges(text: str) -> tuple[int, ...]:
     try:
-        edges = tuple(int(x) for x in text.split(",") if x.strip())
+        edges = tuple(int(x) for x in text.split(","))  # an empty item is a typo, not a bin edge to drop
     except ValueError:
         raise StrataError(f"--length-bins: {text!r} is not a comma-separated list of integers") from None
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 1:
@@ -109,7 +109,10 @@ def write_task(task: str, inputs: dict[str, str], fmt: str, out: str, *, seed: i
     report = TaskReport()
     lines: list[str] = []
     for split, path in inputs.items():
-        sentences = read_corpus(path, fmt, columns=columns).sentences
+        try:
+            sentences = read_corpus(path, fmt, columns=columns).sentences
+        except StrataError as e:  # which of --train, --dev and --test
+            raise StrataError(f"--{split}: {e}") from None
         if task == "bigram-shift":
             rows = bigram_shift(sentences, np.random.default_rng([seed, list(SPLITS).index(split)]))
         else:

@@ -137,7 +137,9 @@ def format_summary(info: dict) -> str:
         f"store       {info['path']}  ({status}, schema v{info['schema_version']})",
         f"model       {info['model']}  (linear layers: {info['linear_kernel']} kernel)",
         f"sentences   {info['sentences']:,} ({info['sentences_skipped']:,} skipped: longer than the model's positions)",
-        f"tokens      {info['tokens']:,} ({info['word_vector']} vectors)",
+        f"tokens      {info['tokens']:,} ({info['word_vector']} vectors"
+        + (f"; {n:,} word{'s' * (n != 1)} with no subword read as the unknown token"
+           if (n := info["summary"].get("words_replaced_by_unk")) else "") + ")",
         f"layers      {', '.join(map(str, info['layers']))}  (0 = embedding output)",
         f"hidden      {info['hidden_size']}",
         f"dtype       {info['dtype']}   codec {info['codec']}   pool {','.join(info['pool']) or 'none'}",

@@ -331,3 +331,35 @@ def test_a_bad_codec_is_refused_before_the_store(strata, tiny_bert, text_corpus,
     assert code == 1
     assert one_line_error(err) == "strata extract: error: --codec: unknown codec 'zstd'; use 'lossless' or 'bitround:K'"
     assert not out.exists()
+
+
+def test_pool_none_with_another_kind(strata, tiny_bert, text_corpus, tmp_path):
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text",
+                          "--out", tmp_path / "x.zarr", "--pool", "none,cls")
+    assert (code, err.strip()) == (1, "strata extract: error: --pool: 'none' stores no sentence vectors and takes "
+                                      "no other kind, got 'none,cls'")
+    assert strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text",
+                  "--out", tmp_path / "y.zarr", "--pool", "none ")[0] == 0
+    assert not any(p.name.startswith("pooled_") for p in (tmp_path / "y.zarr").iterdir())
+
+
+def test_too_many_classes_names_the_label_set_and_file(strata, tiny_bert, tmp_path):
+    """Words read as labels (--columns out of order) make a label set of every word."""
+    path = tmp_path / "many.conll"
+    path.write_text("".join(f"w pos{i}\n\n" for i in range(33000)))  # one-word sentences
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", path, "--format", "conll",
+                          "--columns", "word,pos", "--out", tmp_path / "x.zarr")
+    assert (code, err.strip()) == (1, f"strata extract: error: {path}: label set 'pos' has 33,000 classes; at most "
+                                      "32,767 are supported (is it a label column?)")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_words_read_as_the_unknown_token_are_counted_where_users_look(strata, tiny_bert, tmp_path):
+    path = tmp_path / "zw.txt"
+    path.write_text("a \u200b b\nthe cat\n")  # a zero-width space: no subword of its own
+    code, out, _ = strata("extract", "--model", tiny_bert, "--input", path, "--format", "text",
+                          "--out", tmp_path / "x.zarr")
+    assert code == 0
+    assert "1 word with no subword read as the unknown token" in out.splitlines()[0]
+    assert "tokens      5 (last vectors; 1 word with no subword read as the unknown token)" in out
+

@@ -111,6 +111,7 @@ def test_tasks_out_that_cannot_be_written(tmp_path, ud_dev, strata):
     ("5,x", "--length-bins: '5,x' is not a comma-separated list of integers"),
     ("9,5", "--length-bins: need at least two increasing word counts >= 1, got '9,5'"),
     ("5", "--length-bins: need at least two increasing word counts >= 1, got '5'"),
+    ("5,,9", "--length-bins: '5,,9' is not a comma-separated list of integers"),
 ])
 def test_tasks_command_errors(tmp_path, ud_dev, strata, bins, message):
     code, _, err = strata("tasks", "sentence-length", "--train", ud_dev, "--length-bins", bins,
@@ -118,6 +119,12 @@ def test_tasks_command_errors(tmp_path, ud_dev, strata, bins, message):
     assert code == 1
     assert err.strip() == f"strata tasks: error: {message}"
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_tasks_names_the_option_of_a_missing_input(tmp_path, ud_dev, strata):
+    code, _, err = strata("tasks", "bigram-shift", "--train", ud_dev, "--dev", tmp_path / "none.conllu",
+                          "--out", tmp_path / "x.tsv")
+    assert (code, err.strip()) == (1, f"strata tasks: error: --dev: input file not found: {tmp_path / 'none.conllu'}")
 
 
 # --------------------------------------------------------------------------- pooled probes

@@ -386,3 +386,51 @@ def test_parameters_for_other_formats_rejected(tmp_path):
 def test_max_sentences_larger_than_corpus(tmp_path):
     path = write(tmp_path, "t.txt", "a\nb\n")
     assert read_corpus(path, "text", max_sentences=10).sentences == [["a"], ["b"]]
+
+
+# --- malformed files that used to read as something else ----------------------
+
+
+def test_conllu_word_ids_must_run_in_order(tmp_path):
+    """A missing blank line merged two sentences into one, with two roots, silently."""
+    merged = write(tmp_path, "merged.conllu", conllu_line(1, "The", "DET", "DT", "det", "2")
+                   + conllu_line(2, "cat", "NOUN", "NN", "root") + "# sent_id = 2\n"
+                   + conllu_line(1, "A", "DET", "DT", "det", "2"))
+    with raises(f"{merged}:4: word ID '1', expected 3 (a missing blank line between two sentences?)"):
+        read_corpus(merged, "conllu")
+    skipped = write(tmp_path, "skip.conllu", conllu_line(1, "The", "DET", "DT", "det") + conllu_line(3, "x", "X", "X", "dep"))
+    with raises(f"{skipped}:2: word ID '3', expected 2"):
+        read_corpus(skipped, "conllu")
+
+
+def test_conllu_labels_with_surrounding_whitespace(tmp_path):
+    path = write(tmp_path, "t.conllu", conllu_line(1, "The", "DET", "DT", "det") + conllu_line(2, "cat", "NOUN ", "NN", "x"))
+    with raises(f"{path}:2: UPOS 'NOUN ' has leading or trailing whitespace"):
+        read_corpus(path, "conllu")
+
+
+def test_lone_carriage_returns_and_a_byte_order_mark_inside_the_file(tmp_path):
+    cr = write(tmp_path, "cr.txt", b"a b\rc d\n")  # str.split read it as one sentence of four words
+    with raises(f"{cr}:1: a carriage return inside the line (old Mac line endings?); lines must end in \\n or \\r\\n"):
+        read_corpus(cr, "text")
+    joined = write(tmp_path, "joined.txt", "\ufeffa b\n\ufeffc d\n".encode())  # cat of two files with a BOM
+    with raises(f"{joined}:2: a byte-order mark starts this line (two files joined with cat?)"):
+        read_corpus(joined, "text")
+    assert read_corpus(write(tmp_path, "crlf.txt", b"\xef\xbb\xbfa b\r\nc\r\n"), "text").sentences == [["a", "b"], ["c"]]
+
+
+def test_a_pipe_is_refused(tmp_path):
+    """Read twice (parse, then hash), a pipe's second read is empty: the recorded dataset
+    sha256 was that of no bytes."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with raises(f"input file is not a regular file (a pipe?): {fifo}; strata reads it twice, to parse and to "
+                "hash it: write it to a file first"):
+        read_corpus(fifo, "text")
+
+
+def test_lines_after_max_sentences_are_counted_not_decoded(tmp_path):
+    path = write(tmp_path, "t.txt", b"ok\nok\n\xff\n")
+    assert read_corpus(path, "text", max_sentences=2).sentences == [["ok"], ["ok"]]
+    with raises(f"{path}:3: not valid UTF-8 (byte 0xff at column 1)"):
+        read_corpus(path, "text")
