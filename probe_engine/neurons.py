@@ -114,6 +114,26 @@ def control_labels(word_types: np.ndarray, class_counts: np.ndarray, seed: int) 
     return dict(zip(types.tolist(), drawn.tolist()))
 
 
+def control_draw(words: dict[str, np.ndarray], y_train: np.ndarray, classes: list[str], seed: int):
+    """The control task of a run: the word-type table over every split's words, each
+    split's drawn class per token, and the classes some training row drew.  Refuses a
+    draw that left training one class: it depends only on the words, the training labels
+    and the seed, so ``check_options`` makes it before anything trains."""
+    counts = np.bincount(y_train[y_train >= 0], minlength=len(classes))
+    table = control_labels(np.concatenate(list(words.values())), counts, seed)
+    drawn = {split: np.array([table[w] for w in words[split]], np.int64).reshape(-1) for split in words}
+    present = np.unique(drawn["train"][y_train != -1])
+    if len(present) < 2:
+        raise StrataError(f"--control: with --seed {seed} every training word type drew the class "
+                          f"{classes[present[0]]!r}; a control probe needs two classes: try another --seed")
+    return table, drawn, present
+
+
+def token_words(store) -> np.ndarray:
+    """Each row's word string, the key of the control task's word types."""
+    return np.asarray(store.read(lambda: store.group[schema.TOKEN_TEXT][...]).tolist(), dtype=object)
+
+
 def selectivity(task_accuracy: float, control_accuracy: float) -> float:
     return task_accuracy - control_accuracy
 
@@ -148,9 +168,6 @@ class NeuronData:
     @property
     def d(self) -> int:
         return len(self.layers) * self.hidden
-
-    def words(self, split: str) -> np.ndarray:
-        return np.asarray(self.stores[split].group[schema.TOKEN_TEXT][...].tolist(), dtype=object)
 
     def blocks(self, split: str, y_tokens: np.ndarray, kind: str):
         key = (split, kind)
@@ -202,14 +219,21 @@ def check_options(options: dict) -> None:
     if not options.get("test"):
         raise StrataError("--test: strata neurons needs a test store")
     stores = open_stores(options)
-    sentence_level = options.get("pool") or options["label"] in stores["train"].label_names("sentence")
-    if options["control"] and sentence_level:
+    if options["control"] and options["label"] in stores["train"].label_names("sentence"):
         raise StrataError("--control: a control task is not defined for a sentence-level label set "
                           "(Hewitt & Liang draw control labels per word type); drop --control or --pool")
     for store in stores.values():
         store.features  # raises naming a missing pooled array
         store.require_rows(options["label"])  # raises naming a missing label set (with a --pool hint) or no rows
-    training_classes(stores["train"], options["label"])  # at least two classes
+    y_train, classes, _ = training_classes(stores["train"], options["label"])  # at least two classes
+    if options["control"]:
+        train = stores["train"]
+        if train.parameters.get("word_vector") == "subword":
+            raise StrataError(f"--control: {train.path} is a subword store (--word-vector subword): its rows are "
+                              "subword pieces, and control labels are drawn per word type; extract with "
+                              "--word-vector last, first or mean")
+        control_draw({split: token_words(store) for split, store in stores.items()}, y_train, classes,
+                     options["seed"])
 
 
 def _spec_hash(options: dict, step: str) -> str:
@@ -232,24 +256,38 @@ def _spec_hash(options: dict, step: str) -> str:
 class Steps:
     """Finished steps on disk: ``DIR/steps/NAME.json`` (+ ``.npz``), reused when their inputs match.
 
-    The npz carries the inputs hash too, and the json names its arrays: the two files
-    are written one after the other, so a run killed between them (after another run's
-    json) must not pair that json with its own npz.  A missing or foreign npz, or one
-    from before the hash was in it, makes the step run again.
+    A step's inputs are its options (:func:`_spec_hash`) and, after the first step, every
+    earlier step's record as it is on disk: steps run in order and each uses what the
+    earlier ones found (the ablation the minimal step's k, the control task its neurons),
+    so a step that runs again makes every later one run again, and a later step is never
+    paired with another run of an earlier one.  The npz carries the inputs hash too, and
+    the json names its arrays: the two files are written one after the other, so a run
+    killed between them (after another run's json) must not pair that json with its own
+    npz.  A missing or foreign npz, or one from before the hash was in it, makes the step
+    run again.
     """
 
     def __init__(self, out: Path, options: dict):
         self.dir, self.options = out / "steps", options
         self.dir.mkdir(parents=True, exist_ok=True)
         self.reused = []
+        self._earlier = ""  # sha256 of the earlier steps' records, in order ("" before the first)
+
+    def _inputs(self, name: str) -> str:
+        own = _spec_hash(self.options, name)
+        return own if not self._earlier else hashlib.sha256((own + self._earlier).encode()).hexdigest()[:16]
+
+    def _chain(self, record_bytes: bytes) -> None:
+        self._earlier = hashlib.sha256(self._earlier.encode() + record_bytes).hexdigest()
 
     def load(self, name: str):
         path = self.dir / f"{name}.json"
         if not path.exists():
             return None
         try:
-            doc = json.loads(path.read_text())
-            inputs = _spec_hash(self.options, name)
+            raw = path.read_bytes()
+            doc = json.loads(raw)
+            inputs = self._inputs(name)
             if doc.get("inputs") != inputs:
                 return None
             npz = self.dir / f"{name}.npz"
@@ -264,15 +302,17 @@ class Steps:
         except (OSError, ValueError, zipfile.BadZipFile):  # a damaged file: the step runs again
             return None
         self.reused.append(name)
+        self._chain(raw)
         return doc
 
     def save(self, name: str, doc: dict, arrays: dict | None = None) -> dict:
-        inputs = _spec_hash(self.options, name)
+        inputs = self._inputs(name)
         record = {"inputs": inputs, **doc}
         if arrays is not None:
             write_npz(self.dir / f"{name}.npz", {**arrays, "inputs": np.array(inputs)})
             record["array_names"] = sorted(arrays)
         write_json(self.dir / f"{name}.json", record)
+        self._chain((self.dir / f"{name}.json").read_bytes())
         return {**doc, "arrays": arrays} if arrays is not None else doc
 
 
@@ -374,17 +414,10 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
         control = steps.load("control")
         if control is None:
             say("strata neurons: 6/6 control task (all neurons and top-k, one batch)")
-            words = {split: data.words(split) for split in ("train", "dev", "test")}
-            counts = np.bincount(data.y["train"][data.y["train"] >= 0], minlength=len(classes))
-            table = control_labels(np.concatenate(list(words.values())), counts, options["seed"])
-            drawn = {split: np.array([table[w] for w in words[split]], np.int64).reshape(-1) for split in words}
+            words = {split: token_words(data.stores[split]) for split in ("train", "dev", "test")}
+            table, drawn, present = control_draw(words, data.y["train"], classes, options["seed"])
             # a class no training word type drew cannot be learned (its intercept would go to -inf):
             # the control probes know the drawn classes only; dev/test tokens of others count as errors
-            present = np.unique(drawn["train"][data.y["train"] != -1])
-            if len(present) < 2:
-                raise StrataError(f"--control: with --seed {options['seed']} every training word type drew "
-                                  f"the class {classes[present[0]]!r}; a control probe needs two classes: "
-                                  "try another --seed")
             index = np.full(len(classes), -2, np.int64)
             index[present] = np.arange(len(present))
             y_control = {split: np.where(data.y[split] != -1, index[drawn[split]], -1) for split in words}

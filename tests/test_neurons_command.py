@@ -326,3 +326,29 @@ def test_control_labels_of_one_class_are_refused(tiny_bert, tmp_path, strata):
     assert code == 1
     assert err.strip() == ("strata neurons: error: --control: with --seed 0 every training word type drew the "
                            "class 'A'; a control probe needs two classes: try another --seed")
+    assert not (tmp_path / "out").exists()  # the draw needs no training: refused before the first step
+
+
+def test_control_on_a_subword_store_is_refused(tiny_bert, ud_dev, tmp_path, strata):
+    """Its rows are subword pieces: a control label per piece is not Hewitt & Liang's per word type."""
+    store = tmp_path / "sub.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu", "--max-sentences", "30",
+                  "--word-vector", "subword", "--pool", "none", "--out", store)[0] == 0
+    code, _, err = strata("neurons", "--train", store, "--dev", store, "--test", store, "--labels", "upos",
+                          "--control", "--quiet", "--out", tmp_path / "out")
+    assert (code, err.strip()) == (1, f"strata neurons: error: --control: {store.resolve()} is a subword store "
+                                      "(--word-vector subword): its rows are subword pieces, and control labels are "
+                                      "drawn per word type; extract with --word-vector last, first or mean")
+
+
+def test_a_step_run_again_runs_every_later_step_again(analysis, stores, tmp_path, strata):
+    """The ablation uses the minimal step's k, the control task its neurons: after the
+    minimal step is redone, neither may be taken from the run before."""
+    run = tmp_path / "run"
+    shutil.copytree(analysis / "steps", run / "steps")
+    assert strata(*neurons_args(stores, run))[0] == 0
+    assert load(run)["strata_neurons"]["steps_reused"] == ["oracle", "ranking", "minimal", "ablation", "control"]
+    (run / "steps" / "minimal.json").write_text("{damaged")
+    assert strata(*neurons_args(stores, run))[0] == 0
+    assert load(run)["strata_neurons"]["steps_reused"] == ["oracle", "ranking"]
+    assert load(run)["ablation"] == load(analysis)["ablation"]  # deterministic: the same numbers again
