@@ -5,13 +5,18 @@ probe_engine/train.py) and follows the scikit-learn contract (the constructor
 only stores parameters; learned attributes end in ``_``), so one probe drops into
 a ``Pipeline`` or ``GridSearchCV``.  It is the same problem scikit-learn's
 ``LogisticRegression(l1_ratio=rho, C=C, solver='saga')`` solves (multinomial,
-three or more classes) with ``l1 = rho / (C n)`` and ``l2 = (1 - rho) / (2 C n)``.
+three or more classes) with ``l1 = rho / (C n)`` and ``l2 = (1 - rho) / (2 C n)``;
+for two classes (one binary weight vector there, two softmax columns here) with
+``l2 = (1 - rho) / (C n)``.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -19,8 +24,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from probe_engine.backend import array_module
 from probe_engine.blocks import InMemoryBlocks
 from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, train_probes
+from store.errors import StrataError
 
 BLOCK_ROWS = 8192
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ElasticNetProbe(ClassifierMixin, BaseEstimator):
@@ -45,7 +52,8 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
     as scikit-learn's binary classifiers: coef_ (1, n_features) and intercept_ (1,), class
     1's weights minus class 0's), mean_ and scale_ (the standardization, float64),
     n_iter_, converged_, objective_ (on the standardized problem), optimality_,
-    duality_gap_ (objective_ minus the optimum is at most this), n_nonzero_ (the non-zeros
+    duality_gap_ (objective_ minus the optimum is at most this, up to float32 rounding of
+    both: about 1e-7 of objective_, visible on problems of a few rows), n_nonzero_ (the non-zeros
     of coef_: for two classes, of its one row, not of the two softmax columns solved).
     """
 
@@ -59,10 +67,11 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         def number(value):  # bool is an int to Python, not a penalty to a user
             return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
 
-        for name in ("l1", "l2"):
+        for name in ("l1", "l2"):  # the solver runs in float32: a larger penalty is inf there, and NaN after
             value = getattr(self, name)
-            if not number(value) or not 0 <= value < np.inf:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not number(value) or not 0 <= value <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be a number >= 0 and at most float32's largest "
+                                 f"({FLOAT32_MAX:.4g}), got {value!r}")
         if not number(self.tol) or not 0 < self.tol < np.inf:
             raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
         if self.gap_tol is not None and (not number(self.gap_tol) or not 0 < self.gap_tol < np.inf):
@@ -89,11 +98,25 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
             self.mean_, self.scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
         else:
             self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
-        xp = array_module(self.device)
-        blocks = InMemoryBlocks(
-            ((xp.asarray(((X[i:i + BLOCK_ROWS] - self.mean_) / self.scale_).astype(np.float32)),
-              xp.asarray(y_idx[i:i + BLOCK_ROWS])) for i in range(0, len(X), BLOCK_ROWS)),
-            X.shape[1])
+        try:
+            xp = array_module(self.device)
+        except StrataError as e:  # worded for the command line's --device
+            raise ValueError(f"device: {str(e).removeprefix('--device: ')}") from None
+        with np.errstate(over="ignore"):  # checked below
+            rows = [((X[i:i + BLOCK_ROWS] - self.mean_) / self.scale_).astype(np.float32)
+                    for i in range(0, len(X), BLOCK_ROWS)]
+        # Finite in float64 is not finite in float32 (|x| > 3.4e38 after standardizing, or a
+        # variance that overflowed the scaler), and the float32 Gram X^T X overflows from
+        # |x| ~ 1e19: the solver would fail deep inside (LinAlgError, NaN).  The column sums
+        # of squares, in float32 as the Gram's diagonal, find both.
+        with np.errstate(over="ignore", invalid="ignore"):
+            squares = sum(np.square(r).sum(axis=0) for r in rows)
+        if not np.isfinite(squares).all():
+            raise ValueError("X: values too large for the float32 solver"
+                             + (" after standardizing" if self.standardize else " (standardize=False)")
+                             + ": a feature's sum of squares overflows float32")
+        blocks = InMemoryBlocks(((xp.asarray(r), xp.asarray(y_idx[i * BLOCK_ROWS:(i + 1) * BLOCK_ROWS]))
+                                 for i, r in enumerate(rows)), X.shape[1])
         sol = train_probes(blocks, len(self.classes_), [self.l1], [self.l2], xp=xp,
                            tol=self.tol, gap_tol=self.gap_tol, max_iter=self.max_iter)
         W, b = sol.W[:, 0, :].astype(np.float64), sol.b[0].astype(np.float64)  # (d, C), (C,) standardized
@@ -108,6 +131,11 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         self.optimality_ = float(sol.optimality[0])
         self.duality_gap_ = float(sol.gap[0])
         self.n_nonzero_ = int(np.count_nonzero(self.coef_standardized_))  # what coef_ shows
+        if not self.converged_:  # scikit-learn's convention; the attributes say how far it got
+            floor = "; a tol below ~1e-7 is under float32's resolution of the gradient" if self.tol < 1e-7 else ""
+            warnings.warn(f"ElasticNetProbe did not reach tol={self.tol:g} in max_iter={self.max_iter} passes "
+                          f"(optimality {self.optimality_:.3g}, duality gap {self.duality_gap_:.3g}){floor}",
+                          ConvergenceWarning)
         return self
 
     def decision_function(self, X):

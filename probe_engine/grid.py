@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
+
 from store.errors import StrataError
 
 
@@ -20,9 +22,11 @@ def parse_floats(text: str, option: str) -> list[float]:
         raise StrataError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
     if not values:
         raise StrataError(f"{option}: the grid is empty")
-    bad = [v for v in values if not v >= 0 or v == float("inf")]
+    largest = float(np.finfo(np.float32).max)  # the solver runs in float32: beyond it inf, then NaN
+    bad = [v for v in values if not 0 <= v <= largest]
     if bad:
-        raise StrataError(f"{option}: penalties must be finite and >= 0, got {bad[0]}")
+        raise StrataError(f"{option}: penalties must be >= 0 and at most float32's largest ({largest:.4g}), "
+                          f"got {bad[0]}")
     return sorted(set(values))
 
 

@@ -174,3 +174,19 @@ def test_the_gap_of_an_l1_only_probe_bounds_the_distance_to_sklearns_optimum(rar
         sol = train_probes(blocks_of(X, y), 5, [l1], [0.0], xp=np, tol=1e-12, max_iter=passes)
         assert sol.objective[0] - optimum >= -1e-6
         assert sol.gap[0] >= sol.objective[0] - optimum - 1e-6, (passes, sol.gap[0], sol.objective[0] - optimum)
+
+
+def test_the_gap_never_rounds_below_zero():
+    """Objective and dual value are both float32 passes: near the optimum their difference
+    rounded to -2.1e-9 here, a claim that the objective is below the optimum."""
+    import warnings
+
+    from probe_engine import ElasticNetProbe
+
+    r = np.random.default_rng(1)
+    X, Wt = r.normal(size=(300, 10)), r.normal(size=(10, 3))
+    y = np.array([r.choice(3, p=np.exp(z - z.max()) / np.exp(z - z.max()).sum()) for z in X @ Wt])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tol 1e-8 is under float32's resolution: it may not converge
+        probe = ElasticNetProbe(l1=0.01, l2=0.001, tol=1e-8, max_iter=3000).fit(X, y)
+    assert 0 <= probe.duality_gap_ < 1e-7
