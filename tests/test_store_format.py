@@ -212,6 +212,7 @@ def test_verify_names_records_missing_from_a_complete_store(strata, ud_store, tm
         assert err.strip() == f"strata verify: error: {copy}: damaged store: marked complete, but {message}"
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")  # zarr's, on consolidating
 def test_verify_checks_consolidated_metadata_and_follows_symlinked_folders(strata, ud_store, tiny_bert, text_corpus,
                                                                           tmp_path):
     import shutil
