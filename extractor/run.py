@@ -231,7 +231,12 @@ class Extraction:
         if self.variant is None:
             return {}
         seeded = self.variant.kind in ("random-init", "reinit")
-        return {"variant": self.variant.spec(), "variant_seed": self.variant.seed if seeded else None}
+        record = {"variant": self.variant.spec(), "variant_seed": self.variant.seed if seeded else None}
+        if self.variant.kind == "reinit":
+            # children before parents since stores of this key; older reinit stores drew in another
+            # order (and lost GPT-2's scaled c_proj init), so they are refused rather than resumed
+            record["reinit_order"] = "children-first"
+        return record
 
     def provenance(self) -> dict:
         return {

@@ -25,8 +25,16 @@ Randomness comes from ``torch.manual_seed(--variant-seed)`` inside a forked RNG
 state, so every process of a multi-process run builds the same weights and the
 same command gives the same store.  Re-initialization uses the model's own
 ``_init_weights`` (what ``from_pretrained`` uses for missing weights), module by
-module, after clearing the marks transformers puts on loaded weights.  Models that share one set of weights across layers (ALBERT) have no
-per-layer blocks to change; they are refused except for ``random-init``.
+module with children before their parents (stores record ``reinit_order``), after
+clearing the marks transformers puts on loaded weights.  Models that share one set
+of weights across layers (ALBERT) have no per-layer blocks to change; they are
+refused except for ``random-init``.
+
+Against Tamkin et al.: their progressive ``k`` (the first k blocks kept, every block
+after re-initialized; k = 0 keeps only the embeddings) is our ``reinit:(k+1)-``, and
+their BERT re-initialization draws a truncated normal
+(std 0.02, cut at +-0.04) where BERT's own ``_init_weights`` draws an untruncated
+normal (std 0.02): the same scale, about 4.6% of draws beyond the cut.
 """
 
 from __future__ import annotations
@@ -145,9 +153,10 @@ def build_model(load, config, variant: Variant | None, n_blocks: int, name: str)
             last = variant.last or n_blocks
             with torch.no_grad():
                 for block in blocks[variant.first - 1:last]:
-                    for module in block.modules():
-                        _forget_initialized(module)
-                        model._init_weights(module)
+                    # Children before parents (nn.Module.apply), as transformers' own initialization
+                    # goes: a parent's _init_weights may overwrite a child's (GPT-2 rescales c_proj to
+                    # 0.02/sqrt(2 n_layer) from GPT2Attention/GPT2MLP), and parents first would undo it.
+                    block.apply(lambda module: (_forget_initialized(module), model._init_weights(module)))
         elif variant.kind == "permute":
             order = permutation(n_blocks, variant.seed)
             reordered = [blocks[i] for i in order]

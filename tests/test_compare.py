@@ -198,6 +198,31 @@ def test_a_store_against_itself_is_exactly_one(tiny_stores, tmp_path, strata, po
     assert list(doc["rsa"]["mean"].values()) == [1.0, 1.0, 1.0]
 
 
+def test_reinit_keeps_gpt2_scaled_residual_init(tmp_path):
+    """GPT-2's _init_weights rescales c_proj (std 0.02/sqrt(2 n_layer)) from the parent
+    GPT2Attention/GPT2MLP; re-initializing parents before children undid it (std 0.02)."""
+    import torch
+    from transformers import AutoModel, GPT2Config, GPT2Model
+
+    from extractor.variants import build_model
+
+    config = GPT2Config(n_embd=128, n_layer=8, n_head=4, n_positions=32, vocab_size=50)
+    torch.manual_seed(0)
+    GPT2Model(config).save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    model = build_model(lambda: AutoModel.from_pretrained(tmp_path), config, parse_variant("reinit:5-", seed=3),
+                        8, "gpt2")
+    scaled = 0.02 / np.sqrt(2 * 8)
+    for i, block in enumerate(model.h):
+        same = torch.equal(block.attn.c_proj.weight, loaded.h[i].attn.c_proj.weight)
+        assert same == (i < 4)
+        if i >= 4:
+            for weight in (block.attn.c_proj.weight, block.mlp.c_proj.weight):
+                assert abs(weight.std().item() / scaled - 1) < 0.05
+            assert abs(block.attn.c_attn.weight.std().item() / 0.02 - 1) < 0.05
+            assert torch.equal(block.ln_1.weight, torch.ones(128))
+
+
 def test_reinit_ground_truth_on_minilm(tmp_path, ud_dev, strata):
     """Tamkin et al.'s progressive re-initialization: layers below K are the same model,
     so similarity is exactly 1; from K on it drops, more with depth."""
@@ -216,6 +241,8 @@ def test_reinit_ground_truth_on_minilm(tmp_path, ud_dev, strata):
     assert cka[:4] == [1.0] * 4 and rsa_[:4] == [1.0] * 4
     assert max(cka[4:]) < 0.95 and max(rsa_[4:]) < 0.95
     assert cka[4] > cka[5] > cka[6]
+    parameters = zarr.open_group(stores["reinit"], mode="r").attrs["strata"]["parameters"]
+    assert (parameters["variant"], parameters["reinit_order"]) == ("reinit:4-", "children-first")
 
 
 def test_compare_errors(tiny_stores, tmp_path, strata, tiny_bert, ud_dev):
