@@ -49,6 +49,11 @@ def open_pair(a: str, b: str, pool: str | None) -> tuple[ProbeStore, ProbeStore]
     if pa.get("dataset_sha256") != pb.get("dataset_sha256"):
         raise StrataError(f"B: {B.path} was extracted from another corpus than A {A.path} "
                           f"(dataset sha256 {pb.get('dataset_sha256', '?')[:12]} vs {pa.get('dataset_sha256', '?')[:12]})")
+    wa, wb = pa.get("word_vector"), pb.get("word_vector")
+    if pool is None and wa != wb:
+        # last and mean give the same offsets, so the token check below would pass them
+        raise StrataError(f"B: {B.path} holds --word-vector {wb} vectors, A {A.path} holds {wa}; compare "
+                          "pooled sentence vectors with --pool, or extract both alike")
     oa, ob = A.group[schema.SENTENCE_OFFSETS][...], B.group[schema.SENTENCE_OFFSETS][...]
     if len(oa) != len(ob):
         raise StrataError(f"B: {B.path} holds {len(ob) - 1} sentences, A {A.path} holds {len(oa) - 1} "
@@ -150,7 +155,11 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
     common = [x for x in la if x in lb]
     doc = {"strata_compare": {"a": str(A.path), "b": str(B.path), "model_a": A.parameters.get("model"),
                               "model_b": B.parameters.get("model"), "variant_a": A.parameters.get("variant"),
-                              "variant_b": B.parameters.get("variant"), "pool": options["pool"],
+                              "variant_b": B.parameters.get("variant"),
+                              "variant_seed_a": A.parameters.get("variant_seed"),
+                              "variant_seed_b": B.parameters.get("variant_seed"),
+                              "word_vector_a": A.parameters.get("word_vector"),
+                              "word_vector_b": B.parameters.get("word_vector"), "pool": options["pool"],
                               "methods": options["methods"], "rows": int(n_rows), "device": options["device"],
                               "command": options.get("command"),
                               "finished": None, "seconds": None},

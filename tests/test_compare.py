@@ -182,7 +182,10 @@ def test_compare_matches_direct_computation(tiny_stores, tmp_path, strata):
         for k, layer in enumerate(doc["rsa"]["layers"]):
             expected = pearsonr(cosine_similarity(a[layer, pick])[i, j], cosine_similarity(b[layer, pick])[i, j])
             assert doc["rsa"]["per_repeat"][r][k] == pytest.approx(expected.statistic, rel=1e-9)
-    assert doc["strata_compare"]["variant_b"] == "random-init"
+    run = doc["strata_compare"]
+    assert (run["variant_a"], run["variant_b"], run["variant_seed_a"], run["variant_seed_b"]) == (
+        None, "random-init", None, 1)
+    assert (run["word_vector_a"], run["word_vector_b"]) == ("last", "last")
     assert stdout.splitlines()[0].split() == ["layer", "RSA", "±", "std", "CKA"]
     assert (out / "cka_heatmap.png").stat().st_size > 0 and (out / "similarity_per_layer.png").stat().st_size > 0
 
@@ -260,6 +263,15 @@ def test_compare_errors(tiny_stores, tmp_path, strata, tiny_bert, ud_dev):
     code, _, err = strata("compare", base, test_corpus, "--out", tmp_path / "o", "--quiet")
     assert err.strip().startswith(f"strata compare: error: B: {test_corpus} was extracted from another corpus "
                                   f"than A {base} (dataset sha256 ")
+    mean = tmp_path / "mean.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu", "--max-sentences", DEV,
+                  "--word-vector", "mean", "--pool", "cls", "--out", mean)[0] == 0
+    code, _, err = strata("compare", base, mean, "--out", tmp_path / "o", "--quiet")
+    assert code == 1
+    assert err.strip() == (f"strata compare: error: B: {mean} holds --word-vector mean vectors, A {base} holds last; "
+                           "compare pooled sentence vectors with --pool, or extract both alike")
+    assert not (tmp_path / "o").exists()
+    assert strata("compare", base, mean, "--out", tmp_path / "pooled", "--pool", "cls", "--quiet")[0] == 0
     code, _, err = strata("compare", base, base, "--out", tmp_path / "o", "--method", "svcca")
     assert err.strip() == "strata compare: error: --method: 'svcca' is not one of rsa, cka"
     code, _, err = strata("compare", base, tiny_stores["truncate"], "--out", tmp_path / "o", "--layers", "2")
