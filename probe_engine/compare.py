@@ -19,6 +19,8 @@ promise.
 
 from __future__ import annotations
 
+import math
+
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -210,25 +212,25 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
 
 
 def _cell(v) -> str:
-    return f"{v:7.4f}" if v is not None else "      -"
+    """A number of the table; undefined (null in JSON, NaN in memory) as '-'."""
+    return f"{v:7.4f}" if v is not None and math.isfinite(v) else "      -"
 
 
 def format_table(doc: dict) -> str:
-    cell = _cell
     layers = sorted(set(doc.get("rsa", {}).get("layers", [])) | {int(x) for x in doc.get("cka", {}).get("diagonal", {})})
     lines = [f"{'layer':>5} {'RSA':>7} {'± std':>7} {'CKA':>7}"]
     for x in layers:
         rsa = doc.get("rsa", {}).get("mean", {}).get(str(x))
         std = doc.get("rsa", {}).get("std", {}).get(str(x))
         cka = doc.get("cka", {}).get("diagonal", {}).get(str(x))
-        lines.append(f"{x:>5} {cell(rsa)} {cell(std)} {cell(cka)}")
+        lines.append(f"{x:>5} {_cell(rsa)} {_cell(std)} {_cell(cka)}")
     if "attention" in doc:
         att = doc["attention"]
         lines.append(f"{'block':>5} {'H(A)':>7} {'H(B)':>7} {'EMD':>7}   (CLS attention: entropy in nats, "
                      f"earth mover's distance in positions; {att['sentences']} sentences)")
         for k in att["blocks"]:
-            lines.append(f"{k:>5} {cell(att['entropy_a'].get(str(k)))} {cell(att['entropy_b'].get(str(k)))} "
-                         f"{cell(att['emd'].get(str(k)))}")
+            lines.append(f"{k:>5} {_cell(att['entropy_a'].get(str(k)))} {_cell(att['entropy_b'].get(str(k)))} "
+                         f"{_cell(att['emd'].get(str(k)))}")
         if "emd_not_computed" in att:
             lines.append(f"      EMD not computed: {att['emd_not_computed']}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ def format_table(document: dict) -> str:
                  and p.get("pool") == c.get("pool")]
         features = c["feature_set"] + (f" ({c['pool']})" if c.get("pool") else "")
         converged = sum(p["converged"] for p in group)
-        lines.append(f"{c['label']:<8} {features:<20} {c['l1']:>8.0e} {c['l2']:>8.0e} "
+        lines.append(f"{c['label']:<8} {features:<20} {c['l1']:>8g} {c['l2']:>8g} "
                      f"{_pct(c['train_accuracy']):>6} {_pct(c['dev_accuracy']):>6} {_pct(c['test_accuracy']):>6} "
                      f"{c['nonzeros']:>8} {len(group):>6} {converged:>5}/{len(group):<3}")
     screened = sum(bool(p.get("screened_out")) for p in probes)

@@ -27,12 +27,39 @@ import html
 import json
 from pathlib import Path
 
+from probe_engine.plot import figure, finite, layer_axis, save, text
 from store.errors import StrataError
 
 KINDS = {"strata_probe": "probe", "strata_neurons": "neurons", "strata_compare": "compare"}
 FILES = ("results.json", "neurons.json", "compare.json")
-#: what the report reads of each kind (compare's sections depend on its --method, so none)
-NEEDED = {"probe": ("chosen",), "neurons": ("layer_distribution", "ablation", "minimal", "oracle"), "compare": ()}
+#: what the report reads of each kind, as key paths ("*": every item of a list; compare's
+#: sections depend on its --method, so only what each method wrote is needed, see _needed)
+NEEDED = {
+    "probe": [("chosen",), ("chosen", "*", "label"), ("chosen", "*", "layers"), ("chosen", "*", "feature_set"),
+              ("chosen", "*", "dev_accuracy"), ("chosen", "*", "test_accuracy")],
+    "neurons": [("strata_neurons", "label"), ("layer_distribution",), ("minimal", "k"), ("oracle", "test_accuracy")]
+    + [("ablation", s, k) for s in ("top", "bottom", "random") for k in ("retrained_test", "zeroed_test")],
+    "compare": [("strata_compare", "a"), ("strata_compare", "b")],
+}
+COMPARE_NEEDED = {"cka": [("cka", "diagonal")], "rsa": [("rsa", "layers"), ("rsa", "mean"), ("rsa", "std")]}
+
+
+def _missing(doc, path: tuple) -> str | None:
+    """The first key of ``path`` that ``doc`` lacks, dotted (None: all there)."""
+    items = [(doc, "")]
+    for key in path:
+        nxt = []
+        for value, where in items:
+            if key == "*":
+                if not isinstance(value, list):
+                    return where
+                nxt += [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            elif not isinstance(value, dict) or key not in value:
+                return f"{where}.{key}".lstrip(".")
+            else:
+                nxt.append((value[key], f"{where}.{key}".lstrip(".")))
+        items = nxt
+    return None
 
 
 def load_results(path: Path, option: str) -> tuple[str, dict]:
@@ -51,10 +78,9 @@ def load_results(path: Path, option: str) -> tuple[str, dict]:
     kind = next((KINDS[k] for k in KINDS if isinstance(doc, dict) and k in doc), None)
     if kind is None:
         raise StrataError(f"{option}: {path} is not a strata probe, neurons or compare result")
-    header = doc[f"strata_{kind}"]
-    missing = [key for key in NEEDED[kind] if not isinstance(doc.get(key), (dict, list))]
-    if kind == "neurons" and not (isinstance(header, dict) and "label" in header):
-        missing.append("strata_neurons.label")
+    needed = NEEDED[kind] + [p for method in COMPARE_NEEDED if kind == "compare" and method in doc
+                             for p in COMPARE_NEEDED[method]]
+    missing = [m for m in (_missing(doc, p) for p in needed) if m is not None]
     if missing:
         raise StrataError(f"{option}: {path} is not a complete strata {kind} result (it has no {missing[0]})")
     return kind, doc
@@ -65,14 +91,28 @@ def load_models(groups: list[tuple[str, str, list[str]]]) -> list[dict]:
     models = []
     for name, option, paths in groups:
         model = {"name": name, "probe": [], "neurons": [], "compare": []}
+        chosen_in = {}  # (label, pool, layers) -> the path holding that chosen probe
         for p in paths:
             kind, doc = load_results(Path(p), option)
             if kind == "compare" and option == "--base":  # section 4 draws each other model against the base
                 raise StrataError(f"--base: {p} is a strata compare result; give it with --other, after the "
                                   "results of the model it compares with the base")
+            for c in doc["chosen"] if kind == "probe" else []:
+                key = (c["label"], c.get("pool"), tuple(c["layers"]))
+                if key in chosen_in:  # two lines through one layer would zigzag between them
+                    what = f"label {c['label']}, {c['feature_set']}" + (f", {c['pool']}-pooled" if c.get("pool") else "")
+                    raise StrataError(f"{option}: {chosen_in[key]} and {p} both hold a chosen probe for {what} "
+                                      f"of {name}; give one of them")
+                chosen_in[key] = p
             model[kind].append(doc)
         models.append(model)
     return models
+
+
+def stores_of(model: dict) -> set[str]:
+    """The stores a model's probe and neurons results were trained on."""
+    return {doc[f"strata_{kind}"].get(split) for kind in ("probe", "neurons") for doc in model[kind]
+            for split in ("train", "dev", "test")} - {None}
 
 
 def chosen_rows(model: dict) -> list[dict]:
@@ -80,43 +120,29 @@ def chosen_rows(model: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- figures
-def _figure(width=6.4, height=4.0):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
-    return plt, fig, ax
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def accuracy_figures(models: list[dict], folder: Path) -> list[tuple[str, Path]]:
     """One figure per (label set, pooling): test (else dev) accuracy per layer, one line per model."""
     series = list(dict.fromkeys((c["label"], c.get("pool")) for m in models for c in chosen_rows(m)
                                 if len(c["layers"]) == 1))
     out = []
     for label, pool in series:
-        plt, fig, ax = _figure()
-        for k, model in enumerate(models):
-            rows = sorted((c for c in chosen_rows(model) if c["label"] == label and c.get("pool") == pool
-                           and len(c["layers"]) == 1), key=lambda c: c["layers"][0])
-            split = "test" if rows and all(c["test_accuracy"] is not None for c in rows) else "dev"
+        plt, fig, ax = figure()
+        per_model = [sorted((c for c in chosen_rows(model) if c["label"] == label and c.get("pool") == pool
+                             and len(c["layers"]) == 1), key=lambda c: c["layers"][0]) for model in models]
+        # one split for every model, so the base's test is never drawn against another's dev
+        split = "test" if all(c["test_accuracy"] is not None for rows in per_model for c in rows) else "dev"
+        for k, (model, rows) in enumerate(zip(models, per_model)):
             if rows:
-                ax.plot([c["layers"][0] for c in rows], [c[f"{split}_accuracy"] for c in rows],
-                        "-o" if k == 0 else "--s", markersize=4, label=f"{model['name']} ({split})")
+                ax.plot([c["layers"][0] for c in rows], [finite(c[f"{split}_accuracy"]) for c in rows],
+                        "-o" if k == 0 else "--s", markersize=4, label=text(model["name"]))
         name = label + (f", {pool}-pooled" if pool else "")
-        ax.set_title(f"Probe accuracy per layer: {name}")
-        ax.set_xlabel("layer (0 = embedding output)")
-        ax.set_ylabel("accuracy")
+        ax.set_title(text(f"Probe accuracy per layer: {name} ({split})"))
+        layer_axis(ax)
+        ax.set_ylabel(f"{split} accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        out.append((f"Probe accuracy per layer: {name}",
-                    _save(plt, fig, folder / f"accuracy_{label}{'_' + pool if pool else ''}.png")))
+        out.append((f"Probe accuracy per layer: {name} ({split} accuracy)",
+                    save(plt, fig, folder / f"accuracy_{label}{'_' + pool if pool else ''}.png")))
     return out
 
 
@@ -124,44 +150,63 @@ def neuron_distribution_figure(models: list[dict], folder: Path) -> tuple[str, P
     runs = [(m["name"], doc) for m in models for doc in m["neurons"]]
     if not runs:
         return None
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     width = 0.8 / len(runs)
     for k, (name, doc) in enumerate(runs):
         layers = [int(x) for x in doc["layer_distribution"]]
         counts = [doc["layer_distribution"][str(x)] for x in layers]
         ax.bar([x + k * width for x in layers], counts, width=width,
-               label=f"{name}: {doc['strata_neurons']['label']} (k = {doc['minimal']['k']})")
-    ax.set_xlabel("layer (0 = embedding output)")
+               label=text(f"{name}: {doc['strata_neurons']['label']} (k = {doc['minimal']['k']})"
+                          + ("" if doc["minimal"].get("within_delta", True) else ", not within delta")))
+    layer_axis(ax)
     ax.set_ylabel("selected neurons")
     ax.set_title("Top neurons per layer (minimal neuron set)")
     ax.legend(fontsize=7)
-    return "Top neurons per layer", _save(plt, fig, folder / "neurons_per_layer.png")
+    return "Top neurons per layer", save(plt, fig, folder / "neurons_per_layer.png")
 
 
 def similarity_figure(models: list[dict], folder: Path) -> tuple[str, Path] | None:
     runs = [(m["name"], doc) for m in models[1:] for doc in m["compare"]]
     if not runs:
         return None
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     for k, (name, doc) in enumerate(runs):
         color = f"C{k}"
+        pool = doc["strata_compare"].get("pool")
+        name = name + (f" ({pool}-pooled)" if pool else "")
         if "cka" in doc:
             d = doc["cka"]["diagonal"]  # null where undefined (a constant layer): drawn as a gap
-            ax.plot([int(x) for x in d], [float("nan") if v is None else v for v in d.values()], "-s", color=color,
-                    markersize=4, label=f"{name}: CKA")
+            layers = sorted(int(x) for x in d)
+            ax.plot(layers, [finite(d[str(x)]) for x in layers], "-s", color=color,
+                    markersize=4, label=text(f"{name}: CKA"))
         if "rsa" in doc:
-            layers = doc["rsa"]["layers"]
-            ax.errorbar(layers, [float("nan") if doc["rsa"]["mean"][str(x)] is None else doc["rsa"]["mean"][str(x)]
-                                 for x in layers],
+            layers = sorted(doc["rsa"]["layers"])
+            ax.errorbar(layers, [finite(doc["rsa"]["mean"][str(x)]) for x in layers],
                         yerr=[doc["rsa"]["std"][str(x)] or 0 for x in layers], fmt=":o", color=color,
-                        markersize=4, capsize=3, label=f"{name}: RSA")
-    ax.set_xlabel("layer (0 = embedding output)")
-    ax.set_ylabel(f"similarity to {models[0]['name']}")
+                        markersize=4, capsize=3, label=text(f"{name}: RSA"))
+    layer_axis(ax)
+    ax.set_ylabel(text(f"similarity to {models[0]['name']}"))
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
     ax.set_title("Similarity to the base model per layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return "Similarity to the base model per layer", _save(plt, fig, folder / "similarity.png")
+    return "Similarity to the base model per layer", save(plt, fig, folder / "similarity.png")
+
+
+def similarity_sources(models: list[dict]) -> str | None:
+    """What each comparison compared, flagged where its A is none of the base's stores."""
+    base = stores_of(models[0])
+    lines = []
+    for m in models[1:]:
+        for doc in m["compare"]:
+            run = doc["strata_compare"]
+            line = f"{m['name']}: A = {run['a']}, B = {run['b']}" + (f", {run['pool']}-pooled" if run.get("pool") else "")
+            if base and run["a"] not in base:
+                line += f" (A is none of the stores {models[0]['name']}'s probe and neurons results used)"
+            if stores_of(m) and run["b"] not in stores_of(m):
+                line += f" (B is none of the stores {m['name']}'s probe and neurons results used)"
+            lines.append(line)
+    return "".join(f"<p>{html.escape(x, quote=False)}</p>" for x in lines) or None
 
 
 # --------------------------------------------------------------------------- tables
@@ -180,7 +225,9 @@ def ablation_table(models: list[dict]) -> str | None:
     for m in models:
         for doc in m["neurons"]:
             a = doc["ablation"]
-            rows.append([m["name"], doc["strata_neurons"]["label"], doc["minimal"]["k"],
+            within = doc["minimal"].get("within_delta", True)
+            rows.append([m["name"], doc["strata_neurons"]["label"],
+                         f"{doc['minimal']['k']}" + ("" if within else " (not within delta)"),
                          _pct(doc["oracle"]["test_accuracy"])]
                         + [_pct(a[s]["retrained_test"]) for s in ("top", "bottom", "random")]
                         + [_pct(a[s]["zeroed_test"]) for s in ("top", "bottom", "random")])
@@ -244,7 +291,8 @@ def build_report(models: list[dict], out: Path) -> dict:
     section("3. Top vs bottom vs random neurons, test accuracy (Durrani et al. Table 1)", ablation_table(models),
             "no strata neurons results given")
     sim = similarity_figure(models, folder)
-    section("4. RSA and CKA per layer against the base (Merchant et al. Fig. 2)", sim and _img(*sim),
+    section("4. RSA and CKA per layer against the base (Merchant et al. Fig. 2)",
+            sim and _img(*sim) + (similarity_sources(models) or ""),
             "no strata compare results given with the other models")
     section("5. CLS vs mean pooling (Mosbach et al. Table 2)", pooling_table(models),
             "no strata probe results with both --pool cls and --pool mean")

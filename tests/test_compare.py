@@ -77,6 +77,14 @@ def test_rsa_matches_scipy():
 
 
 # --------------------------------------------------------------------------- variants
+def test_the_table_prints_undefined_as_a_dash():
+    from probe_engine.compare import format_table
+
+    doc = {"rsa": {"layers": [0, 1], "mean": {"0": 0.5, "1": float("nan")}, "std": {"0": None, "1": None}},
+           "cka": {"diagonal": {"0": None, "1": 0.25}}}
+    assert format_table(doc).splitlines()[1:] == ["    0  0.5000       -       -", "    1       -       -  0.2500"]
+
+
 def test_rsa_of_a_constant_layer_is_undefined():
     """Identical rows (BERT's layer-0 CLS vector): the cosines are equal up to rounding, and
     their correlation with anything is noise, not a similarity."""

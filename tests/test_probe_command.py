@@ -365,6 +365,10 @@ def test_the_table_counts_unseen_classes_for_every_label_set():
 
     table = format_table({"probes": [], "strata_probe": {}, "chosen": [
         chosen("upos", {"dev": 0, "test": 0}), chosen("xpos", {"dev": 22, "test": 3}), chosen("deprel", {"dev": 8})]})
+    lone = chosen("upos", {})
+    lone["l1"], lone["l2"] = 2.5e-4, 1e-5
+    assert format_table({"probes": [], "strata_probe": {}, "chosen": [lone]}).splitlines()[1].split()[3:5] == [
+        "0.00025", "1e-05"]  # as given, not rounded to 3e-04
     assert table.splitlines()[-2:] == [
         "xpos: classes unseen in training (counted as errors): dev 22 rows, test 3 rows",
         "deprel: classes unseen in training (counted as errors): dev 8 rows"]

@@ -110,6 +110,40 @@ def test_report_says_what_is_missing(results, tmp_path, strata):
     assert page.missing == 4 and len(page.images) == 1
 
 
+def test_report_flags_and_figure_text(results, tmp_path, strata):
+    """Names matplotlib would read as mathtext or hide; one split for every model; a minimal
+    set outside delta flagged; where each comparison's stores came from."""
+    from probe_engine.plot import text
+
+    assert (text("_hidden"), text("$x_{$")) == (" _hidden", r"\$x_{\$")
+    neurons = json.loads((results["other"][2] / "neurons.json").read_text())
+    neurons["minimal"]["within_delta"] = False
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "neurons.json").write_text(json.dumps(neurons))
+    probe = json.loads((results["other"][0] / "results.json").read_text())
+    for c in probe["chosen"]:
+        c["test_accuracy"] = None
+    (tmp_path / "dev_only.json").write_text(json.dumps(probe))
+    page_path = tmp_path / "r" / "report.html"
+    code, stdout, err = strata("report", "--base", *results["base"], "--other", tmp_path / "dev_only.json",
+                               tmp_path / "outside", results["other"][-1], "--names", "$x_{$,_hidden",
+                               "--out", page_path)
+    assert code == 0, err
+    page = page_path.read_text(encoding="utf-8")
+    assert "Probe accuracy per layer: upos (dev accuracy)" in page  # the base has test, the other not
+    assert "Probe accuracy per layer: label, cls-pooled (dev accuracy)" in page
+    parsed = Page()
+    parsed.feed(page)
+    assert f"{neurons['minimal']['k']} (not within delta)" in parsed.cells
+    compare = json.loads((results["other"][-1] / "compare.json").read_text())["strata_compare"]
+    assert f"_hidden: A = {compare['a']}, B = {compare['b']}</p>" in page  # both among the models' stores
+    code, _, err = strata("report", "--base", results["base"][1], "--other", results["other"][-1],
+                          "--out", tmp_path / "pooled.html")
+    assert code == 0, err
+    assert (f"other 1: A = {compare['a']}, B = {compare['b']} (A is none of the stores base's probe and neurons "
+            "results used)</p>") in (tmp_path / "pooled.html").read_text(encoding="utf-8")
+
+
 def test_report_errors(results, tmp_path, strata):
     code, _, err = strata("report", "--base", *results["base"], "--other", *results["other"], "--names", "a",
                           "--out", tmp_path / "x.html")
@@ -135,6 +169,14 @@ def test_report_errors(results, tmp_path, strata):
     code, _, err = strata("report", "--base", stub, "--other", *results["other"], "--out", tmp_path / "x.html")
     assert err.strip() == (f"strata report: error: --base: {stub} is not a complete strata neurons result "
                            "(it has no strata_neurons.label)")
+    code, _, err = strata("report", "--base", *results["base"], results["base"][0], "--other", *results["other"],
+                          "--out", tmp_path / "x.html")
+    assert err.strip() == (f"strata report: error: --base: {results['base'][0]} and {results['base'][0]} both hold "
+                           "a chosen probe for label upos, layer 0 of base; give one of them")
+    stub.write_text('{"strata_probe": {}, "chosen": [{"label": "upos", "layers": [0]}]}')
+    code, _, err = strata("report", "--base", stub, "--other", *results["other"], "--out", tmp_path / "x.html")
+    assert err.strip() == (f"strata report: error: --base: {stub} is not a complete strata probe result "
+                           "(it has no chosen[0].feature_set)")
     (tmp_path / "folder.html").mkdir()
     code, _, err = strata("report", "--base", *results["base"], "--other", *results["other"],
                           "--out", tmp_path / "folder.html")
