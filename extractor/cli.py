@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shard-tokens", type=int, help="tokens per shard (unit of work); default ~64 MiB shards")
     p.add_argument("--variant", help="extract from a changed model: random-init, reinit:K-, reinit:I-J, "
                                      "permute:SEED or truncate:K (see extractor/variants.py)")
-    p.add_argument("--variant-seed", type=int, default=0, help="seed of random-init and reinit weights (default 0)")
+    p.add_argument("--variant-seed", type=int, help="seed of random-init and reinit weights (default 0)")
     p.add_argument("--attention", choices=("cls", "none"), default="none",
                    help="cls: also store the CLS (first) token's attention row per sentence, block and head "
                         "(runs the model with eager attention)")

@@ -70,7 +70,7 @@ class ExtractOptions:
     shard_tokens: int | None = None
     chunk_tokens: int | None = None
     variant: str | None = None  # see extractor/variants.py
-    variant_seed: int = 0
+    variant_seed: int | None = None  # None: not given (0 for the variants that draw weights)
     attention: str | None = None  # "cls": store the CLS token's attention rows
     linear_kernel: str = "auto"  # see extractor/linear_kernel.py
     threads: int | None = None  # CPU streams (extractor/streams.py); None = torch's thread count

@@ -69,11 +69,19 @@ class Variant:
         return f"truncate:{self.keep}"
 
 
-def parse_variant(text: str | None, seed: int = 0) -> Variant | None:
-    """``--variant`` text (and ``--variant-seed``) to a :class:`Variant`, or None."""
+def parse_variant(text: str | None, seed: int | None = None) -> Variant | None:
+    """``--variant`` text (and ``--variant-seed``, None when not given: 0) to a :class:`Variant`, or None."""
+    if seed is not None and not 0 <= seed < 2**64:  # torch.manual_seed's range
+        raise StrataError(f"--variant-seed: must be >= 0 and < 2**64, got {seed}")
     if text is None or text == "none":
+        if seed is not None:
+            raise StrataError("--variant-seed: given without a --variant that draws weights (random-init or reinit:...)")
         return None
     bad = StrataError(f"--variant: {text!r} is not one of {_SYNTAX}")
+    if seed is not None and text.partition(":")[0] in ("permute", "truncate"):
+        raise StrataError(f"--variant-seed: --variant {text} draws no weights from it (permute's seed is its "
+                          "PERMUTE:SEED, truncate has none)")
+    seed = 0 if seed is None else seed
     if text == "random-init":
         return Variant("random-init", seed=seed)
     kind, _, arg = text.partition(":")

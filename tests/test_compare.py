@@ -151,6 +151,11 @@ def test_resume_with_another_variant_is_refused(tiny_stores, tiny_bert, ud_dev, 
 
 
 @pytest.mark.parametrize("variant, message", [
+    (["--variant-seed", "3"], "--variant-seed: given without a --variant that draws weights (random-init or "
+                              "reinit:...)"),
+    (["--variant", "permute:1", "--variant-seed", "3"], "--variant-seed: --variant permute:1 draws no weights from it "
+                                                        "(permute's seed is its PERMUTE:SEED, truncate has none)"),
+    (["--variant", "random-init", "--variant-seed", "-1"], "--variant-seed: must be >= 0 and < 2**64, got -1"),
     ("reinit:0-", "--variant: 'reinit:0-' needs 1 <= I <= J (layer ids of blocks; 0 is the embeddings)"),
     ("reinit:2-1", "--variant: 'reinit:2-1' needs 1 <= I <= J (layer ids of blocks; 0 is the embeddings)"),
     ("shuffle", "--variant: 'shuffle' is not one of random-init, reinit:K-, reinit:I-J, permute:SEED or truncate:K"),
@@ -158,8 +163,9 @@ def test_resume_with_another_variant_is_refused(tiny_stores, tiny_bert, ud_dev, 
                    "truncate:K"),
 ])
 def test_bad_variant(tmp_path, tiny_bert, ud_dev, strata, variant, message):
+    extra = variant if isinstance(variant, list) else ["--variant", variant]
     code, _, err = strata("extract", "--model", tiny_bert, "--input", ud_dev, "--format", "conllu",
-                          "--out", tmp_path / "x.zarr", "--variant", variant)
+                          "--out", tmp_path / "x.zarr", *extra)
     assert code == 1
     assert err.strip() == f"strata extract: error: {message}"
     assert not (tmp_path / "x.zarr").exists()
