@@ -47,14 +47,17 @@ def _bytes_on_disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _label_sets(group: zarr.Group) -> dict:
+def _label_sets(group: zarr.Group, skipped: np.ndarray) -> dict:
+    """Classes and their counts per label set; sentence labels of skipped sentences are not
+    counted (their pooled vectors are NaN and no probe sees them), as token labels are not."""
     sets = {}
     for name in sorted(group.array_keys()):
         for prefix in (schema.TOKEN_LABEL_PREFIX, schema.SENTENCE_LABEL_PREFIX):
             if name.startswith(prefix):
                 arr = group[name]
                 classes = list(arr.attrs["classes"])
-                counts = np.bincount(arr[...], minlength=len(classes)) if arr.shape[0] else np.zeros(len(classes), int)
+                codes = arr[...][~skipped] if prefix == schema.SENTENCE_LABEL_PREFIX else arr[...]
+                counts = np.bincount(codes, minlength=len(classes))
                 sets[name[len(prefix):]] = {
                     "level": arr.attrs["level"], "array": name,
                     "classes": {c: int(n) for c, n in zip(classes, counts)},
@@ -100,7 +103,7 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
     if attrs.get("complete") and done != n_units:  # records deleted after the finish: do not say complete
         raise StrataError(f"{path}: damaged store: marked complete, but {n_units - done} of {n_units} unit "
                           "records are missing; run strata verify")
-    skipped = group[schema.SENTENCE_SKIPPED]
+    skipped = group[schema.SENTENCE_SKIPPED][...]
     acts = group[schema.ACTIVATIONS]
     arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),
                      "dims": list(arr.metadata.dimension_names or ())}
@@ -112,7 +115,7 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
         "units_done": done,
         "units_total": n_units,
         "sentences": int(skipped.shape[0]),
-        "sentences_skipped": int(np.count_nonzero(skipped[...])),
+        "sentences_skipped": int(np.count_nonzero(skipped)),
         "tokens": int(acts.shape[1]),
         "layers": [int(x) for x in group[schema.LAYER][...]],
         "hidden_size": int(acts.shape[2]),
@@ -122,7 +125,7 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
         "pool": params.get("pool"),
         "model": params.get("model"),
         "linear_kernel": params.get("linear_kernel", "torch"),
-        "label_sets": _label_sets(group),
+        "label_sets": _label_sets(group, skipped),
         "bytes_on_disk": _bytes_on_disk(path),
         "arrays": arrays,
         "summary": attrs.get("summary", {}),

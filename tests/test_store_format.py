@@ -89,6 +89,16 @@ def test_inspect_json(strata, ud_store, ud_dev):
     assert "skipped" in out and "labels      upos (token, " in out
 
 
+def test_inspect_counts_sentence_labels_of_kept_sentences(strata, tiny_bert, tmp_path):
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("tr\tA\ta short one\ntr\tB\t" + " ".join(["word"] * 100) + "\ntr\tA\tanother one\n")
+    store = tmp_path / "s.zarr"
+    assert strata("extract", "--model", tiny_bert, "--input", tsv, "--format", "senteval", "--out", store)[0] == 0
+    info = json.loads(strata("inspect", store, "--json")[1])
+    assert info["sentences_skipped"] == 1
+    assert info["label_sets"]["label"]["classes"] == {"A": 2, "B": 0}  # the skipped one is no example
+
+
 def test_verify_detects_corruption(strata, ud_store, tmp_path):
     import shutil
 
