@@ -31,7 +31,11 @@ def class_counts(blocks, n_classes: int) -> np.ndarray:
     from probe_engine.backend import to_numpy
     counts = np.zeros(n_classes, dtype=np.int64)
     for _, y in blocks:
-        counts += np.bincount(to_numpy(y), minlength=n_classes)
+        y = to_numpy(y)
+        if y.size and (y.min() < 0 or y.max() >= n_classes):  # bincount would grow or fail obscurely
+            found = int(y.min() if y.min() < 0 else y.max())
+            raise ValueError(f"labels must be class indices 0..{n_classes - 1}, found {found}")
+        counts += np.bincount(y, minlength=n_classes)
     return counts
 
 

@@ -231,6 +231,15 @@ def test_estimator_reports_its_duality_gap(problem):
     assert loose.duality_gap_ <= 1e-2 * (loose.objective_ - loose.duality_gap_)
 
 
+def test_train_probes_refuses_labels_outside_its_classes(problem):
+    X, y = problem  # four classes, 0..3
+    for bad, found in ((y, 3), (y - 1, -1)):
+        blocks = InMemoryBlocks([(X.astype(np.float32), bad)], X.shape[1])
+        n_classes = 3 if found == 3 else 4
+        with pytest.raises(ValueError, match=f"^labels must be class indices 0..{n_classes - 1}, found {found}$"):
+            train_probes(blocks, n_classes, [0.0], [1e-3], xp=np)
+
+
 def test_owlqn_and_sparsa_reach_the_same_objective(problem):
     """The two solvers share datafit, penalty and certificate; at a tight tolerance they agree."""
     from probe_engine.solver import owlqn, sparsa
