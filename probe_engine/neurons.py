@@ -208,7 +208,8 @@ class NeuronData:
 
 
 # --------------------------------------------------------------------------- the pipeline
-def check_options(options: dict) -> None:
+def check_options(options: dict) -> dict:
+    """Refuse bad options and stores before any step; returns the opened (verified) stores."""
     if not options["fractions"]:
         raise StrataError("--fractions: no fraction given")
     for f in options["fractions"]:
@@ -219,6 +220,8 @@ def check_options(options: dict) -> None:
     if not options.get("test"):
         raise StrataError("--test: strata neurons needs a test store")
     stores = open_stores(options)
+    if options.get("verify", True):  # before any array is read: labels and words too
+        verify_stores(stores.values())
     if options["control"] and options["label"] in stores["train"].label_names("sentence"):
         raise StrataError("--control: a control task is not defined for a sentence-level label set "
                           "(Hewitt & Liang draw control labels per word type); drop --control or --pool")
@@ -234,6 +237,7 @@ def check_options(options: dict) -> None:
                               "--word-vector last, first or mean")
         control_draw({split: token_words(store) for split, store in stores.items()}, y_train, classes,
                      options["seed"])
+    return stores
 
 
 def _spec_hash(options: dict, step: str) -> str:
@@ -318,11 +322,8 @@ class Steps:
 
 def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     """All steps into ``out``; returns the neurons.json document."""
-    check_options(options)
     # what the stores hold, not only where: steps on a store rebuilt at the same path run again
-    opened = open_stores(options)
-    if options.get("verify", True):
-        verify_stores(opened.values())
+    opened = check_options(options)
     options = {**options, "stores": {split: store.identity for split, store in opened.items()}}
     if not quiet and (warning := shared_rows_warning(opened)) is not None:
         print(f"strata neurons: warning: {warning}", file=sys.stderr)

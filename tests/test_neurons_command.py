@@ -178,6 +178,10 @@ def test_one_class_is_refused(stores, tmp_path, strata):
     labels = zarr.open_group(train, mode="r+")["label_upos"]
     labels[...] = np.where(labels[...] >= 0, 3, -1).astype(np.int16)
     code, _, err = strata(*neurons_args({**stores, "train": train}, tmp_path / "out"))
+    # the edit breaks the store's checksums, and verify runs before any label is read
+    assert (code, err.strip()) == (1, f"strata neurons: error: --train: {train.resolve()}: checksum mismatch in "
+                                      "label_upos/c/0 (strata verify checks it; --no-verify skips the check)")
+    code, _, err = strata(*neurons_args({**stores, "train": train}, tmp_path / "out", "--no-verify"))
     assert code == 1
     assert err.strip() == f"strata neurons: error: --labels: 'upos' has 1 class(es) in {train.resolve()}; a probe needs two"
 
