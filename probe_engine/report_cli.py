@@ -37,6 +37,9 @@ def report(args) -> int:
         raise StrataError(f"--out: {out} should end in .html")
     if out.is_dir():
         raise StrataError(f"--out: {out} is a directory; give the HTML file to write")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # mkdir would say "File exists"
+        raise StrataError(f"--out: {above} is not a directory, so {out} cannot be written")
     models = load_models([(n, option, paths) for n, (option, paths) in zip(names, groups)])
     try:
         result = build_report(models, out)

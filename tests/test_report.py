@@ -184,8 +184,9 @@ def test_report_errors(results, tmp_path, strata):
     blocked = tmp_path / "file"
     blocked.write_text("")
     code, _, err = strata("report", "--base", *results["base"], "--other", *results["other"],
-                          "--out", blocked / "r.html")
-    assert code == 1 and err.strip().startswith(f"strata report: error: --out: cannot write {blocked / 'r.html'}: ")
+                          "--out", blocked / "r" / "r.html")
+    assert (code, err.strip()) == (1, f"strata report: error: --out: {blocked} is not a directory, so "
+                                      f"{blocked / 'r' / 'r.html'} cannot be written")
     assert not (tmp_path / "x.html").exists()
 
 
