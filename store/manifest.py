@@ -121,3 +121,13 @@ def finished_units(root: Path) -> set[int]:
         if entry.name.startswith("unit_") and (entry / "zarr.json").exists():
             done.add(int(entry.name[len("unit_"):]))
     return done
+
+
+#: parameters added to stores after the metadata record was: a store carrying one must hold it
+_NEWER_THAN_METADATA_RECORD = ("tokens_sha256", "weights_sha256")
+
+
+def metadata_required(attrs) -> bool:
+    """Whether a store must hold the metadata record: its parameters are newer than the
+    record, so without it the store is damaged, not old."""
+    return any(k in attrs.get("parameters", {}) for k in _NEWER_THAN_METADATA_RECORD)

@@ -103,6 +103,11 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
     if attrs.get("complete") and done != n_units:  # records deleted after the finish: do not say complete
         raise StrataError(f"{path}: damaged store: marked complete, but {n_units - done} of {n_units} unit "
                           "records are missing; run strata verify")
+    required = [schema.FINAL_RECORD] + ([schema.METADATA_RECORD] if manifest.metadata_required(attrs) else [])
+    lost = [name for name in required if manifest.read_record(group, name) is None]
+    if attrs.get("complete") and lost:
+        raise StrataError(f"{path}: damaged store: marked complete, but its {lost[0]} record is missing; "
+                          "run strata verify")
     skipped = group[schema.SENTENCE_SKIPPED][...]
     acts = group[schema.ACTIVATIONS]
     arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),

@@ -11,10 +11,6 @@ from store import manifest, schema
 from store.errors import StrataError
 from store.summary import open_store
 
-#: Parameters added after the metadata record: a store that has one was finished with
-#: that record, so a missing record is damage, not age.
-_NEWER_THAN_METADATA_RECORD = ("tokens_sha256", "weights_sha256")
-
 
 def verify_store(path: Path) -> tuple[int, bool]:
     """Check completeness, every recorded sha256, and that no file is unrecorded.
@@ -61,7 +57,7 @@ def _verify(path: Path) -> tuple[int, bool]:
                           "rerun the same extract command")
     names = [schema.PLAN_RECORD, schema.FINAL_RECORD, *map(schema.unit_record, range(n_units))]
     metadata = manifest.read_record(group, schema.METADATA_RECORD)
-    if metadata is None and any(k in attrs.get("parameters", {}) for k in _NEWER_THAN_METADATA_RECORD):
+    if metadata is None and manifest.metadata_required(attrs):
         raise StrataError(f"{damaged} its {schema.METADATA_RECORD} record is missing")
     if metadata is not None:
         names.append(schema.METADATA_RECORD)

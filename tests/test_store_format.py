@@ -190,6 +190,8 @@ def test_verify_store_without_metadata_record(strata, ud_store, tmp_path):
     assert code == 1
     assert err.strip() == (f"strata verify: error: {copy}: damaged store: marked complete, but its metadata "
                            "record is missing")
+    assert strata("inspect", copy)[2].strip() == (f"strata inspect: error: {copy}: damaged store: marked complete, "
+                                                  "but its metadata record is missing; run strata verify")
 
     def as_old(doc):  # what a store from before the hashes holds
         for key in ("tokens_sha256", "weights_sha256"):
@@ -198,6 +200,7 @@ def test_verify_store_without_metadata_record(strata, ud_store, tmp_path):
     _edit_json(copy / "zarr.json", as_old)
     code, out, _ = strata("verify", copy)
     assert code == 0
+    assert strata("inspect", copy)[0] == 0  # an old store is not damaged
     assert out.strip().endswith("files match their checksums "
                                 "(metadata not recorded: the store predates metadata checksums)")
     shard = copy / "activations" / "c" / "0" / "0" / "0"
@@ -220,6 +223,10 @@ def test_verify_names_records_missing_from_a_complete_store(strata, ud_store, tm
         code, _, err = strata("verify", copy)
         assert code == 1
         assert err.strip() == f"strata verify: error: {copy}: damaged store: marked complete, but {message}"
+        code, _, err = strata("inspect", copy)  # inspect says the same, never "complete"
+        assert code == 1
+        assert err.strip() == (f"strata inspect: error: {copy}: damaged store: marked complete, but "
+                               f"{message.split(' (first')[0]}; run strata verify")
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")  # zarr's, on consolidating
