@@ -26,8 +26,9 @@ from store.summary import open_store
 from store.verify import verify_store
 from store.writer import quiet_codec_warnings
 
-#: Parameters that must agree between the train, dev and test stores.
-MUST_MATCH = ("model", "config_sha256", "variant", "variant_seed", "layers", "word_vector")
+#: Parameters that must agree between the train, dev and test stores, checked in this
+#: order so the message names the cause (a variant's config hash differs too).
+MUST_MATCH = ("model", "variant", "variant_seed", "config_sha256", "layers", "word_vector")
 #: SentEval's split code for each store role.
 ROLE_SPLITS = {"--train": "tr", "--dev": "va", "--test": "te"}
 SPLIT_LABEL = "split"

@@ -165,6 +165,10 @@ def test_one_model_under_another_spelling_is_the_same_model(run, stores, tmp_pat
     edit_root_attrs(dev, parameters={**params, "model": str(link), "config_sha256": "0" * 64})
     code, err = run("--no-verify", dev=dev)
     assert code == 1 and "in config_sha256 ('" + "0" * 64 in err
+    # a variant's store differs in its config hash too; the message names the variant
+    edit_root_attrs(dev, parameters={**params, "variant": "random-init", "variant_seed": 0, "config_sha256": "0" * 64})
+    code, err = run("--no-verify", dev=dev)
+    assert code == 1 and "differs from the train store" in err and "in variant ('random-init' vs None)" in err
 
 
 def test_the_train_store_as_dev_is_allowed_with_a_warning(run, stores):
