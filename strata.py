@@ -41,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare_cli.add_parser(sub)
     report_cli.add_parser(sub)
     tasks_cli.add_parser(sub)
+    parser.commands = sub.choices  # name -> subcommand parser, for errors in its name
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would name "strata", not the subcommand whose options these are not
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     # The command line as the user typed it, recorded in provenance.
     args.argv = ["strata", *(sys.argv[1:] if argv is None else argv)]
     try:

@@ -92,6 +92,10 @@ def test_unknown_format(strata, tiny_bert, text_corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # --help still prints the usage
         strata("extract", "--help")
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: strata extract ")
+    with pytest.raises(SystemExit) as exit_info:  # named by its subcommand, not as "strata: error"
+        strata("inspect", tmp_path, "--bogus", "1")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "strata inspect: error: unrecognized arguments: --bogus 1\n"
 
 
 def test_model_path_missing(strata, text_corpus, tmp_path):
