@@ -258,7 +258,7 @@ def pooling_table(models: list[dict]) -> str | None:
 # --------------------------------------------------------------------------- the page
 STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}img{max-width:100%}.missing{color:#777;font-style:italic}"""
+th{background:#f3f3f3}img{max-width:100%}.missing,.partial{color:#777;font-style:italic}"""
 
 
 def _img(title: str, path: Path) -> str:
@@ -277,23 +277,27 @@ def build_report(models: list[dict], out: Path) -> dict:
              f"{html.escape(names)}</h1>"]
     sections = {}
 
-    def section(title: str, content: str | None, missing: str) -> None:
+    def section(title: str, content: str | None, missing: str, kind: str | None = None, among=models) -> None:
         sections[title] = content is not None
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(content if content is not None else f"<p class='missing'>{html.escape(missing)}</p>")
+        lacking = [m["name"] for m in among if kind and not m[kind]]
+        if content is not None and lacking:  # drawn for some models only: say which are not in it
+            parts.append(f"<p class='partial'>not shown: {html.escape(', '.join(lacking))} (no strata {kind} "
+                         "results given)</p>")
 
     figures = accuracy_figures(models, folder)
     section("1. Layer-wise probe accuracy (Durrani et al. Fig. 1)",
-            "".join(_img(t, p) for t, p in figures) or None, "no strata probe results given")
+            "".join(_img(t, p) for t, p in figures) or None, "no strata probe results given", "probe")
     dist = neuron_distribution_figure(models, folder)
     section("2. Top neurons per layer (Durrani et al. Fig. 2)", dist and _img(*dist),
-            "no strata neurons results given")
+            "no strata neurons results given", "neurons")
     section("3. Top vs bottom vs random neurons, test accuracy (Durrani et al. Table 1)", ablation_table(models),
-            "no strata neurons results given")
+            "no strata neurons results given", "neurons")
     sim = similarity_figure(models, folder)
     section("4. RSA and CKA per layer against the base (Merchant et al. Fig. 2)",
             sim and _img(*sim) + (similarity_sources(models) or ""),
-            "no strata compare results given with the other models")
+            "no strata compare results given with the other models", "compare", models[1:])
     section("5. CLS vs mean pooling (Mosbach et al. Table 2)", pooling_table(models),
             "no strata probe results with both --pool cls and --pool mean")
     parts.append("</body></html>")

@@ -137,11 +137,14 @@ def test_report_flags_and_figure_text(results, tmp_path, strata):
     assert f"{neurons['minimal']['k']} (not within delta)" in parsed.cells
     compare = json.loads((results["other"][-1] / "compare.json").read_text())["strata_compare"]
     assert f"_hidden: A = {compare['a']}, B = {compare['b']}</p>" in page  # both among the models' stores
+    assert "class='partial'" not in page  # every model has every kind of result
     code, _, err = strata("report", "--base", results["base"][1], "--other", results["other"][-1],
                           "--out", tmp_path / "pooled.html")
     assert code == 0, err
     assert (f"other 1: A = {compare['a']}, B = {compare['b']} (A is none of the stores base's probe and neurons "
             "results used)</p>") in (tmp_path / "pooled.html").read_text(encoding="utf-8")
+    assert ("<p class='partial'>not shown: other 1 (no strata probe results given)</p>"
+            in (tmp_path / "pooled.html").read_text(encoding="utf-8"))
 
 
 def test_report_errors(results, tmp_path, strata):
