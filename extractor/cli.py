@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pool", default="cls,mean", help="sentence vectors to store: cls, mean, cls,mean (default) or none")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--codec", default="lossless", help="'lossless' (blosc zstd + bitshuffle) or 'bitround:K'")
-    p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per forward pass")
+    p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per forward pass (default 1024)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-sentences", type=int, help="only the first N sentences")
     p.add_argument("--shard-tokens", type=int, help="tokens per shard (unit of work); default ~64 MiB shards")

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--max-memory", default="4GB",
                    help="hold the features of train, dev and test together up to this size (train first); "
-                        "beyond it, hold what fits and stream the rest")
+                        "beyond it, hold what fits and stream the rest (default 4GB)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ablation set and the control labels")
     p.add_argument("--out", required=True, help="output directory")
     add_no_verify_argument(p)
