@@ -33,7 +33,7 @@ from store.errors import StrataError
 KINDS = {"strata_probe": "probe", "strata_neurons": "neurons", "strata_compare": "compare"}
 FILES = ("results.json", "neurons.json", "compare.json")
 #: what the report reads of each kind, as key paths ("*": every item of a list; compare's
-#: sections depend on its --method, so only what each method wrote is needed, see _needed)
+#: sections depend on its --method: what each method wrote is needed, COMPARE_NEEDED)
 NEEDED = {
     "probe": [("chosen",), ("chosen", "*", "label"), ("chosen", "*", "layers"), ("chosen", "*", "feature_set"),
               ("chosen", "*", "dev_accuracy"), ("chosen", "*", "test_accuracy")],
@@ -198,12 +198,13 @@ def similarity_sources(models: list[dict]) -> str | None:
     base = stores_of(models[0])
     lines = []
     for m in models[1:]:
+        own = stores_of(m)
         for doc in m["compare"]:
             run = doc["strata_compare"]
             line = f"{m['name']}: A = {run['a']}, B = {run['b']}" + (f", {run['pool']}-pooled" if run.get("pool") else "")
             if base and run["a"] not in base:
                 line += f" (A is none of the stores {models[0]['name']}'s probe and neurons results used)"
-            if stores_of(m) and run["b"] not in stores_of(m):
+            if own and run["b"] not in own:
                 line += f" (B is none of the stores {m['name']}'s probe and neurons results used)"
             lines.append(line)
     return "".join(f"<p>{html.escape(x, quote=False)}</p>" for x in lines) or None
