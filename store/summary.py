@@ -98,13 +98,13 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
     finished = manifest.finished_units(path)
     done = len(finished)
     # Every record read, not only listed (a few small files): a damaged one is named here.
-    for name in [*map(schema.unit_record, sorted(finished)), schema.FINAL_RECORD, schema.METADATA_RECORD]:
-        manifest.read_record(group, name)
+    records = {name: manifest.read_record(group, name) for name in
+               [*map(schema.unit_record, sorted(finished)), schema.FINAL_RECORD, schema.METADATA_RECORD]}
     if attrs.get("complete") and done != n_units:  # records deleted after the finish: do not say complete
         raise StrataError(f"{path}: damaged store: marked complete, but {n_units - done} of {n_units} unit "
                           "records are missing; run strata verify")
     required = [schema.FINAL_RECORD] + ([schema.METADATA_RECORD] if manifest.metadata_required(attrs) else [])
-    lost = [name for name in required if manifest.read_record(group, name) is None]
+    lost = [name for name in required if records[name] is None]
     if attrs.get("complete") and lost:
         raise StrataError(f"{path}: damaged store: marked complete, but its {lost[0]} record is missing; "
                           "run strata verify")
