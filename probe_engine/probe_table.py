@@ -7,18 +7,26 @@ def _pct(x) -> str:
     return "    -" if x is None else f"{100 * x:5.1f}"
 
 
+# (header, align) per column; widths follow the widest cell, so long label names, pooled
+# feature sets and penalties like 1.23457e-05 keep the columns in line
+COLUMNS = [("label", "<"), ("features", "<"), ("l1", ">"), ("l2", ">"), ("train", ">"), ("dev", ">"),
+           ("test", ">"), ("nonzero", ">"), ("probes", ">"), ("converged", ">")]
+
+
 def format_table(document: dict) -> str:
     probes = document["probes"]
-    lines = [f"{'label':<8} {'features':<20} {'l1':>8} {'l2':>8} {'train':>6} {'dev':>6} {'test':>6} "
-             f"{'nonzero':>8} {'probes':>6} {'converged':>9}"]
+    rows = [[name for name, _ in COLUMNS]]
     for c in document["chosen"]:
         group = [p for p in probes if p["label"] == c["label"] and p["layers"] == c["layers"]
                  and p.get("pool") == c.get("pool")]
         features = c["feature_set"] + (f" ({c['pool']})" if c.get("pool") else "")
         converged = sum(p["converged"] for p in group)
-        lines.append(f"{c['label']:<8} {features:<20} {c['l1']:>8g} {c['l2']:>8g} "
-                     f"{_pct(c['train_accuracy']):>6} {_pct(c['dev_accuracy']):>6} {_pct(c['test_accuracy']):>6} "
-                     f"{c['nonzeros']:>8} {len(group):>6} {converged:>5}/{len(group):<3}")
+        rows.append([c["label"], features, f"{c['l1']:g}", f"{c['l2']:g}", _pct(c["train_accuracy"]),
+                     _pct(c["dev_accuracy"]), _pct(c["test_accuracy"]), str(c["nonzeros"]), str(len(group)),
+                     f"{converged}/{len(group)}"])
+    widths = [max(len(row[k]) for row in rows) for k in range(len(COLUMNS))]
+    lines = [" ".join(f"{cell:{align}{width}}" for cell, (_, align), width in zip(row, COLUMNS, widths)).rstrip()
+             for row in rows]
     screened = sum(bool(p.get("screened_out")) for p in probes)
     if screened:
         run = document["strata_probe"]
