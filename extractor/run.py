@@ -32,6 +32,7 @@ from extractor.variants import build_model, check_variant, parse_variant, varian
 from store import schema
 from store.codecs import parse_codec
 from store.errors import StrataError
+from store.lock import exclusive_writer
 from store.layout import Layout, default_geometry
 from store.writer import StoreWriter, check_parameters, create_store, store_state
 
@@ -450,6 +451,20 @@ def extract(opts: ExtractOptions, argv: list[str] | None = None) -> dict:
     state = PartialState(cpu=opts.device == "cpu")
     device = _device(opts.device, state)
     ex = Extraction(opts, argv)
+    # One run per store (store/lock.py): the main process locks before anyone looks
+    # at --out, so no other run can create, clear or finish it under this one.
+    with contextlib.ExitStack() as held:
+        failure = None
+        if state.is_main_process:
+            try:
+                held.enter_context(exclusive_writer(ex.out))
+            except StrataError as e:
+                failure = str(e)
+        _all_ok(state, failure)  # every process stops if another run holds the store
+        return _extract_locked(ex, state, device)
+
+
+def _extract_locked(ex: Extraction, state, device: str) -> dict:
     store_status = ex.check_store()  # read-only; every process gets the same answer
     if store_status == "planned" and StoreWriter(ex.out, ex.layout).complete:
         return {**ex.summary(), "status": "already complete", "path": str(ex.out)}
