@@ -18,8 +18,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m extractor.demo
 
+# Two pytest workers, one per core of the project's machines (TEST_WORKERS=0 runs in one
+# process); --dist loadfile keeps each test file on one worker, so a module's fixtures
+# (the shared probe run, the reference stores) are built once.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) bench/extract_bench.py --out bench/results/extract.json
