@@ -457,7 +457,7 @@ def extract(opts: ExtractOptions, argv: list[str] | None = None) -> dict:
         failure = None
         if state.is_main_process:
             try:
-                held.enter_context(exclusive_writer(ex.out))
+                held.enter_context(exclusive_writer(ex.out, "strata extract"))
             except StrataError as e:
                 failure = str(e)
         _all_ok(state, failure)  # every process stops if another run holds the store

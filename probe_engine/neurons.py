@@ -50,6 +50,7 @@ from probe_engine.stores import shared_rows_warning, verify_stores
 from probe_engine.train import accuracies, predict, train_probes
 from store import schema
 from store.errors import StrataError
+from store.lock import exclusive_writer
 
 STEPS = ("oracle", "ranking", "minimal", "ablation", "control")
 
@@ -327,6 +328,11 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     options = {**options, "stores": {split: store.identity for split, store in opened.items()}}
     if not quiet and (warning := shared_rows_warning(opened)) is not None:
         print(f"strata neurons: warning: {warning}", file=sys.stderr)
+    with exclusive_writer(out, "strata neurons"):  # one run per --out (store/lock.py)
+        return _run_steps(options, out, quiet)
+
+
+def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     steps = Steps(out, options)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

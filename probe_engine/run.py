@@ -10,6 +10,7 @@ threads``: the BLAS and Dask use the threads) or as tasks on a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import zipfile
@@ -26,6 +27,7 @@ from probe_engine.labels import training_classes
 from probe_engine.outputs import read_npz, write_json, write_npz
 from probe_engine.stores import shared_rows_warning, verify_stores
 from store.errors import StrataError, first_line
+from store.lock import exclusive_writer
 
 RESULTS_VERSION = 1
 
@@ -90,19 +92,23 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
     specs = plan_groups(options)
     # the cluster is reached before --out is made: a wrong address leaves nothing behind
     client = None if scheduler == "threads" else _connect(scheduler)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = [group_id(s) for s in specs]
-    done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
-    todo = [(gid, s) for gid, s in zip(ids, specs) if gid not in done]
-    if done:
-        print(f"strata probe: reusing {len(done)} finished group(s) in {out / 'groups'}", file=sys.stderr)
-    started = time.perf_counter()
-    if client is None:
-        _run_local(todo, out, done, quiet)
-    else:
-        with client:
+    with contextlib.ExitStack() as held:
+        if client is not None:
+            held.enter_context(client)  # closed on the way out, also when --out is locked
+        held.enter_context(exclusive_writer(out, "strata probe"))  # one run per --out (store/lock.py)
+        out.mkdir(parents=True, exist_ok=True)
+        ids = [group_id(s) for s in specs]
+        done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
+        todo = [(gid, s) for gid, s in zip(ids, specs) if gid not in done]
+        if done:
+            print(f"strata probe: reusing {len(done)} finished group(s) in {out / 'groups'}", file=sys.stderr)
+        started = time.perf_counter()
+        if client is None:
+            _run_local(todo, out, done, quiet)
+        else:
             _run_distributed(client, todo, out, done, scheduler, quiet)
-    return write_results(options, out, [(gid, done[gid]) for gid in ids], time.perf_counter() - started, scheduler)
+        return write_results(options, out, [(gid, done[gid]) for gid in ids], time.perf_counter() - started,
+                             scheduler)
 
 
 def _run_local(todo, out, done, quiet):

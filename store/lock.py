@@ -1,12 +1,14 @@
-"""One extraction at a time per store: an exclusive lock held from the first look at
-``--out`` to the final record.
+"""One run at a time per store or output directory: an exclusive lock held from the
+first look at ``--out`` to the final record.
 
 Two independent ``strata extract`` runs on one new ``--out`` would otherwise both find
 it absent and both create it; the later creation clears the earlier one's arrays while
 it writes, and with other parameters (say ``--word-vector first`` against ``last``,
 same shapes) the earlier run goes on writing its units into the later run's store,
 which then verifies.  The processes of one ``accelerate launch`` are one run: only
-its main process takes the lock.
+its main process takes the lock.  ``strata probe`` and ``strata neurons`` lock their
+``--out`` directory the same way (a second run there would remove the first's weights
+under its results).
 
 The lock is ``flock`` on a file beside the store, ``.NAME.lock``: not inside it, because
 creating a store replaces its directory (zarr's ``mode="w"``), which would drop a lock
@@ -38,10 +40,11 @@ def lock_path(store: Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive_writer(store: Path, option: str = "--out"):
-    """Hold the store's lock for the ``with`` block; another holder is a one-line error."""
+def exclusive_writer(store: Path, command: str, option: str = "--out"):
+    """Hold ``store``'s lock for the ``with`` block (``command`` names this run in the
+    lock file, for the message another run gets); another holder is a one-line error."""
     path = lock_path(store)
-    fd = _acquire(path, store, option) if fcntl is not None else None
+    fd = _acquire(path, store, command, option) if fcntl is not None else None
     try:
         yield
     finally:
@@ -51,7 +54,7 @@ def exclusive_writer(store: Path, option: str = "--out"):
             os.close(fd)
 
 
-def _acquire(path: Path, store: Path, option: str) -> int | None:
+def _acquire(path: Path, store: Path, command: str, option: str) -> int | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -64,11 +67,14 @@ def _acquire(path: Path, store: Path, option: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another strata command"
             os.close(fd)
-            raise StrataError(f"{option}: {store} is being written by another strata extract (it holds {path}); "
+            raise StrataError(f"{option}: {store} is being written by another run ({holder}, which holds {path}); "
                               "wait for it to finish, then rerun") from None
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{command}, pid {os.getpid()}".encode())
                 return fd
         except FileNotFoundError:
             pass

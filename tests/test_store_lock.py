@@ -1,5 +1,6 @@
-"""One ``strata extract`` per store: a second run on a store another run is writing is a
-one-line error that touches nothing; a crashed run's lock file does not block its resume."""
+"""One run per store or --out directory: a second ``strata extract``, ``probe`` or ``neurons``
+where another run is writing is a one-line error that touches nothing; a crashed run's lock
+file does not block its resume."""
 
 from __future__ import annotations
 
@@ -16,22 +17,24 @@ from tests.test_resume import extract_args, reference, run_subprocess  # noqa: F
 def test_a_second_run_on_a_store_being_written_is_refused(tiny_bert, ud_dev, tmp_path, strata):
     out = tmp_path / "s.zarr"
     lock_file = tmp_path / ".s.zarr.lock"
-    with store_lock.exclusive_writer(out):  # stands in for a run that is writing out
-        assert lock_file.exists()
+    with store_lock.exclusive_writer(out, "strata extract"):  # stands in for a run that is writing out
+        assert lock_file.read_text() == f"strata extract, pid {os.getpid()}"
         code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
-        assert (code, err.strip()) == (1, f"strata extract: error: --out: {out} is being written by another "
-                                          f"strata extract (it holds {lock_file}); wait for it to finish, then rerun")
+        assert (code, err.strip()) == (1, f"strata extract: error: --out: {out} is being written by another run "
+                                          f"(strata extract, pid {os.getpid()}, which holds {lock_file}); wait for it "
+                                          "to finish, then rerun")
         assert not out.exists()
         # the same store by another spelling of its path takes the same lock
         code, _, err = strata(*extract_args(tiny_bert, ud_dev, tmp_path / "sub" / ".." / "s.zarr"))
-        assert code == 1 and "is being written by another strata extract" in err
+        assert code == 1 and "is being written by another run" in err
     assert not lock_file.exists()  # removed on release
     code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
     assert code == 0, err
     assert not lock_file.exists()
-    with store_lock.exclusive_writer(out):  # a complete store is refused too while locked: it may be redone
+    # a complete store is refused too while locked: the holder may be redoing it
+    with store_lock.exclusive_writer(out, "strata extract"):
         code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
-        assert code == 1 and "is being written by another strata extract" in err
+        assert code == 1 and "is being written by another run" in err
 
 
 def test_a_killed_run_leaves_a_lock_file_that_does_not_block_its_resume(reference, tiny_bert, ud_dev, tmp_path,
@@ -61,10 +64,32 @@ def test_a_lock_file_removed_while_being_locked_is_not_trusted(tmp_path, monkeyp
         return real_flock(fd, operation)
 
     monkeypatch.setattr(store_lock.fcntl, "flock", holder_lets_go_first)
-    with store_lock.exclusive_writer(out):
+    with store_lock.exclusive_writer(out, "strata extract"):
         assert len(calls) == 2 and calls[1] == path.stat().st_ino  # tried again on the file now there
         monkeypatch.setattr(store_lock.fcntl, "flock", real_flock)
-        with pytest.raises(StrataError, match="is being written by another strata extract"):
-            with store_lock.exclusive_writer(out):
+        with pytest.raises(StrataError, match="is being written by another run"):
+            with store_lock.exclusive_writer(out, "strata extract"):
                 pass
     assert not path.exists()
+
+
+def test_probe_and_neurons_refuse_an_out_another_run_is_writing(stores, tmp_path, strata):
+    """A second ``strata probe`` in a finished run's --out would remove that run's weights
+    under its results: refused while the first holds the directory, every file unchanged."""
+    out = tmp_path / "run"
+    probe = ["probe", "--train", stores["train"], "--dev", stores["dev"], "--labels", "upos", "--layers", "1",
+             "--l1", "0", "--l2", "1e-3", "--quiet", "--out", out]
+    assert strata(*probe)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with store_lock.exclusive_writer(out, "strata probe"):
+        code, _, err = strata(*probe[:-2], "--layers", "2", "--out", out)
+        assert (code, err.strip()) == (1, f"strata probe: error: --out: {out} is being written by another run "
+                                          f"(strata probe, pid {os.getpid()}, which holds {tmp_path / '.run.lock'}); "
+                                          "wait for it to finish, then rerun")
+        code, _, err = strata("neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"],
+                              "--labels", "upos", "--l1", "0", "--l2", "1e-3", "--fractions", "0.5", "--quiet",
+                              "--out", tmp_path / "run")
+        assert code == 1 and err.strip().startswith(f"strata neurons: error: --out: {out} is being written by "
+                                                    "another run (strata probe, pid ")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / ".run.lock").exists()
