@@ -9,6 +9,7 @@ Subcommands live next to the code they drive:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -70,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         # exit does not fail again (the recipe in Python's signal module docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:
+        # what the machine refused (permissions, a full or read-only disk) is the user's to
+        # fix and takes one line; any other OSError is a bug and keeps its traceback
+        if e.errno not in MACHINE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else "writing: "
+        print(f"strata {args.command}: error: {where}{e.strerror}", file=sys.stderr)
+        return 1
+
+
+MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ files: ``np.load(path)`` reads it with no pickle), everything else to JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,11 +18,18 @@ import numpy as np
 
 def atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.filename is None:  # a full disk's error names no file: the command's message should
+            e.filename = str(path)
+        raise
 
 
 def write_json(path: Path, document) -> None:

@@ -4,7 +4,10 @@ file does not block its resume."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import socket
 
 import pytest
 
@@ -18,10 +21,10 @@ def test_a_second_run_on_a_store_being_written_is_refused(tiny_bert, ud_dev, tmp
     out = tmp_path / "s.zarr"
     lock_file = tmp_path / ".s.zarr.lock"
     with store_lock.exclusive_writer(out, "strata extract"):  # stands in for a run that is writing out
-        assert lock_file.read_text() == f"strata extract, pid {os.getpid()}"
+        assert lock_file.read_text() == f"strata extract, pid {os.getpid()} on {socket.gethostname()}"
         code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
         assert (code, err.strip()) == (1, f"strata extract: error: --out: {out} is being written by another run "
-                                          f"(strata extract, pid {os.getpid()}, which holds {lock_file}); wait for it "
+                                          f"(strata extract, pid {os.getpid()} on {socket.gethostname()}, which holds {lock_file}); wait for it "
                                           "to finish, then rerun")
         assert not out.exists()
         # the same store by another spelling of its path takes the same lock
@@ -84,7 +87,8 @@ def test_probe_and_neurons_refuse_an_out_another_run_is_writing(stores, tmp_path
     with store_lock.exclusive_writer(out, "strata probe"):
         code, _, err = strata(*probe[:-2], "--layers", "2", "--out", out)
         assert (code, err.strip()) == (1, f"strata probe: error: --out: {out} is being written by another run "
-                                          f"(strata probe, pid {os.getpid()}, which holds {tmp_path / '.run.lock'}); "
+                                          f"(strata probe, pid {os.getpid()} on {socket.gethostname()}, which holds "
+                                          f"{tmp_path / '.run.lock'}); "
                                           "wait for it to finish, then rerun")
         code, _, err = strata("neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"],
                               "--labels", "upos", "--l1", "0", "--l2", "1e-3", "--fractions", "0.5", "--quiet",
@@ -93,3 +97,125 @@ def test_probe_and_neurons_refuse_an_out_another_run_is_writing(stores, tmp_path
                                                     "another run (strata probe, pid ")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not (tmp_path / ".run.lock").exists()
+
+
+def test_a_run_never_removes_or_writes_through_a_lock_file_that_is_not_its_own(tmp_path):
+    out = tmp_path / "s.zarr"
+    path = store_lock.lock_path(out)
+    # someone deletes a held lock file by hand (like a stale git index.lock): the next run
+    # takes a new one, and the first run's release must leave that one alone
+    with store_lock.exclusive_writer(out, "A"):
+        path.unlink()
+        b = store_lock.exclusive_writer(out, "B")
+        b.__enter__()
+    assert path.read_text().startswith("B, pid ")
+    with pytest.raises(StrataError, match=r"another run \(B, pid "):
+        with store_lock.exclusive_writer(out, "C"):
+            pass
+    b.__exit__(None, None, None)
+    assert not path.exists()
+    # a link left at the lock's path is refused, never written through
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    path.symlink_to(precious)
+    with pytest.raises(StrataError) as refused:
+        with store_lock.exclusive_writer(out, "A"):
+            pass
+    assert str(refused.value) == f"--out: {path} is a symbolic link, not strata's lock file; remove it"
+    assert precious.read_text() == "keep"
+
+
+def test_a_store_name_at_the_length_limit_still_gets_its_own_lock(tmp_path):
+    out = tmp_path / ("s" * 250)  # .NAME.lock would be 256 characters
+    path = store_lock.lock_path(out)
+    assert len(path.name) <= 255 and path.parent == tmp_path
+    assert path != store_lock.lock_path(tmp_path / ("s" * 249 + "t"))
+    with store_lock.exclusive_writer(out, "A"):
+        assert path.exists()
+        with pytest.raises(StrataError, match="is being written by another run"):
+            with store_lock.exclusive_writer(out, "B"):
+                pass
+
+
+def test_a_file_system_without_flock_goes_on_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(store_lock.fcntl, "flock", no_locks)
+    out = tmp_path / "s.zarr"
+    with store_lock.exclusive_writer(out, "strata probe"):
+        pass
+    assert capsys.readouterr().err == (f"strata probe: warning: going on without a lock ({store_lock.lock_path(out)}: "
+                                       f"{os.strerror(errno.ENOLCK)})\n")
+
+
+def test_directories_made_for_the_lock_are_removed_when_the_run_leaves_them_empty(tmp_path):
+    out = tmp_path / "new" / "deeper" / "s.zarr"
+    with pytest.raises(ValueError):
+        with store_lock.exclusive_writer(out, "A"):
+            assert (tmp_path / "new" / "deeper").is_dir()
+            raise ValueError("the model did not load")
+    assert list(tmp_path.iterdir()) == []
+    with store_lock.exclusive_writer(out, "A"):
+        out.mkdir()  # a run that wrote something keeps its directories
+    assert out.is_dir() and not store_lock.lock_path(out).exists()
+
+
+def test_another_users_lock_file_is_locked_read_only(tmp_path, monkeypatch):
+    """Opening another user's 0644 lock file for writing fails (a permission error; root,
+    as in CI, is never refused, hence the stand-in): flock needs no write access, so the
+    run still takes, or is refused, the same lock."""
+    out = tmp_path / "s.zarr"
+    real_open = os.open
+
+    def not_the_owner(path, flags, *mode):
+        if flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_open(path, flags, *mode)
+
+    with store_lock.exclusive_writer(out, "A"):
+        monkeypatch.setattr(store_lock.os, "open", not_the_owner)
+        with pytest.raises(StrataError, match=r"another run \(A, pid "):
+            with store_lock.exclusive_writer(out, "B"):
+                pass
+        monkeypatch.setattr(store_lock.os, "open", real_open)
+    store_lock.lock_path(out).write_text("")  # left by another user's killed run
+    monkeypatch.setattr(store_lock.os, "open", not_the_owner)
+    with store_lock.exclusive_writer(out, "B"):
+        monkeypatch.setattr(store_lock.os, "open", real_open)
+        with pytest.raises(StrataError, match="another run"):
+            with store_lock.exclusive_writer(out, "C"):
+                pass
+
+
+def test_an_out_the_machine_refuses_is_one_line(stores, tmp_path, strata, monkeypatch):
+    """An --out in a directory this user may not write (a stand-in: root, as in CI, may
+    write anywhere) or on a full disk: one line naming the path, exit 1, no traceback."""
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+    out = tmp_path / "locked" / "run"
+
+    def refused(self, *args, **kwargs):
+        if self == out:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refused)
+    code, _, err = strata("probe", "--train", stores["train"], "--dev", stores["dev"], "--labels", "upos",
+                          "--layers", "1", "--l1", "0", "--l2", "1e-3", "--quiet", "--out", out)
+    assert (code, err.strip()) == (1, f"strata probe: error: {out}: {os.strerror(errno.EACCES)}")
+    monkeypatch.setattr(pathlib.Path, "mkdir", real_mkdir)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    from probe_engine import outputs
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    code, _, err = strata("probe", "--train", stores["train"], "--dev", stores["dev"], "--labels", "upos",
+                          "--layers", "1", "--l1", "0", "--l2", "1e-3", "--quiet", "--out", tmp_path / "full")
+    monkeypatch.undo()
+    groups = tmp_path / "full" / "groups"
+    assert code == 1 and re.fullmatch(rf"strata probe: error: {re.escape(str(groups))}/[^/]+\.(json|npz): "
+                                      f"{os.strerror(errno.ENOSPC)}", err.strip()), err
+    assert list(groups.iterdir()) == []  # the .partial it was writing is gone
