@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except StrataError as e:
-        print(f"strata {args.command}: error: {e}", file=sys.stderr)
+        # one write for the whole line: the processes of an accelerate launch all report a
+        # shared failure, and print's two writes (text, then newline) interleave between them
+        sys.stderr.write(f"strata {args.command}: error: {e}\n")
+        sys.stderr.flush()
         # zarr decodes a read's chunks as asyncio tasks: when one fails (a damaged shard)
         # the others are left pending, and asyncio logs each at exit ("Task was destroyed
         # but it is pending!") under the one-line error, which has said it all.

@@ -66,6 +66,11 @@ def test_error_in_one_process_stops_all(tiny_bert, ud_dev, tmp_path):
     result = launch(2, extract_args(tiny_bert, ud_dev, tmp_path / "x.zarr", "--layers", "0,9")[1:])
     assert result.returncode != 0
     assert "--layers: layer 9 is out of range" in result.stderr
+    # each process reports it on a line of its own (print's two writes used to interleave
+    # between the processes: "...(0..2, 0 = embedding output)strata extract: error: ...")
+    lines = [line for line in result.stderr.splitlines() if "strata extract: error:" in line]
+    assert lines and all(line.startswith("strata extract: error: --layers: layer 9 is out of range")
+                         and line.count("error:") == 1 for line in lines), lines
 
 
 def test_variant_and_attention_rows_two_processes_equal_one(tiny_bert, ud_dev, tmp_path):
