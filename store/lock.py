@@ -7,8 +7,8 @@ it writes, and with other parameters (say ``--word-vector first`` against ``last
 same shapes) the earlier run goes on writing its units into the later run's store,
 which then verifies.  The processes of one ``accelerate launch`` are one run: only
 its main process takes the lock.  ``strata probe`` and ``strata neurons`` lock their
-``--out`` directory the same way (a second run there would remove the first's weights
-under its results).
+``--out`` directory the same way (two runs there remove and write the same weights
+files and results.json, so the last file written may be the other run's).
 
 The lock is ``flock`` on a file beside the store, ``.NAME.lock``: not inside it, because
 creating a store replaces its directory (zarr's ``mode="w"``), which would drop a lock
