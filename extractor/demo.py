@@ -35,7 +35,17 @@ def run(args: list[str]) -> None:
 
 
 def fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)  # the demo always shows full runs
+    """``path`` emptied: the demo always shows full runs; under the path's lock, so that
+    it never deletes a store or --out that another run (another ``make demo``) is writing."""
+    from store.errors import StrataError
+    from store.lock import exclusive_writer
+
+    try:
+        with exclusive_writer(path, "make demo"):
+            shutil.rmtree(path, ignore_errors=True)
+    except StrataError as e:
+        print(f"make demo: error: {e}", file=sys.stderr)
+        raise Failed from None
     return path
 
 

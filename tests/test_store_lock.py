@@ -219,3 +219,18 @@ def test_an_out_the_machine_refuses_is_one_line(stores, tmp_path, strata, monkey
     assert code == 1 and re.fullmatch(rf"strata probe: error: {re.escape(str(groups))}/[^/]+\.(json|npz): "
                                       f"{os.strerror(errno.ENOSPC)}", err.strip()), err
     assert list(groups.iterdir()) == []  # the .partial it was writing is gone
+
+
+def test_the_demo_never_deletes_what_another_run_is_writing(tmp_path, capsys):
+    from extractor import demo
+
+    out = tmp_path / "minilm-train.zarr"
+    out.mkdir()
+    (out / "zarr.json").write_text("{}")
+    with store_lock.exclusive_writer(out, "strata extract"):
+        with pytest.raises(demo.Failed):
+            demo.fresh(out)
+        assert (out / "zarr.json").exists()
+    assert capsys.readouterr().err.startswith(f"make demo: error: --out: {out} is being written by another run "
+                                              "(strata extract, pid ")
+    assert demo.fresh(out) == out and not out.exists()
