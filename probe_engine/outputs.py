@@ -1,6 +1,6 @@
 """Writing result files so that a reader never sees half of one.
 
-Every file is written to ``NAME.partial`` and renamed into place (atomic on one
+Every file is written to ``NAME.RANDOM.partial`` and renamed into place (atomic on one
 file system), after an fsync.  Arrays go to ``.npz`` (NumPy's zip of ``.npy``
 files: ``np.load(path)`` reads it with no pickle), everything else to JSON.
 """
@@ -11,15 +11,18 @@ import contextlib
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 
 def atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    # a name of its own per write: two runs writing one file (two compares into one
+    # --out) would otherwise share NAME.partial, one truncating what the other renames
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
