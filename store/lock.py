@@ -18,8 +18,9 @@ leaves its lock file behind: this one removes the file on release, and a run tha
 locked a file removed under it (the inode check) takes the new one instead; a run
 removes the file only while it is still the one it locked.  Another user's lock file
 is locked through a read-only descriptor (``flock`` needs no write access).  Where no
-lock can be had (no ``fcntl``, a parent directory this user cannot write, a file
-system without ``flock``) the run goes on unlocked and says so on stderr.
+lock can be had (a parent directory this user cannot write, a file system without
+``flock``) the run goes on unlocked and says so on stderr; on a system without
+``fcntl`` (not POSIX) runs are never locked.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def _acquire(path: Path, store: Path, command: str, option: str) -> int | None:
         try:
             if os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino:
                 if writable:
-                    os.ftruncate(fd, 0)
-                    os.write(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()}".encode())
+                    with contextlib.suppress(OSError):  # the holder's name only informs; a full disk keeps the lock
+                        os.ftruncate(fd, 0)
+                        os.write(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()}".encode())
                 return fd
         except FileNotFoundError:
             pass

@@ -23,8 +23,8 @@ def test_a_second_run_on_a_store_being_written_is_refused(tiny_bert, ud_dev, tmp
         assert lock_file.read_text() == f"strata extract, pid {os.getpid()} on {socket.gethostname()}"
         code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
         assert (code, err.strip()) == (1, f"strata extract: error: --out: {out} is being written by another run "
-                                          f"(strata extract, pid {os.getpid()} on {socket.gethostname()}, which holds {lock_file}); wait for it "
-                                          "to finish, then rerun")
+                                          f"(strata extract, pid {os.getpid()} on {socket.gethostname()}, which holds "
+                                          f"{lock_file}); wait for it to finish, then rerun")
         assert not out.exists()
         # the same store by another spelling of its path takes the same lock
         code, _, err = strata(*extract_args(tiny_bert, ud_dev, tmp_path / "sub" / ".." / "s.zarr"))
