@@ -82,3 +82,18 @@ def test_variant_and_attention_rows_two_processes_equal_one(tiny_bert, ud_dev, t
     result = launch(2, extract_args(tiny_bert, ud_dev, two, *extra)[1:])
     assert result.returncode == 0, result.stderr
     assert_stores_identical(one, two)
+
+
+def test_a_store_another_run_holds_stops_every_process(tiny_bert, ud_dev, tmp_path):
+    """Only process 0 takes the store's lock; its refusal reaches the other process, which
+    stops with the same line instead of waiting at the next barrier, and nothing is written."""
+    from store.lock import exclusive_writer
+
+    out = tmp_path / "x.zarr"
+    with exclusive_writer(out, "another run"):
+        result = launch(2, extract_args(tiny_bert, ud_dev, out)[1:])
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "strata extract: error:" in line]
+    assert len(lines) == 2 and all(line.startswith(f"strata extract: error: --out: {out} is being written by "
+                                                   "another run (another run, pid ") for line in lines), lines
+    assert not out.exists()
