@@ -44,7 +44,7 @@ from probe_engine.backend import array_module
 from probe_engine.features import FeatureSet, Standardizer, block_tokens_for
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
-from probe_engine.outputs import read_npz, write_json, write_npz
+from probe_engine.outputs import atomic_write, read_npz, remove_partial_files, write_json, write_npz
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
 from probe_engine.stores import shared_rows_warning, verify_stores
 from probe_engine.train import accuracies, predict, train_probes
@@ -334,6 +334,7 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
 
 def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out)
     steps = Steps(out, options)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.perf_counter()
@@ -444,7 +445,8 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     from probe_engine.plot import plot_layer_distribution, plot_minimal_set
     plot_layer_distribution(document, out / "layer_distribution.png")
     plot_minimal_set(document, out / "minimal_set.png")
-    (out / "summary.md").write_text(summary_markdown(document))
+    summary = summary_markdown(document).encode()
+    atomic_write(out / "summary.md", lambda f: f.write(summary))
     write_json(out / "neurons.json", document)
     return document
 

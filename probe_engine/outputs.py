@@ -35,6 +35,13 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def remove_partial_files(out: Path) -> None:
+    """Temporary files a killed run left in ``out`` (a kill between open and rename).
+    Called by a run that holds ``out``'s lock, so no other run is writing them."""
+    for partial in out.rglob("*.partial"):
+        partial.unlink(missing_ok=True)
+
+
 def write_json(path: Path, document) -> None:
     """``document`` as strict JSON: a non-finite float (CKA of a constant layer, 0/0) is
     written as null, since NaN and Infinity are not JSON and strict parsers reject them."""

@@ -62,8 +62,11 @@ def plot_accuracy(chosen: list[dict], path: Path) -> None:
 
 
 def save(plt, fig, path: Path) -> Path:
+    """``fig`` to ``path`` whole or not at all (a kill mid-write left a 0-byte PNG)."""
+    from probe_engine.outputs import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".")))
     plt.close(fig)
     return path
 

@@ -27,6 +27,7 @@ import html
 import json
 from pathlib import Path
 
+from probe_engine.outputs import atomic_write
 from probe_engine.plot import figure, finite, layer_axis, save, text
 from store.errors import StrataError
 
@@ -302,8 +303,7 @@ def build_report(models: list[dict], out: Path) -> dict:
     section("5. CLS vs mean pooling (Mosbach et al. Table 2)", pooling_table(models),
             "no strata probe results with both --pool cls and --pool mean")
     parts.append("</body></html>")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
+    page = "\n".join(parts).encode("utf-8")
+    atomic_write(out, lambda f: f.write(page))
     return {"sections": sections, "figures": [str(p) for _, p in figures]
             + [str(x[1]) for x in (dist, sim) if x is not None]}

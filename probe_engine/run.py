@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
-from probe_engine.outputs import read_npz, write_json, write_npz
+from probe_engine.outputs import read_npz, remove_partial_files, write_json, write_npz
 from probe_engine.stores import shared_rows_warning, verify_stores
 from store.errors import StrataError, first_line
 from store.lock import exclusive_writer
@@ -97,6 +97,7 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
             held.enter_context(client)  # closed on the way out, also when --out is locked
         held.enter_context(exclusive_writer(out, "strata probe"))  # one run per --out (store/lock.py)
         out.mkdir(parents=True, exist_ok=True)
+        remove_partial_files(out)
         ids = [group_id(s) for s in specs]
         done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
         todo = [(gid, s) for gid, s in zip(ids, specs) if gid not in done]
@@ -244,11 +245,11 @@ def write_results(options: dict, out: Path, groups: list[tuple[str, dict]], seco
         "groups": [{"group": gid, **{k: v for k, v in doc.items() if k not in ("records", "per_class", "spec")}}
                    for gid, doc in groups],
     }
-    write_json(out / "results.json", document)
     # weights of an earlier run into the same directory that this results.json does not list
     listed = {entry["weights"] for entry in chosen}
     for stale in (out / "weights").glob("*.npz"):
         if f"weights/{stale.name}" not in listed:
             stale.unlink()
     plot_accuracy(chosen, out / "accuracy_per_layer.png")
+    write_json(out / "results.json", document)  # last: a results.json means every file beside it is whole
     return document

@@ -56,3 +56,43 @@ def test_two_writers_of_one_result_file_each_write_a_whole_file(tmp_path):
     atomic_write(path, first)
     assert path.read_bytes() == b"A" * 2000
     assert [p.name for p in tmp_path.iterdir()] == ["compare.json"]
+
+
+PROBE = ["--labels", "upos", "--layers", "1", "--l1", "0", "--l2", "1e-3", "--quiet"]
+
+
+def test_results_json_is_written_after_every_file_it_describes(stores, tmp_path, strata, monkeypatch):
+    """A kill while the plot is being drawn leaves no results.json (which would say the run
+    is done beside a missing or half-written PNG); the rerun writes both."""
+    from probe_engine import plot
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(plot, "plot_accuracy", killed)
+    code, _, err = strata("probe", "--train", stores["train"], "--dev", stores["dev"], *PROBE, "--out", out)
+    assert code == 130 and not (out / "results.json").exists()
+    monkeypatch.undo()
+    assert strata("probe", "--train", stores["train"], "--dev", stores["dev"], *PROBE, "--out", out)[0] == 0
+    assert (out / "results.json").exists()
+    assert (out / "accuracy_per_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left(stores, tmp_path, strata):
+    out = tmp_path / "run"
+    assert strata("probe", "--train", stores["train"], "--dev", stores["dev"], *PROBE, "--out", out)[0] == 0
+    left = [out / "groups" / "0123abcd.npz.9009185a334d.partial", out / "weights" / "upos_layer1.npz.partial",
+            out / "results.json.fc63d9a8a40a.partial"]
+    for path in left:
+        path.write_bytes(b"half")
+    assert strata("probe", "--train", stores["train"], "--dev", stores["dev"], *PROBE, "--out", out)[0] == 0
+    assert not list(out.rglob("*.partial"))
+    neurons = tmp_path / "neurons"
+    args = ["neurons", "--train", stores["train"], "--dev", stores["dev"], "--test", stores["test"], "--labels", "upos",
+            "--l1", "0", "--l2", "1e-3", "--fractions", "0.5", "--quiet", "--out", neurons]
+    assert strata(*args)[0] == 0
+    (neurons / "steps" / "oracle.npz.66704a53214a.partial").write_bytes(b"half")
+    (neurons / "neurons.json.773ac68322c9.partial").write_bytes(b"half")
+    assert strata(*args)[0] == 0
+    assert not list(neurons.rglob("*.partial"))
