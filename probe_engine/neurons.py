@@ -334,7 +334,7 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
 
 def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    remove_partial_files(out)
+    remove_partial_files(out, ("steps",))
     steps = Steps(out, options)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.perf_counter()

@@ -35,11 +35,14 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def remove_partial_files(out: Path) -> None:
-    """Temporary files a killed run left in ``out`` (a kill between open and rename).
-    Called by a run that holds ``out``'s lock, so no other run is writing them."""
-    for partial in out.rglob("*.partial"):
-        partial.unlink(missing_ok=True)
+def remove_partial_files(out: Path, folders: tuple[str, ...]) -> None:
+    """Temporary files a killed run left (a kill between open and rename) in ``out`` and
+    the sub-folders the command writes, not below: an --out may hold other things (a
+    store being extracted keeps its own ``.partial`` files).  Called by a run that holds
+    ``out``'s lock, so no other run of the command is writing them."""
+    for folder in (out, *(out / name for name in folders)):
+        for partial in folder.glob("*.partial"):
+            partial.unlink(missing_ok=True)
 
 
 def write_json(path: Path, document) -> None:

@@ -97,7 +97,7 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
             held.enter_context(client)  # closed on the way out, also when --out is locked
         held.enter_context(exclusive_writer(out, "strata probe"))  # one run per --out (store/lock.py)
         out.mkdir(parents=True, exist_ok=True)
-        remove_partial_files(out)
+        remove_partial_files(out, ("groups", "weights"))
         ids = [group_id(s) for s in specs]
         done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
         todo = [(gid, s) for gid, s in zip(ids, specs) if gid not in done]

@@ -96,3 +96,17 @@ def test_a_rerun_removes_the_temporary_files_a_killed_run_left(stores, tmp_path,
     (neurons / "neurons.json.773ac68322c9.partial").write_bytes(b"half")
     assert strata(*args)[0] == 0
     assert not list(neurons.rglob("*.partial"))
+
+
+def test_the_sweep_leaves_other_folders_of_an_out_alone(tmp_path):
+    """An --out may hold other things, e.g. a store being extracted with its own .partial files."""
+    from probe_engine.outputs import remove_partial_files
+
+    (tmp_path / "groups").mkdir()
+    (tmp_path / "train.zarr" / "activations").mkdir(parents=True)
+    ours = [tmp_path / "results.json.0a1b2c3d4e5f.partial", tmp_path / "groups" / "g.npz.0a1b2c3d4e5f.partial"]
+    theirs = tmp_path / "train.zarr" / "activations" / "shard.partial"
+    for path in (*ours, theirs):
+        path.write_bytes(b"half")
+    remove_partial_files(tmp_path, ("groups", "weights"))
+    assert not any(p.exists() for p in ours) and theirs.exists()
