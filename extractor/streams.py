@@ -137,16 +137,23 @@ def run_streams(units: Iterable[int], open_unit: Callable[[int], Any], batches_o
         if streams == 1:
             stream()
         else:
-            # daemon: a Ctrl-C in the main thread must not wait for the streams' batches
+            # daemon: a second Ctrl-C (or SIGTERM) ends the process without waiting for them
             threads = [threading.Thread(target=stream, name=f"strata-stream-{k}", daemon=True)
                        for k in range(streams)]
-            for t in threads:
-                t.start()
             try:
+                for t in threads:
+                    t.start()
                 for t in threads:
                     t.join()
             except BaseException as e:  # KeyboardInterrupt: stop the streams, keep finished writes
                 fail(e)
+                # Each stream stops after its current batch (a fraction of a second). Not
+                # waiting for it let the interpreter exit with a stream inside torch, which
+                # aborted the process ("terminate called without an active exception", a
+                # SIGABRT instead of the interrupt's exit code, in about 1 run in 5).
+                for t in threads:
+                    if t.is_alive():
+                        t.join()
                 raise
         # the writer pool's exit waits for the last write
     if failure:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 
@@ -82,6 +84,27 @@ def test_failure_while_a_stream_waits_for_room_does_not_hang():
     worker.start()
     worker.join(timeout=30)
     assert finished, "run_streams hung after a failure"
+
+
+def test_an_interrupt_returns_only_once_every_stream_has_finished_its_batch():
+    """A stream still inside torch when the interpreter exits aborts the process (SIGABRT,
+    "terminate called without an active exception"): the interrupt waits for the batches."""
+    rec = Recorder(0)
+    batch_ends = []
+
+    def compute(state, batch):
+        if state["unit"] == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the streams compute
+        time.sleep(0.5)
+        batch_ends.append(state["unit"])
+
+    started = len(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        run_streams(range(50), rec.open_unit, lambda s: [0], compute, rec.write, 2)
+        time.sleep(10)  # the interrupt reaches the main thread in its join, not here
+    assert len(threading.enumerate()) == started  # no stream left running
+    assert batch_ends  # the batches begun were finished, and no more begun
+    assert len(batch_ends) <= 3
 
 
 def _extract(tiny_bert, ud_dev, out, **extra):
