@@ -9,10 +9,13 @@ Subcommands live next to the code they drive:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 
 from store.errors import StrataError
 
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     # The command line as the user typed it, recorded in provenance.
     args.argv = ["strata", *(sys.argv[1:] if argv is None else argv)]
     try:
-        return args.run(args)
+        with sigterm_unwinds():
+            return args.run(args)
     except StrataError as e:
         # one write for the whole line: the processes of an accelerate launch all report a
         # shared failure, and print's two writes (text, then newline) interleave between them
@@ -65,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         # but it is pending!") under the one-line error, which has said it all.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         return 1
+    except Terminated:
+        print(f"strata {args.command}: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"strata {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -82,6 +89,38 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else "writing: "
         print(f"strata {args.command}: error: {where}{e.strerror}", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `kill`, a batch scheduler's preemption), raised where Ctrl-C
+    raises KeyboardInterrupt, so that the one unwinding path already tested for Ctrl-C
+    releases the lock, removes temporary files and keeps every finished write."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """SIGTERM raises :class:`Terminated` in the main thread while the command runs; a
+    second SIGTERM kills at once (the default), as does the first one where this does not
+    apply: when SIGTERM already has a handler (an embedding program's), off the main
+    thread (Python allows handlers only there), and under torchrun / ``accelerate launch``
+    with several processes, whose launcher sends SIGTERM to every process when one fails:
+    a process then blocked in a collective would run the handler only once the collective
+    returns, so the launcher would wait out its kill timeout instead of ending at once."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            or "TORCHELASTIC_RUN_ID" in os.environ):
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
@@ -40,14 +41,19 @@ def fault_point(name: str) -> None:
     Simulates a kill at the worst moments: after a shard is on disk but before
     its record, after pooled arrays are written but before they are recorded,
     and during creation (every array written but no plan; an interrupted
-    creation's files deleted but its root).  ``os._exit`` skips every cleanup, like SIGKILL.
+    creation's files deleted but its root).  ``os._exit`` skips every cleanup, like SIGKILL;
+    ``STRATA_FAULT=name:N:TERM`` sends this process SIGTERM there instead.
     """
     spec = os.environ.get("STRATA_FAULT", "")
     if not spec.startswith(name + ":"):
         return
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] == int(spec.split(":")[1]):
-        os._exit(137)
+    _, count, *how = spec.split(":")
+    if _fault_counts[name] == int(count):
+        if how == ["TERM"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            os._exit(137)
 
 
 @contextlib.contextmanager

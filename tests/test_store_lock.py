@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
+import time
 
 import pytest
 
 from store import lock as store_lock
 from store.errors import StrataError
+from strata import Terminated, sigterm_unwinds
 from tests.store_compare import assert_stores_identical
 from tests.test_resume import extract_args, reference, run_subprocess  # noqa: F401 (a fixture)
 
@@ -200,3 +203,43 @@ def test_the_demo_never_deletes_what_another_run_is_writing(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"make demo: error: --out: {out} is being written by another run "
                                               "(strata extract, pid ")
     assert demo.fresh(out) == out and not out.exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c_releasing_the_lock(reference, tiny_bert, ud_dev, tmp_path, strata):
+    """`timeout`, `kill` or a scheduler's preemption: one line, exit 143, the lock file gone
+    (a SIGKILL leaves it, above), and the rerun completes the same store."""
+    out = tmp_path / "s.zarr"
+    terminated = run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "unit-written:2:TERM"})
+    assert terminated.returncode == 143, terminated.stderr
+    assert terminated.stderr.strip().splitlines()[-1] == (
+        "strata extract: terminated (SIGTERM); rerun the same command to resume")
+    assert not (tmp_path / ".s.zarr.lock").exists()
+    code, out_text, err = strata("verify", out)
+    assert code == 1 and "incomplete" in out_text + err
+    code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
+    assert code == 0, err
+    assert_stores_identical(reference, out)
+
+
+def test_sigterm_raises_only_while_a_command_runs_and_only_once(monkeypatch):
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with sigterm_unwinds():
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)  # the handler raises at once, in the main thread
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM kills
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+        def theirs(signum, frame):
+            pass
+
+        signal.signal(signal.SIGTERM, theirs)  # an embedding program's handler is left alone
+        with sigterm_unwinds():
+            assert signal.getsignal(signal.SIGTERM) is theirs
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")  # several processes under torchrun: default
+        with sigterm_unwinds():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
