@@ -479,11 +479,13 @@ def _extract_locked(ex: Extraction, state, device: str) -> dict:
     if store_status != "planned":
         _all_ok(state, _attempt(ex.create) if state.is_main_process else None)
     writer = StoreWriter(ex.out, ex.layout)
-    pending = writer.pending_units()
-    _all_ok(state, None)  # everyone has listed the same pending units
+    failure = None
     if state.is_main_process:
         writer.remove_partial_files()
-    _all_ok(state, None)
+        failure = _attempt(lambda: _forget_damaged_units(writer))
+    _all_ok(state, failure)  # the records are final before anyone lists the pending units
+    pending = writer.pending_units()
+    _all_ok(state, None)  # everyone has listed the same pending units
     mine = pending[state.process_index::state.num_processes]
     if not mine:
         model = None  # nothing to do in this process: free the memory
@@ -500,6 +502,14 @@ def _extract_locked(ex: Extraction, state, device: str) -> dict:
     return {**ex.summary(), "status": "complete", "path": str(ex.out), "seconds": round(seconds, 2),
             "tokens_per_second_this_process": round(tokens / seconds, 1) if seconds else None,
             "processes": state.num_processes}
+
+
+def _forget_damaged_units(writer: StoreWriter) -> None:
+    """A resume redoes the recorded units whose files are not what their records vouch
+    for (:meth:`StoreWriter.damaged_units`), saying which and why."""
+    for unit, problem in writer.damaged_units().items():
+        print(f"strata extract: warning: {writer.path}: unit {unit} is redone ({problem})", file=sys.stderr)
+        writer.forget_unit(unit)
 
 
 def _device(requested: str, state) -> str:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import zarr
+from tqdm import tqdm
 
 from store import schema
 from store.errors import StrataError
@@ -45,6 +47,30 @@ def array_files(root: Path, array: str) -> list[str]:
 
 def checksums(root: Path, files: list[str]) -> dict[str, str]:
     return {rel: sha256_file(root / rel) for rel in files}
+
+
+#: Recorded bytes past which checking them shows a progress bar (~1-2 s per GB on one core).
+CHECK_PROGRESS_BYTES = 1 << 30
+
+
+def file_problems(root: Path, recorded: dict[str, str], desc: str = "checking") -> dict[str, str]:
+    """``{file: "missing" | "checksum mismatch"}`` for each file of ``recorded`` (relative
+    path -> sha256) that is not what was written.  Hashed on every core (hashlib releases
+    the GIL), with a progress bar past ``CHECK_PROGRESS_BYTES``."""
+    problems = {rel: "missing" for rel in recorded if not (root / rel).is_file()}
+    present = [rel for rel in recorded if rel not in problems]
+    sizes = {rel: (root / rel).stat().st_size for rel in present}
+    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc=desc,
+              disable=sum(sizes.values()) < CHECK_PROGRESS_BYTES) as bar, \
+            ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        def digest(rel):
+            value = sha256_file(root / rel)
+            bar.update(sizes[rel])
+            return value
+
+        actual = dict(zip(present, pool.map(digest, present)))
+    problems.update({rel: "checksum mismatch" for rel in present if actual[rel] != recorded[rel]})
+    return problems
 
 
 def store_files(root: Path) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from store import manifest, schema
@@ -69,14 +67,12 @@ def _verify(path: Path) -> tuple[int, bool]:
         if not isinstance(record.get("checksums"), dict):
             raise StrataError(f"{path}: corrupt manifest record {name}")
         recorded.update(record["checksums"])
-    for rel in recorded:
-        if not (path / rel).is_file():
+    problems = manifest.file_problems(path, recorded, desc="verify")
+    for rel in recorded:  # a missing file first, then the first mismatch, in record order
+        if problems.get(rel) == "missing":
             raise StrataError(f"{path}: missing file {rel}")
-    # sha256 releases the GIL: hash on every core, report the first mismatch in path order
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        actual = dict(zip(recorded, pool.map(lambda rel: manifest.sha256_file(path / rel), recorded)))
-    for rel, expected in recorded.items():
-        if actual[rel] != expected:
+    for rel in recorded:
+        if rel in problems:
             raise StrataError(f"{path}: checksum mismatch in {rel}")
     # A file no record vouches for (a chunk written after the store was
     # finished, e.g. over a fill-value chunk that was never stored) changes

@@ -231,6 +231,16 @@ def _writable(array):
     return array.with_config({"write_empty_chunks": True})
 
 
+def _shard_name(unit: int) -> str:
+    """The file of a unit's activation shard (the token axis is cut into one shard per unit)."""
+    return f"{schema.ACTIVATIONS}/c/0/{unit}/0"
+
+
+def _staged_name(kind: str, unit: int) -> str:
+    """Where a unit's per-sentence rows of ``kind`` wait for finalize."""
+    return f"{schema.STAGING}/{kind}_{unit:07d}"
+
+
 class StoreWriter:
     """Writes units into a created store and finishes it."""
 
@@ -269,28 +279,70 @@ class StoreWriter:
         start, stop = self.layout.unit_tokens(unit)
         assert activations.shape[1] == stop - start, (activations.shape, start, stop)
         with disk_errors(self.path), quiet_codec_warnings():
-            files = []
+            files, staged = [], []
             if stop > start:
                 self.activations[:, start:stop] = activations
-                files.append(f"{schema.ACTIVATIONS}/c/0/{unit}/0")
+                files.append(_shard_name(unit))
             for kind in self.sentence_arrays:
                 rows = pooled[kind]
                 if rows.shape[1] == 0:
                     continue
-                # Staged rows are consumed (and deleted) by finalize, so only
-                # the shard's checksum goes into the permanent record.  Created by
-                # its full path, not through ``require_group(STAGING)``: that looks,
-                # then creates, and of two processes writing their first units at
-                # once one got ContainsGroupError; a path's missing parents are
-                # created only-if-absent, which is safe.
-                self.group.create_array(f"{schema.STAGING}/{kind}_{unit:07d}", shape=rows.shape,
-                                        dtype=rows.dtype, chunks=rows.shape,
+                # Created by its full path, not through ``require_group(STAGING)``: that
+                # looks, then creates, and of two processes writing their first units at
+                # once one got ContainsGroupError; a path's missing parents are created
+                # only-if-absent, which is safe.
+                name = _staged_name(kind, unit)
+                self.group.create_array(name, shape=rows.shape, dtype=rows.dtype, chunks=rows.shape,
                                         compressors=self.activations.compressors, overwrite=True)[...] = rows
+                staged += [f"{name}/{schema.METADATA_FILE}", *manifest.array_files(self.path, name)]
             fault_point("unit-written")
+            # Staged rows are consumed (and deleted) by finalize, so their checksums are
+            # kept apart from ``checksums``, the files of the finished store.
             manifest.write_record(self.group, schema.unit_record(unit), {
                 "unit": unit, "tokens": [start, stop], "sentences": list(self.layout.owned_sentences(unit)),
-                "checksums": manifest.checksums(self.path, files), **stats,
+                "checksums": manifest.checksums(self.path, files),
+                "staged_checksums": manifest.checksums(self.path, staged), **stats,
             })
+
+    def damaged_units(self) -> dict[int, str]:
+        """Recorded units whose files are not what their record vouches for, each with its
+        first problem (``"activations/c/0/2/0 missing"``): a shard deleted, truncated or
+        overwritten after its record, or lost by a machine crash that kept the record (no
+        fsync).  Their staged rows are checked too until finalize has consumed them (records
+        written before 2026-12-03 vouch for no staged file: only their staging folder is
+        looked for).  A resume redoes these units; without this check it finalized a store
+        with a unit missing and called it complete."""
+        assembled = manifest.read_record(self.group, schema.FINAL_RECORD) is not None
+        records = {u: manifest.read_record(self.group, schema.unit_record(u))
+                   for u in sorted(manifest.finished_units(self.path)) if u < self.layout.n_units}
+        files = {}  # unit -> {file: sha256, or None where only its presence can be checked}
+        for unit, record in records.items():
+            files[unit] = dict(record.get("checksums") or {})
+            if assembled:
+                continue
+            if "staged_checksums" in record:
+                files[unit].update(record["staged_checksums"])
+            else:  # an older record: the staged arrays' presence, at least
+                first, end = self.layout.owned_sentences(unit)
+                if end > first:
+                    files[unit].update({f"{_staged_name(kind, unit)}/{schema.METADATA_FILE}": None
+                                        for kind in self.sentence_arrays})
+        vouched = {rel: sha for unit_files in files.values() for rel, sha in unit_files.items() if sha}
+        problems = manifest.file_problems(self.path, vouched, desc="checking finished units")
+        for unit_files in files.values():
+            problems.update({rel: "missing" for rel, sha in unit_files.items()
+                             if sha is None and not (self.path / rel).is_file()})
+        return {unit: next(f"{rel} {problems[rel]}" for rel in unit_files if rel in problems)
+                for unit, unit_files in files.items() if any(rel in problems for rel in unit_files)}
+
+    def forget_unit(self, unit: int) -> None:
+        """Remove a unit's record, so that the run redoes the unit, then its shard and staged
+        rows: zarr reads a shard file it writes into, and a damaged one fails that read."""
+        with disk_errors(self.path):
+            shutil.rmtree(self.path / schema.MANIFEST / schema.unit_record(unit))
+            (self.path / _shard_name(unit)).unlink(missing_ok=True)
+            for kind in self.sentence_arrays:
+                shutil.rmtree(self.path / _staged_name(kind, unit), ignore_errors=True)
 
     def finalize(self, summary: dict) -> None:
         """Assemble pooled arrays, record their checksums, mark complete.
@@ -323,7 +375,6 @@ class StoreWriter:
     def _assemble_pooled(self, kind: str) -> None:
         """Copy each unit's staged rows into the pooled array, shard by shard."""
         target = _writable(self.group[self.sentence_arrays[kind]])
-        staging = self.group[schema.STAGING]
         shard = target.shards[1]
         owners = [(u, *self.layout.owned_sentences(u)) for u in range(self.layout.n_units)]
         for lo in range(0, self.layout.n_sentences, shard):
@@ -332,7 +383,7 @@ class StoreWriter:
             for unit, a, b in owners:
                 if b <= lo or a >= hi or a == b:
                     continue
-                rows = staging[f"{kind}_{unit:07d}"]
+                rows = self.group[_staged_name(kind, unit)]
                 s, e = max(a, lo), min(b, hi)
                 block[:, s - lo:e - lo] = rows[:, s - a:e - a]
             target[:, lo:hi] = block

@@ -305,3 +305,40 @@ def test_a_store_keeps_its_blosc_block_size_when_resumed(tiny_bert, ud_dev, tmp_
     fresh = tmp_path / "fresh.zarr"
     assert run_here(args(fresh)) == 0
     assert_same_values(out, fresh)  # the chunk files differ: their blocks do
+
+
+def test_a_resume_redoes_recorded_units_whose_files_were_damaged(reference, tiny_bert, ud_dev, tmp_path, capsys):
+    """A shard deleted or truncated, or staged pooled rows lost, after the unit's record
+    was written (by hand, or a machine crash that kept the record): the resume redoes
+    those units, says so, and leaves the others alone; before, it finalized the store
+    with NaN rows and called it complete."""
+    out = tmp_path / "s.zarr"
+    assert run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "unit-written:6"}).returncode == 137
+    shard = lambda u: out / "activations" / "c" / "0" / str(u) / "0"  # noqa: E731
+    shard(1).unlink()
+    shard(2).write_bytes(shard(2).read_bytes()[:50])
+    staged = sorted((out / "staging").glob("*_0000003"))
+    assert staged  # the unit's pooled rows wait there for finalize
+    for folder in staged:
+        shutil.rmtree(folder)
+    before = {u: shard(u).stat().st_mtime_ns for u in (0, 3, 4)}
+    capsys.readouterr()
+    assert run_here(extract_args(tiny_bert, ud_dev, out)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"strata extract: warning: {out}: unit 1 is redone (activations/c/0/1/0 missing)",
+        f"strata extract: warning: {out}: unit 2 is redone (activations/c/0/2/0 checksum mismatch)",
+        f"strata extract: warning: {out}: unit 3 is redone ({staged[0].relative_to(out)}/zarr.json missing)"]
+    assert {u: shard(u).stat().st_mtime_ns for u in (0, 4)} == {u: before[u] for u in (0, 4)}
+    assert shard(3).stat().st_mtime_ns != before[3]
+    assert_stores_identical(reference, out)
+    assert run_subprocess(["verify", str(out)]).returncode == 0
+
+
+def test_a_shard_damaged_after_the_pooled_rows_were_assembled_is_redone(reference, tiny_bert, ud_dev, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "pooled-written:1"}).returncode == 137
+    (out / "activations" / "c" / "0" / "4" / "0").unlink()
+    assert run_here(extract_args(tiny_bert, ud_dev, out)) == 0
+    assert_stores_identical(reference, out)
+    assert run_subprocess(["verify", str(out)]).returncode == 0
