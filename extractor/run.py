@@ -281,7 +281,7 @@ class Extraction:
                 requested["model"] = existing["model"]
                 if existing.get("config_sha256") == hf.legacy_config_sha256(self.config, existing["model"]):
                     requested["config_sha256"] = existing["config_sha256"]
-            check_parameters(self.out, existing, requested)
+            check_parameters(self.out, existing, requested, UNRECORDED_PARAMETERS)
             stored_offsets = group[schema.SENTENCE_OFFSETS][...]
             if not np.array_equal(stored_offsets, self.layout.offsets):
                 raise StrataError(f"--out: {self.out} holds another tokenization of {self.opts.input} (its "
@@ -502,6 +502,11 @@ def _extract_locked(ex: Extraction, state, device: str) -> dict:
     return {**ex.summary(), "status": "complete", "path": str(ex.out), "seconds": round(seconds, 2),
             "tokens_per_second_this_process": round(tokens / seconds, 1) if seconds else None,
             "processes": state.num_processes}
+
+
+#: What a parameter missing from a store's record (or this run's) means: not recorded at
+#: the value every store had before the option existed (``parameters`` above).
+UNRECORDED_PARAMETERS = {"linear_kernel": "torch", "attention": "none"}
 
 
 def _forget_damaged_units(writer: StoreWriter) -> None:

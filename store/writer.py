@@ -109,12 +109,16 @@ def store_state(path: Path) -> str:
     return "unplanned"
 
 
-def check_parameters(path: Path, existing: dict, requested: dict) -> None:
-    """Refuse to resume a store with different extraction parameters."""
+def check_parameters(path: Path, existing: dict, requested: dict, unrecorded: dict | None = None) -> None:
+    """Refuse to resume a store with different extraction parameters.  ``unrecorded``: what
+    a parameter absent from either side means (parameters added later are recorded only
+    when they differ from what every older store did, so those stores still resume)."""
+    unrecorded = unrecorded or {}
     keys = sorted(set(existing) | set(requested))
-    differ = [k for k in keys if existing.get(k) != requested.get(k)]
+    existing, requested = ({k: side.get(k, unrecorded.get(k)) for k in keys} for side in (existing, requested))
+    differ = [k for k in keys if existing[k] != requested[k]]
     if differ:
-        shown = "; ".join(f"{k}: store has {existing.get(k)!r}, command has {requested.get(k)!r}" for k in differ)
+        shown = "; ".join(f"{k}: store has {existing[k]!r}, command has {requested[k]!r}" for k in differ)
         raise StrataError(f"--out: {path} was extracted with different parameters ({shown}); use a new --out")
 
 

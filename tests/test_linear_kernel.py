@@ -103,4 +103,10 @@ def test_store_records_kernel_and_refuses_the_other(strata, tiny_bert, text_corp
                           "--out", stores["torch"], "--dtype", "float32")  # auto = onednn on CPU
     assert code == 1
     assert err.strip() == (f"strata extract: error: --out: {stores['torch']} was extracted with different "
-                           "parameters (linear_kernel: store has None, command has 'onednn'); use a new --out")
+                           "parameters (linear_kernel: store has 'torch', command has 'onednn'); use a new --out")
+    # the other way round, the unrecorded default is named too (it said "command has None")
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text",
+                          "--out", stores["onednn"], "--dtype", "float32", "--linear-kernel", "torch")
+    assert code == 1
+    assert err.strip() == (f"strata extract: error: --out: {stores['onednn']} was extracted with different "
+                           "parameters (linear_kernel: store has 'onednn', command has 'torch'); use a new --out")
