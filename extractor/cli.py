@@ -49,10 +49,15 @@ def add_parser(subparsers) -> None:
 def options_from_args(args):
     from extractor.run import ExtractOptions
 
-    kinds = tuple(dict.fromkeys(x.strip() for x in args.pool.split(",") if x.strip()))
+    kinds = tuple(x.strip() for x in args.pool.split(","))
+    if "" in kinds:  # '' or 'cls,': said nothing, which is not 'none'
+        raise StrataError(f"--pool: expected cls, mean, cls,mean or none, got {args.pool!r}")
+    repeated = [k for i, k in enumerate(kinds) if k in kinds[:i]]
+    if repeated:
+        raise StrataError(f"--pool: {repeated[0]} is given more than once in {args.pool!r}")
     if "none" in kinds and len(kinds) > 1:
         raise StrataError(f"--pool: 'none' stores no sentence vectors and takes no other kind, got {args.pool!r}")
-    pool = () if kinds in ((), ("none",)) else kinds
+    pool = () if kinds == ("none",) else kinds
     return ExtractOptions(
         model=args.model, input=args.input, format=args.format, out=args.out,
         columns=[c.strip() for c in args.columns.split(",")] if args.columns else None, labels=args.labels, layers=args.layers,

@@ -347,6 +347,20 @@ def test_pool_none_with_another_kind(strata, tiny_bert, text_corpus, tmp_path):
     assert not any(p.name.startswith("pooled_") for p in (tmp_path / "y.zarr").iterdir())
 
 
+@pytest.mark.parametrize("pool, message", [
+    ("", "--pool: expected cls, mean, cls,mean or none, got ''"),
+    ("cls,", "--pool: expected cls, mean, cls,mean or none, got 'cls,'"),
+    ("cls,mean,cls", "--pool: cls is given more than once in 'cls,mean,cls'"),
+])
+def test_pool_empty_or_repeated(strata, tiny_bert, text_corpus, tmp_path, pool, message):
+    """An empty --pool stored no sentence vectors, as 'none' does, and a repeated kind was
+    dropped, where --layers refuses both."""
+    code, _, err = strata("extract", "--model", tiny_bert, "--input", text_corpus, "--format", "text",
+                          "--out", tmp_path / "x.zarr", "--pool", pool)
+    assert (code, err.strip()) == (1, f"strata extract: error: {message}")
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_too_many_classes_names_the_label_set_and_file(strata, tiny_bert, tmp_path):
     """Words read as labels (--columns out of order) make a label set of every word."""
     path = tmp_path / "many.conll"
