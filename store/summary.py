@@ -91,6 +91,21 @@ def summarize(path: Path) -> dict:
                               "run strata verify") from None
 
 
+def _check_metadata(path: Path, attrs: dict, metadata: dict) -> None:
+    """The metadata files (shapes, dtypes, codecs, label classes) and root attributes of a
+    finished store against ``manifest/metadata``, as verify checks them; the shards are
+    left to verify (reading them all is what inspect must not cost)."""
+    recorded = metadata.get("checksums") or {}
+    problems = manifest.file_problems(path, recorded)
+    for rel in recorded:  # in record order, as verify reports them
+        if rel in problems:
+            what = "missing file" if problems[rel] == "missing" else "checksum mismatch in"
+            raise StrataError(f"{path}: damaged store: {what} {rel}; run strata verify")
+    if manifest.attributes_sha256(attrs) != metadata.get("root_attributes_sha256"):
+        raise StrataError(f"{path}: damaged store: checksum mismatch in the root attributes "
+                          f"({schema.METADATA_FILE}); run strata verify")
+
+
 def _summarize(path: Path, group: zarr.Group) -> dict:
     attrs = dict(group.attrs[schema.ROOT_ATTR])
     params = attrs["parameters"]
@@ -108,6 +123,9 @@ def _summarize(path: Path, group: zarr.Group) -> dict:
     if attrs.get("complete") and lost:
         raise StrataError(f"{path}: damaged store: marked complete, but its {lost[0]} record is missing; "
                           "run strata verify")
+    metadata = records[schema.METADATA_RECORD]
+    if attrs.get("complete") and metadata is not None:  # a few small files: what inspect shows comes from them
+        _check_metadata(path, attrs, metadata)
     skipped = group[schema.SENTENCE_SKIPPED][...]
     acts = group[schema.ACTIVATIONS]
     arrays = {name: {"shape": list(arr.shape), "dtype": str(arr.dtype),

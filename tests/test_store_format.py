@@ -309,11 +309,17 @@ def test_inspect_damaged_or_unfinished_store(strata, ud_store, tmp_path):
     shutil.copytree(ud_store, damaged)
     (damaged / "activations" / "zarr.json").write_text("{}")
     code, _, err = strata("inspect", damaged)
-    assert code == 1
-    line = err.strip()
-    assert "\n" not in line
-    assert line.startswith(f"strata inspect: error: {damaged}: damaged store, cannot read it (")
-    assert line.endswith("); run strata verify")
+    assert (code, err.strip()) == (1, f"strata inspect: error: {damaged}: damaged store: checksum mismatch in "
+                                      "activations/zarr.json; run strata verify")
+    # what inspect shows, changed or lost: said, not shown as a complete store (both were)
+    shutil.copy(ud_store / "activations" / "zarr.json", damaged / "activations" / "zarr.json")
+    _edit_json(damaged / "activations" / "zarr.json", lambda doc: doc.update(data_type="float32"))
+    assert strata("inspect", damaged)[2].strip() == (f"strata inspect: error: {damaged}: damaged store: checksum "
+                                                      "mismatch in activations/zarr.json; run strata verify")
+    shutil.copy(ud_store / "activations" / "zarr.json", damaged / "activations" / "zarr.json")
+    (damaged / "sentence_offsets" / "zarr.json").unlink()
+    assert strata("inspect", damaged)[2].strip() == (f"strata inspect: error: {damaged}: damaged store: missing "
+                                                      "file sentence_offsets/zarr.json; run strata verify")
     broken_root = tmp_path / "broken_root.zarr"
     shutil.copytree(ud_store, broken_root)
     (broken_root / "zarr.json").write_text("{")
