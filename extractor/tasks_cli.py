@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from store.errors import StrataError
 
 from extractor.readers import FORMATS
@@ -23,21 +26,33 @@ def add_parser(subparsers) -> None:
                    help="format of the corpora (default conllu)")
     p.add_argument("--columns", help="conll: names of the whitespace columns")
     p.add_argument("--out", required=True, help="the TSV to write")
-    p.add_argument("--seed", type=int, default=0, help="bigram-shift: which sentences and positions are swapped")
-    p.add_argument("--length-bins", default=",".join(map(str, DEFAULT_LENGTH_EDGES)),
-                   help="sentence-length: bin edges in words, bin k = [edge k, edge k+1) "
-                        "(default SentEval's 5-8, 9-12, 13-16, 17-20, 21-25, 26-28)")
+    p.add_argument("--seed", type=int, help="bigram-shift: which sentences and positions are swapped (default 0)")
+    p.add_argument("--length-bins",
+                   help="sentence-length: bin edges in words, bin k = [edge k, edge k+1) (default "
+                        f"{','.join(map(str, DEFAULT_LENGTH_EDGES))}: SentEval's 5-8, 9-12, 13-16, 17-20, 21-25, 26-28)")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from extractor.sentence_tasks import parse_edges, write_task
+#: The options only one task reads: given to the other, they would be ignored.
+TASK_OPTIONS = {"seed": "bigram-shift", "length_bins": "sentence-length"}
 
-    if args.seed < 0:  # numpy's generators take none
-        raise StrataError(f"--seed: must be >= 0, got {args.seed}")
-    edges = parse_edges(args.length_bins)
+
+def run(args) -> int:
+    from extractor.sentence_tasks import DEFAULT_LENGTH_EDGES, parse_edges, write_task
+
+    for option, task in TASK_OPTIONS.items():
+        if getattr(args, option) is not None and args.task != task:
+            raise StrataError(f"--{option.replace('_', '-')}: only {task} uses it, not {args.task}")
+    seed = 0 if args.seed is None else args.seed
+    if seed < 0:  # numpy's generators take none
+        raise StrataError(f"--seed: must be >= 0, got {seed}")
+    edges = DEFAULT_LENGTH_EDGES if args.length_bins is None else parse_edges(args.length_bins)
     inputs = {split: path for split, path in (("train", args.train), ("dev", args.dev), ("test", args.test)) if path}
-    report = write_task(args.task, inputs, args.format, args.out, seed=args.seed, edges=edges,
+    for split in ("dev", "test"):
+        if split in inputs and Path(inputs[split]).resolve() == Path(args.train).resolve():
+            print(f"strata tasks: warning: --{split} is the --train file: both splits hold the same sentences, "
+                  f"so a probe's {split} accuracy measures memorization", file=sys.stderr)
+    report = write_task(args.task, inputs, args.format, args.out, seed=seed, edges=edges,
                         columns=args.columns)
     written = ", ".join(f"{s} {n}" for s, n in report.written.items())
     left = sum(report.left_out.values())

@@ -121,6 +121,25 @@ def test_tasks_command_errors(tmp_path, ud_dev, strata, bins, message):
     assert not (tmp_path / "x.tsv").exists()
 
 
+@pytest.mark.parametrize("task, option, message", [
+    ("bigram-shift", ["--length-bins", "5,9"], "--length-bins: only sentence-length uses it, not bigram-shift"),
+    ("sentence-length", ["--seed", "3"], "--seed: only bigram-shift uses it, not sentence-length"),
+])
+def test_tasks_refuse_an_option_of_the_other_task(tmp_path, ud_dev, strata, task, option, message):
+    """It was ignored: a user binning bigram-shift by length got the plain task."""
+    code, _, err = strata("tasks", task, "--train", ud_dev, *option, "--out", tmp_path / "x.tsv")
+    assert (code, err.strip()) == (1, f"strata tasks: error: {message}")
+    assert not (tmp_path / "x.tsv").exists()
+
+
+def test_tasks_warn_when_dev_is_the_train_file(tmp_path, ud_dev, strata):
+    code, _, err = strata("tasks", "sentence-length", "--train", ud_dev, "--dev", ud_dev, "--out", tmp_path / "x.tsv")
+    assert code == 0
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "strata tasks: warning: --dev is the --train file: both splits hold the same sentences, so a probe's dev "
+        "accuracy measures memorization"]
+
+
 def test_tasks_names_the_option_of_a_missing_input(tmp_path, ud_dev, strata):
     code, _, err = strata("tasks", "bigram-shift", "--train", ud_dev, "--dev", tmp_path / "none.conllu",
                           "--out", tmp_path / "x.tsv")
