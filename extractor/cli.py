@@ -29,7 +29,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per forward pass (default 1024)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-sentences", type=int, help="only the first N sentences")
-    p.add_argument("--shard-tokens", type=int, help="tokens per shard (unit of work); default ~64 MiB shards")
+    p.add_argument("--shard-tokens", type=int,
+                   help="tokens per shard (unit of work); default ~64 MiB shards. Below the chunk (the most tokens, a power "
+                        "of two, whose rows of one layer fit 1 MiB: 1,024 at hidden 384 in float16) the chunk "
+                        "shrinks to it; above it, a multiple of the chunk")
     p.add_argument("--variant", help="extract from a changed model: random-init, reinit:K-, reinit:I-J, "
                                      "permute:SEED or truncate:K (see extractor/variants.py)")
     p.add_argument("--variant-seed", type=int, help="seed of random-init and reinit weights (default 0)")
