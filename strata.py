@@ -99,9 +99,11 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def sigterm_unwinds():
-    """SIGTERM raises :class:`Terminated` in the main thread while the command runs; a
-    second SIGTERM kills at once (the default), as does the first one where this does not
-    apply: when SIGTERM already has a handler (an embedding program's), off the main
+    """SIGTERM raises :class:`Terminated` in the main thread while the command runs; more
+    SIGTERMs while it unwinds are ignored (`timeout` sends two at once, one to the process
+    and one to its process group, and the second one killed the run half-way through its
+    cleanup, leaving the lock file); SIGKILL still ends it at once.  SIGTERM keeps its
+    default (the process ends at once) where this does not apply: when SIGTERM already has a handler (an embedding program's), off the main
     thread (Python allows handlers only there), and under torchrun / ``accelerate launch``
     with several processes, whose launcher sends SIGTERM to every process when one fails:
     a process then blocked in a collective would run the handler only once the collective
@@ -113,7 +115,7 @@ def sigterm_unwinds():
         return
 
     def raise_terminated(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated
 
     signal.signal(signal.SIGTERM, raise_terminated)
