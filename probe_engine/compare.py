@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from probe_engine.backend import array_module
-from probe_engine.outputs import write_json
+from probe_engine.outputs import make_output_dir, write_json
 from probe_engine.similarity import CrossProducts, cosine_upper_triangle, correlation
 from probe_engine.stores import ProbeStore, verify_stores
 from store import schema
@@ -202,7 +202,7 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
         doc["attention"] = attention_statistics(A.group[schema.ATTENTION_CLS], B.group[schema.ATTENTION_CLS], both)
     doc["strata_compare"].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  seconds=round(time.perf_counter() - started, 3))
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     from probe_engine.plot import plot_cka_heatmap, plot_similarity_per_layer
     if "cka" in doc:
         plot_cka_heatmap(doc, out / "cka_heatmap.png")

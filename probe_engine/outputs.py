@@ -73,15 +73,65 @@ def read_npz(path: Path) -> dict:
 
 
 def output_dir(text: str) -> Path:
-    """``--out`` as a directory to write into (refused when it is a file)."""
+    """``--out`` as a directory to write into, checked before anything is written (probe,
+    neurons and compare): refused when it is empty, a file, a dangling symbolic link, under
+    a file, or a Zarr store or inside one.  Nothing is created here: see make_output_dir."""
     from store.errors import StrataError
 
+    if not text:  # Path("") is ".": the results would silently go into the current directory
+        raise StrataError("--out: empty path")
     out = Path(text)
-    if out.exists() and not out.is_dir():
-        raise StrataError(f"--out: {out} exists and is not a directory")
-    for parent in out.absolute().parents:  # the nearest existing parent must be a directory
-        if parent.exists():
-            if not parent.is_dir():
-                raise StrataError(f"--out: {parent} is a file, not a directory")
+    # out itself, else its nearest parent that is there, decides (mkdir would make the rest)
+    for path in (out, *out.absolute().parents):
+        if path.is_symlink() and not path.exists():  # mkdir would say "File exists"
+            raise StrataError(f"--out: {path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        if path.exists():
+            if not path.is_dir():
+                raise StrataError(f"--out: {path} exists and is not a directory" if path == out
+                                  else f"--out: {path} is a file, not a directory")
             break
+    if (store := zarr_store_of(out)) is not None:
+        folder, kind = store
+        where = f"is {kind}" if folder == out.resolve() else f"is inside {kind}, {folder}"
+        raise StrataError(f"--out: {out} {where}; give --out a directory of its own")
     return out
+
+
+def zarr_store_of(path: Path) -> tuple[Path, str] | None:
+    """``(store, "a strata store" or "a Zarr store")`` when ``path`` is a Zarr store or lies
+    inside one, else None.  Result files written there would be files of the store that
+    no record lists, and ``strata verify`` fails on those."""
+    from store import schema
+
+    path = path.resolve()  # through symbolic links and "..": where the files would land
+    for folder in (path, *path.parents):
+        if any(os.path.exists(folder / name) for name in (schema.METADATA_FILE, ".zgroup", ".zarray")):
+            return folder, "a strata store" if _is_strata_store(folder) else "a Zarr store"
+    return None
+
+
+def _is_strata_store(folder: Path) -> bool:
+    """As store/summary.py tells them: strata's root attributes, or its manifest folder
+    (a strata store whose root zarr.json is damaged is still one)."""
+    from store import schema
+
+    if (folder / schema.MANIFEST).is_dir():
+        return True
+    try:
+        document = json.loads((folder / schema.METADATA_FILE).read_text())
+        return isinstance(document.get("attributes", {}).get(schema.ROOT_ATTR), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def make_output_dir(out: Path) -> None:
+    """Create ``--out`` (and its parents) once the inputs are known to be good, before its
+    lock is taken: a path the system will not create (``/proc/x``, a read-only disk) is
+    one line, the path and the system's reason, not a warning about the lock and then a
+    traceback."""
+    from store.errors import StrataError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StrataError(f"--out: cannot create {out}: {e.strerror or e}") from None

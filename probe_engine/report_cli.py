@@ -40,6 +40,9 @@ def report(args) -> int:
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():  # mkdir would say "File exists"
         raise StrataError(f"--out: {above} is not a directory, so {out} cannot be written")
+    from probe_engine.outputs import zarr_store_of
+    if (store := zarr_store_of(out.parent)) is not None:  # the page and its PNGs would damage the store
+        raise StrataError(f"--out: {out} is inside {store[1]}, {store[0]}; write the report outside it")
     models = load_models([(n, option, paths) for n, (option, paths) in zip(names, groups)])
     try:
         result = build_report(models, out)

@@ -24,7 +24,7 @@ def test_an_out_the_machine_refuses_is_one_line(stores, tmp_path, strata, monkey
     monkeypatch.setattr(pathlib.Path, "mkdir", refused)
     code, _, err = strata("probe", "--train", stores["train"], "--dev", stores["dev"], "--labels", "upos",
                           "--layers", "1", "--l1", "0", "--l2", "1e-3", "--quiet", "--out", out)
-    assert (code, err.strip()) == (1, f"strata probe: error: {out}: {os.strerror(errno.EACCES)}")
+    assert (code, err.strip()) == (1, f"strata probe: error: --out: cannot create {out}: {os.strerror(errno.EACCES)}")
     monkeypatch.setattr(pathlib.Path, "mkdir", real_mkdir)
 
     def full(fd):
