@@ -44,7 +44,7 @@ from probe_engine.backend import array_module
 from probe_engine.features import FeatureSet, Standardizer, block_tokens_for
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
-from probe_engine.outputs import atomic_write, read_npz, remove_partial_files, write_json, write_npz
+from probe_engine.outputs import atomic_write, make_output_dir, read_npz, remove_partial_files, write_json, write_npz
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
 from probe_engine.stores import shared_rows_warning, verify_stores
 from probe_engine.train import accuracies, predict, train_probes
@@ -328,21 +328,31 @@ def run_neurons(options: dict, out: Path, quiet: bool = False) -> dict:
     options = {**options, "stores": {split: store.identity for split, store in opened.items()}}
     if not quiet and (warning := shared_rows_warning(opened)) is not None:
         print(f"strata neurons: warning: {warning}", file=sys.stderr)
+    make_output_dir(out)  # before the lock, which goes beside it: a path that cannot be made is one line
     with exclusive_writer(out, "strata neurons"):  # one run per --out (store/lock.py)
         return _run_steps(options, out, quiet)
 
 
 def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out, ("steps",))
     steps = Steps(out, options)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    # progress counts the steps of this run, each once: a reused step says so, and the
+    # layer distribution (no training) is step 5 of 6 with --control, of 5 without
+    order = ["oracle", "ranking", "minimal", "ablation", "layers"] + (["control"] if options["control"] else [])
+
+    def tick(step: str, what: str) -> None:
+        say(f"strata neurons: {order.index(step) + 1}/{len(order)} {what}")
+
+    def tick_reused(step: str) -> None:
+        tick(step, f"{step}: reused (finished in an earlier run, {steps.dir / step}.json)")
+
     started = time.perf_counter()
 
     # 1. oracle: the whole grid on all layers, chosen on dev
     oracle = steps.load("oracle")
     if oracle is None:
-        say("strata neurons: 1/6 oracle (all layers, grid search)")
+        tick("oracle", "oracle (all layers, grid search)")
         stores = open_stores(options)
         spec = {k: options[k] for k in ("train", "dev", "test", "pool", "label", "l1", "l2", "tol", "max_iter",
                                         "device", "max_memory", "seed")}
@@ -361,6 +371,8 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
                                        "unseen_label_tokens": s["unseen_label_tokens"], "rows": s["rows"]},
                             {"W": a["W"][:, s["chosen"]], "b": a["b"][s["chosen"]], "mean": a["mean"],
                              "scale": a["scale"]})
+    else:
+        tick_reused("oracle")
     classes, best = oracle["classes"], oracle["chosen"]
     W_oracle, b_oracle = oracle["arrays"]["W"], oracle["arrays"]["b"]
     stats = Standardizer(oracle["arrays"]["mean"], oracle["arrays"]["scale"])
@@ -371,21 +383,25 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     # 2. ranking
     ranking = steps.load("ranking")
     if ranking is None:
-        say(f"strata neurons: 2/6 ranking ({options['ranking']})")
+        tick("ranking", f"ranking ({options['ranking']})")
         means = class_means(data.blocks("train", data.y["train"], "task"), len(classes)) \
             if options["ranking"] == "probeless" else None
         ordering = rank(options["ranking"], W=W_oracle, means=means)
         ranking = steps.save("ranking", {"method": options["ranking"], "ordering": ordering.tolist()})
+    else:
+        tick_reused("ranking")
     ordering = np.asarray(ranking["ordering"])
 
     # 3. minimal neuron set: every fraction in one batch
     ks = sizes_for(options["fractions"], d)
     minimal = steps.load("minimal")
     if minimal is None:
-        say(f"strata neurons: 3/6 minimal neuron set ({len(ks)} top-k probes in one batch)")
+        tick("minimal", f"minimal neuron set ({len(ks)} top-k probes in one batch)")
         run = data.train_and_score(l1, l2, top_k_supports(ordering, ks, d), data.y, "task", "  top-k probes", quiet)
         pick = minimal_set(ks, run["scores"]["dev"], best["dev_accuracy"], options["delta"])
         minimal = steps.save("minimal", {"ks": ks, **run, "pick": pick})
+    else:
+        tick_reused("minimal")
     pick = minimal["pick"]
     j = pick if pick is not None else int(np.argmax(ks))
     k = ks[j]
@@ -394,7 +410,7 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     # 4. ablations at k: top / bottom / random, retrained and zeroed in the oracle
     ablation = steps.load("ablation")
     if ablation is None:
-        say(f"strata neurons: 4/6 ablations at k = {k}")
+        tick("ablation", f"ablations at k = {k}")
         rng = np.random.default_rng(options["seed"])
         random_k = np.sort(rng.choice(d, size=k, replace=False))  # drawn first: the same set as before bottom_k
         unweighted = ~np.any(W_oracle != 0, axis=1) if options["ranking"] == "lca" else None
@@ -415,13 +431,19 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
                                            "retrained": retrained, "zeroed_in_oracle": zeroed,
                                            "unweighted_neurons": None if unweighted is None else int(unweighted.sum()),
                                            "bottom_drawn_among_unweighted": drawn})
+    else:
+        tick_reused("ablation")
 
-    # 6. control task (step 5, the layer distribution, needs no training)
+    # 5. layers: where the selected neurons sit (no training, nothing saved)
+    tick("layers", f"layer distribution of the {k:,} selected neurons")
+    distribution = layer_distribution(selected, data.layers, data.hidden)
+
+    # 6. control task
     control = None
     if options["control"]:
         control = steps.load("control")
         if control is None:
-            say("strata neurons: 6/6 control task (all neurons and top-k, one batch)")
+            tick("control", "control task (all neurons and top-k, one batch)")
             words = {split: token_words(data.stores[split]) for split in ("train", "dev", "test")}
             table, drawn, present = control_draw(words, data.y["train"], classes, options["seed"])
             # a class no training word type drew cannot be learned (its intercept would go to -inf):
@@ -435,8 +457,10 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
             run = data.train_and_score(l1, l2, support, y_control, "control", "  control probes", quiet,
                                        n_classes=len(present))
             control = steps.save("control", {"word_types": len(table), **run})
+        else:
+            tick_reused("control")
 
-    document = assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, selected,
+    document = assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, distribution,
                         time.perf_counter() - started, steps.reused)
     # neurons.json last, and an earlier run's removed first: it never describes another
     # run's ordering, plots or summary
@@ -451,7 +475,8 @@ def _run_steps(options: dict, out: Path, quiet: bool) -> dict:
     return document
 
 
-def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, selected, seconds, reused) -> dict:
+def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, distribution, seconds,
+             reused) -> dict:
     best, k = oracle["chosen"], ks[j]
     chosen_dev, chosen_test = minimal["scores"]["dev"][j], minimal["scores"]["test"][j]
     retrained, zeroed = ablation["retrained"]["scores"], ablation["zeroed_in_oracle"]
@@ -486,7 +511,7 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
                      for i, name in enumerate(("top", "bottom", "random"))},
         "ablation_bottom": {"unweighted_neurons": ablation.get("unweighted_neurons"),
                             "drawn_among_unweighted": ablation.get("bottom_drawn_among_unweighted", False)},
-        "layer_distribution": layer_distribution(selected, data.layers, data.hidden),
+        "layer_distribution": distribution,
         "ordering_file": "ordering.npz",
     }
     if control is not None:

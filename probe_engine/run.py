@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
-from probe_engine.outputs import read_npz, remove_partial_files, write_json, write_npz
+from probe_engine.outputs import make_output_dir, read_npz, remove_partial_files, write_json, write_npz
 from probe_engine.stores import shared_rows_warning, verify_stores
 from store.errors import StrataError, first_line
 from store.lock import exclusive_writer
@@ -95,8 +95,8 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
     with contextlib.ExitStack() as held:
         if client is not None:
             held.enter_context(client)  # closed on the way out, also when --out is locked
+        make_output_dir(out)  # before the lock, which goes beside it: a path that cannot be made is one line
         held.enter_context(exclusive_writer(out, "strata probe"))  # one run per --out (store/lock.py)
-        out.mkdir(parents=True, exist_ok=True)
         remove_partial_files(out, ("groups", "weights"))
         ids = [group_id(s) for s in specs]
         done = {gid: doc for gid, s in zip(ids, specs) if (doc := load_group(out, gid, s)) is not None}
@@ -113,22 +113,22 @@ def run_probe(options: dict, out: Path, *, scheduler: str = "threads", quiet: bo
 
 
 def _run_local(todo, out, done, quiet):
-    outer = tqdm(total=len(todo), desc="probe groups", unit="group", disable=quiet or not todo)
-    for gid, spec in todo:
-        probes = len(spec["l1"]) * len(spec["l2"])
-        inner = tqdm(total=None, desc=f"  {spec['label']} layers {'+'.join(map(str, spec['layers']))}",
-                     unit="pass", leave=False, disable=quiet)
+    # the bars are closed as an interrupt unwinds (``with``), not at exit: closed then, they
+    # redrew their lines over strata's "interrupted" line, which left the terminal without it
+    with tqdm(total=len(todo), desc="probe groups", unit="group", disable=quiet or not todo) as outer:
+        for gid, spec in todo:
+            probes = len(spec["l1"]) * len(spec["l2"])
+            with tqdm(total=None, desc=f"  {spec['label']} layers {'+'.join(map(str, spec['layers']))}",
+                      unit="pass", leave=False, disable=quiet) as inner:
 
-        def progress(iteration, active, inner=inner, probes=probes):
-            inner.update(iteration - inner.n)
-            inner.set_postfix_str(f"{probes - active}/{probes} probes done", refresh=False)
+                def progress(iteration, active, inner=inner, probes=probes):
+                    inner.update(iteration - inner.n)
+                    inner.set_postfix_str(f"{probes - active}/{probes} probes done", refresh=False)
 
-        result = run_group(spec, progress)
-        inner.close()
-        save_group(out, gid, spec, result)
-        done[gid] = {"spec": spec, **result["summary"]}
-        outer.update()
-    outer.close()
+                result = run_group(spec, progress)
+            save_group(out, gid, spec, result)
+            done[gid] = {"spec": spec, **result["summary"]}
+            outer.update()
 
 
 #: Seconds a cluster may have no worker at all before the run stops (a worker without a
@@ -154,35 +154,35 @@ def _run_distributed(client, todo, out, done, address, quiet):
     resume = "the finished groups are kept: rerun the same command to resume"
     futures = {client.submit(run_group, spec, pure=False, key=f"strata-probe-{gid}"): (gid, spec)
                for gid, spec in todo}
-    bar = tqdm(total=len(todo), desc=f"probe groups on {address}", unit="group", disable=quiet or not todo)
-    pending, workerless_since = set(futures), None
-    while pending:
-        try:
-            finished, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            finished = set()
-        except OSError as e:  # the scheduler went away
-            raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({e}); {resume}") from None
-        if not finished:
-            if client.scheduler_info().get("workers"):
-                workerless_since = None
-            elif (workerless_since := workerless_since or time.monotonic()) + NO_WORKERS_TIMEOUT_S < time.monotonic():
-                raise StrataError(f"--scheduler: {address} has had no worker for {NO_WORKERS_TIMEOUT_S:g} s; "
-                                  f"{resume}")
-            continue
-        for future in finished:
-            gid, spec = futures.pop(future)
+    with tqdm(total=len(todo), desc=f"probe groups on {address}", unit="group",
+              disable=quiet or not todo) as bar:  # closed as an error or interrupt unwinds, as in _run_local
+        pending, workerless_since = set(futures), None
+        while pending:
             try:
-                result = future.result()
-            except (KilledWorker, CancelledError, OSError) as e:  # a dying worker, a lost scheduler
-                raise StrataError(f"--scheduler: group {gid} failed on {address} ({type(e).__name__}: "
-                                  f"{first_line(e)}); {resume}") from None
-            # a saved group's result leaves the cluster: a later worker death never recomputes it
-            future.release()
-            save_group(out, gid, spec, result)
-            done[gid] = {"spec": spec, **result["summary"]}
-            bar.update()
-    bar.close()
+                finished, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                finished = set()
+            except OSError as e:  # the scheduler went away
+                raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({e}); {resume}") from None
+            if not finished:
+                if client.scheduler_info().get("workers"):
+                    workerless_since = None
+                elif (workerless_since := workerless_since or time.monotonic()) + NO_WORKERS_TIMEOUT_S < time.monotonic():
+                    raise StrataError(f"--scheduler: {address} has had no worker for {NO_WORKERS_TIMEOUT_S:g} s; "
+                                      f"{resume}")
+                continue
+            for future in finished:
+                gid, spec = futures.pop(future)
+                try:
+                    result = future.result()
+                except (KilledWorker, CancelledError, OSError) as e:  # a dying worker, a lost scheduler
+                    raise StrataError(f"--scheduler: group {gid} failed on {address} ({type(e).__name__}: "
+                                      f"{first_line(e)}); {resume}") from None
+                # a saved group's result leaves the cluster: a later worker death never recomputes it
+                future.release()
+                save_group(out, gid, spec, result)
+                done[gid] = {"spec": spec, **result["summary"]}
+                bar.update()
 
 
 def _versions() -> dict:
