@@ -23,11 +23,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from probe_engine.backend import array_module
 from probe_engine.blocks import InMemoryBlocks
+from probe_engine.penalty import LARGEST_PENALTY
 from probe_engine.train import DEFAULT_MAX_ITER, DEFAULT_TOL, train_probes
 from store.errors import StrataError
 
 BLOCK_ROWS = 8192
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ElasticNetProbe(ClassifierMixin, BaseEstimator):
@@ -48,7 +48,9 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    coef_ (n_classes, n_features), intercept_ (n_classes,), classes_ (for two classes,
+    coef_ (n_classes, n_features), coef_standardized_ (the same weights on the standardized
+    features, where neurons compare: ``neurons.rank("lca", probe=...)`` ranks by its
+    transpose), intercept_ (n_classes,), classes_ (for two classes,
     as scikit-learn's binary classifiers: coef_ (1, n_features) and intercept_ (1,), class
     1's weights minus class 0's), mean_ and scale_ (the standardization, float64),
     n_iter_, converged_, objective_ (on the standardized problem), optimality_,
@@ -67,11 +69,11 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         def number(value):  # bool is an int to Python, not a penalty to a user
             return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
 
-        for name in ("l1", "l2"):  # the solver runs in float32: a larger penalty is inf there, and NaN after
+        for name in ("l1", "l2"):
             value = getattr(self, name)
-            if not number(value) or not 0 <= value <= FLOAT32_MAX:
-                raise ValueError(f"{name} must be a number >= 0 and at most float32's largest "
-                                 f"({FLOAT32_MAX:.4g}), got {value!r}")
+            if not number(value) or not 0 <= value <= LARGEST_PENALTY:
+                raise ValueError(f"{name} must be a number >= 0 and at most {LARGEST_PENALTY:g} (larger ones "
+                                 f"overflow the float32 solver), got {value!r}")
         if not number(self.tol) or not 0 < self.tol < np.inf:
             raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
         if self.gap_tol is not None and (not number(self.gap_tol) or not 0 < self.gap_tol < np.inf):

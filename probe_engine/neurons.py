@@ -56,23 +56,38 @@ STEPS = ("oracle", "ranking", "minimal", "ablation", "control")
 
 
 # --------------------------------------------------------------------------- the steps as functions
-def rank(method: str, W: np.ndarray | None = None, means: np.ndarray | None = None) -> np.ndarray:
-    """Neuron ordering, most salient first: ``lca`` from probe weights ``W (d, C)``,
-    ``probeless`` from class means ``(C, d)``; both in standardized feature space."""
+def rank(method: str, W: np.ndarray | None = None, means: np.ndarray | None = None, *, probe=None) -> np.ndarray:
+    """Neuron ordering, most salient first: ``lca`` from probe weights ``W (d, C)`` or a
+    fitted :class:`~probe_engine.ElasticNetProbe` ``probe`` (its ``coef_standardized_``:
+    its ``coef_`` is ``(C, d)`` and on the unstandardized scale, the wrong thing to pass as
+    ``W``), ``probeless`` from class means ``(C, d)``; both in standardized feature space."""
     if method == "lca":
-        return lca_ordering(W)[0]
+        if (W is None) == (probe is None):
+            raise ValueError("rank('lca'): give W (neurons, classes) or probe (a fitted ElasticNetProbe), one of them")
+        return lca_ordering(W if probe is None else probe.coef_standardized_.T)[0]
     if method == "probeless":
+        if means is None:
+            raise ValueError("rank('probeless'): give means, the class means (classes, neurons)")
         return probeless_ordering(means)
     raise StrataError(f"--ranking: {method!r} is not lca or probeless")
 
 
 def sizes_for(fractions: list[float], d: int) -> list[int]:
     """Neuron counts for fractions of ``d`` (rounded up, at least 1)."""
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"fractions: each must be in (0, 1], got {bad[0]!r}")
     return [max(1, math.ceil(f * d - 1e-9)) for f in fractions]
 
 
 def top_k_supports(ordering: np.ndarray, ks: list[int], d: int) -> np.ndarray:
     """Boolean ``(d, len(ks))``: column j marks the first ``ks[j]`` neurons of the ordering."""
+    ordering = np.asarray(ordering)
+    if ordering.ndim != 1 or ordering.dtype.kind not in "iu" or ((ordering < 0) | (ordering >= d)).any():
+        raise ValueError(f"ordering: expected neuron indices in 0..{d - 1}, got {ordering!r}")
+    bad = [k for k in ks if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ordering)]
+    if bad:
+        raise ValueError(f"ks: each must be a whole number of neurons in 1..{len(ordering)}, got {bad[0]!r}")
     support = np.zeros((d, len(ks)), bool)
     for j, k in enumerate(ks):
         support[ordering[:k], j] = True
@@ -85,6 +100,10 @@ def minimal_set(ks: list[int], dev_accuracy: list[float], oracle_dev: float, del
     With a margin of 1e-12 for the subtraction's rounding (0.1 - 0.01 is 0.09000000000000001,
     which would leave out an accuracy of exactly 0.09); accuracies of different row counts
     differ by far more."""
+    if not delta >= 0 or not math.isfinite(delta):  # NaN fails both comparisons
+        raise ValueError(f"delta: must be >= 0 and finite, got {delta!r}")
+    if len(ks) != len(dev_accuracy):
+        raise ValueError(f"ks and dev_accuracy: one accuracy per k, got {len(ks)} ks and {len(dev_accuracy)} accuracies")
     ok = [j for j, acc in enumerate(dev_accuracy) if acc >= oracle_dev - delta - 1e-12]
     return min(ok, key=lambda j: ks[j]) if ok else None
 
@@ -102,13 +121,23 @@ def bottom_k(ordering: np.ndarray, k: int, unweighted: np.ndarray | None, rng) -
 
 def layer_distribution(neurons: np.ndarray, layers: list[int], hidden: int) -> dict[int, int]:
     """How many of ``neurons`` (indices into all layers side by side) sit in each layer."""
-    counts = np.bincount(np.asarray(neurons) // hidden, minlength=len(layers))
+    neurons = np.asarray(neurons, dtype=np.int64)
+    if hidden < 1 or len(set(layers)) != len(layers):
+        raise ValueError(f"layers and hidden: expected distinct layer ids and hidden >= 1, got {layers!r}, {hidden!r}")
+    outside = neurons[(neurons < 0) | (neurons >= len(layers) * hidden)]
+    if len(outside):  # bincount would count it in no layer, or fail on a negative one
+        raise ValueError(f"neurons: expected indices in 0..{len(layers) * hidden - 1} "
+                         f"({len(layers)} layers of {hidden}), got {outside[0]}")
+    counts = np.bincount(neurons // hidden, minlength=len(layers))
     return {int(layer): int(n) for layer, n in zip(layers, counts)}
 
 
 def control_labels(word_types: np.ndarray, class_counts: np.ndarray, seed: int) -> dict[str, int]:
     """Hewitt & Liang control task: each word type (exact, case-sensitive string) gets one
     class index drawn from the training class distribution, with ``seed``."""
+    class_counts = np.asarray(class_counts, dtype=np.float64)
+    if class_counts.ndim != 1 or (class_counts < 0).any() or not class_counts.sum() > 0:
+        raise ValueError(f"class_counts: expected counts >= 0 per class, not all 0, got {class_counts!r}")
     types = np.unique(word_types)
     rng = np.random.default_rng(seed)
     drawn = rng.choice(len(class_counts), size=len(types), p=class_counts / class_counts.sum())

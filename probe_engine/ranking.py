@@ -26,14 +26,31 @@ import numpy as np
 from probe_engine.backend import module_of, to_numpy
 
 
+def finite_matrix(name: str, values, shape_text: str) -> np.ndarray:
+    """``values`` as a float64 matrix, refusing (naming ``name``) any other rank, an empty
+    one, and NaN or inf, which would give an ordering without an error."""
+    matrix = np.asarray(values, dtype=np.float64)
+    if matrix.ndim != 2 or 0 in matrix.shape:
+        raise ValueError(f"{name}: expected a non-empty {shape_text} matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{name}: has NaN or inf entries")
+    return matrix
+
+
 def lca_ordering(W: np.ndarray, stride: int = 100) -> tuple[np.ndarray, list[int]]:
-    """Global ordering of the ``d`` neurons of a probe ``W (d, C)`` and the cutoffs
-    (ordering length after each percentage step)."""
-    A = np.abs(np.asarray(W, dtype=np.float64))  # (d, C)
+    """Global ordering of the ``d`` neurons of a probe ``W (d, C)`` (a fitted
+    ElasticNetProbe's ``coef_standardized_.T``) and the cutoffs (ordering length after
+    each percentage step)."""
+    if not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride: expected a positive number of percentage steps, got {stride!r}")
+    A = np.abs(finite_matrix("W", W, "(neurons, classes)"))
     d, C = A.shape
-    total = A.sum(axis=0)  # (C,)
     order = np.argsort(-A, axis=0, kind="stable")  # per class, descending |w|, ties by index
     cums = np.take_along_axis(A, order, axis=0).cumsum(axis=0)  # (d, C)
+    # each class's total as the last cumulative sum: compared with the same sums, and the
+    # same bits whatever W's memory layout (a pairwise A.sum rounds by layout, and at exact
+    # ties which neuron entered a step depended on it)
+    total = cums[-1]
     share = np.divide(A, total, out=np.zeros_like(A), where=total > 0).max(axis=1)
     placed = np.zeros(d, bool)
     ordering, cutoffs = [], []
@@ -46,6 +63,8 @@ def lca_ordering(W: np.ndarray, stride: int = 100) -> tuple[np.ndarray, list[int
             reach = np.flatnonzero(cums[:, c] >= total[c] * p)
             n = reach[0] + 1 if len(reach) else d
             top[order[:n, c]] = True
+        if step == stride:  # 100% of the mass: every weighted neuron, also one below rounding
+            top[:] = True
         top &= A.max(axis=1) > 0  # a zero-weight neuron carries no mass
         new = np.flatnonzero(top & ~placed)
         new = new[np.lexsort((new, -share[new]))]
@@ -71,7 +90,7 @@ def class_means(blocks, n_classes: int) -> np.ndarray:
 
 def probeless_ordering(means: np.ndarray) -> np.ndarray:
     """Ordering from class means ``(C, d)``: sum over class pairs of |mean_a - mean_b|, descending."""
-    means = np.asarray(means, dtype=np.float64)
+    means = finite_matrix("means", means, "(classes, neurons)")
     score = np.zeros(means.shape[1])
     for a in range(len(means)):
         score += np.abs(means[a] - means[a + 1:]).sum(axis=0)

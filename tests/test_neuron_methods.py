@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probe_engine.blocks import InMemoryBlocks
-from probe_engine.neurons import (bottom_k, control_labels, layer_distribution, minimal_set, selectivity,
+from probe_engine.neurons import (bottom_k, control_labels, layer_distribution, minimal_set, rank, selectivity,
                                   sizes_for, top_k_supports)
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
 from probe_engine.train import predict, train_probes
@@ -183,3 +183,61 @@ def test_minimal_set_keeps_an_accuracy_exactly_delta_below_the_oracle():
     """0.1 - 0.01 is 0.09000000000000001 in floating point: an accuracy of 0.09 is within delta."""
     assert minimal_set([1, 2], [0.09, 0.10], oracle_dev=0.10, delta=0.01) == 0
     assert minimal_set([1, 2], [0.06, 0.07], oracle_dev=0.07, delta=0.01) == 0
+
+
+def test_rank_takes_a_fitted_probe_and_refuses_its_coef_shape_mix_up():
+    """A probe's coef_ is (classes, neurons) on the raw scale: passed as W it ranked the
+    classes (an ordering of 3 for 64 neurons, no error); probe= ranks by coef_standardized_."""
+    from probe_engine import ElasticNetProbe
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 16)) * np.arange(1, 17)
+    y = (X[:, 3] / 4 + X[:, 9] / 10 > 0).astype(int) + (X[:, 12] > 0)
+    probe = ElasticNetProbe(l1=1e-3, l2=1e-3).fit(X, y)
+    np.testing.assert_array_equal(rank("lca", probe=probe), rank("lca", W=probe.coef_standardized_.T))
+    assert len(rank("lca", probe=probe)) == 16
+    with pytest.raises(ValueError, match=r"^rank\('lca'\): give W \(neurons, classes\) or probe"):
+        rank("lca")
+    with pytest.raises(ValueError, match=r"^rank\('probeless'\): give means"):
+        rank("probeless")
+    with pytest.raises(ValueError, match=r"^W: expected a non-empty \(neurons, classes\) matrix, got shape \(16,\)"):
+        rank("lca", W=np.ones(16))
+    with pytest.raises(ValueError, match="^W: has NaN or inf entries$"):
+        rank("lca", W=np.array([[1.0, np.nan], [0.5, 0.2]]))
+    with pytest.raises(ValueError, match="^means: has NaN or inf entries$"):
+        rank("probeless", means=np.array([[1.0, np.inf], [0.5, 0.2]]))
+    with pytest.raises(ValueError, match="^stride: expected a positive number"):
+        lca_ordering(np.ones((3, 2)), stride=0)
+
+
+def test_lca_is_the_same_whatever_the_memory_layout_and_places_every_weighted_neuron():
+    """Ties at a step's mass boundary were decided by how A.sum rounded, which depends on
+    the array's layout (81 of 300 quantized weight matrices ordered differently in C and
+    Fortran order); a weight below the class total's rounding never entered a top set and
+    was ordered among the zero-weight neurons."""
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        W = np.round(rng.random((40, 3)), 3) * (rng.random((40, 3)) > 0.3)
+        np.testing.assert_array_equal(lca_ordering(np.ascontiguousarray(W))[0], lca_ordering(np.asfortranarray(W))[0])
+    order, _ = lca_ordering(np.array([[1.0], [1e-17], [0.0], [1e-17]]))
+    np.testing.assert_array_equal(order, [0, 1, 3, 2])  # the zero-weight neuron 2 last
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sizes_for([0.0], 100), r"^fractions: each must be in \(0, 1\], got 0.0$"),
+    (lambda: sizes_for([1.5], 100), r"^fractions: each must be in \(0, 1\], got 1.5$"),
+    (lambda: top_k_supports(np.arange(4), [-1], 4), r"^ks: each must be a whole number of neurons in 1..4, got -1$"),
+    (lambda: top_k_supports(np.arange(4), [5], 4), r"^ks: each must be a whole number of neurons in 1..4, got 5$"),
+    (lambda: top_k_supports(np.array([0, 7]), [1], 4), r"^ordering: expected neuron indices in 0..3"),
+    (lambda: minimal_set([1, 2], [0.9, 0.95], 0.95, -0.01), r"^delta: must be >= 0 and finite, got -0.01$"),
+    (lambda: minimal_set([1, 2], [0.9, 0.95], 0.95, float("nan")), r"^delta: must be >= 0 and finite, got nan$"),
+    (lambda: minimal_set([1, 2, 3], [0.9, 0.95], 0.95, 0.01), r"^ks and dev_accuracy: one accuracy per k, got 3 ks"),
+    (lambda: layer_distribution([0, 13], [0, 1, 2], 4), r"^neurons: expected indices in 0..11 \(3 layers of 4\), got 13$"),
+    (lambda: layer_distribution([0], [0, 1], 0), r"^layers and hidden: expected distinct layer ids and hidden >= 1"),
+    (lambda: control_labels(np.array(["a", "b"]), np.zeros(3), 0), r"^class_counts: expected counts >= 0 per class"),
+])
+def test_the_step_functions_refuse_bad_input_by_name(call, message):
+    """They returned a wrong answer without a word (a negative k marked d - 1 neurons, a
+    neuron past the last layer was counted in none), or failed deep inside numpy."""
+    with pytest.raises(ValueError, match=message):
+        call()
