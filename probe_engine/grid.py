@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
-
+from probe_engine.penalty import LARGEST_PENALTY
 from store.errors import StrataError
 
 
@@ -22,11 +21,10 @@ def parse_floats(text: str, option: str) -> list[float]:
         raise StrataError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
     if not values:
         raise StrataError(f"{option}: the grid is empty")
-    largest = float(np.finfo(np.float32).max)  # the solver runs in float32: beyond it inf, then NaN
-    bad = [v for v in values if not 0 <= v <= largest]
+    bad = [v for v in values if not 0 <= v <= LARGEST_PENALTY]
     if bad:
-        raise StrataError(f"{option}: penalties must be >= 0 and at most float32's largest ({largest:.4g}), "
-                          f"got {bad[0]}")
+        raise StrataError(f"{option}: penalties must be >= 0 and at most {LARGEST_PENALTY:g} (larger ones overflow "
+                          f"the float32 solver), got {bad[0]}")
     return sorted(set(values))
 
 

@@ -15,6 +15,12 @@ import numpy as np
 from probe_engine.backend import module_of as _xp
 from probe_engine.backend import to_numpy
 
+#: The largest l1 or l2 a probe takes.  The solver runs in float32, whose largest value
+#: is 3.4e38, but products of a penalty with the weights and step sizes overflow from
+#: about 1e20 (an l2 of 1e20 warned of overflow; 3e38 gave a NaN optimality); any
+#: penalty past ~10 already drives the weights of standardized features to (near) zero.
+LARGEST_PENALTY = 1e18
+
 
 class ElasticNet:
     """``l1 * sum|W| + l2 * sum W**2`` (Zou & Hastie 2005), one (l1, l2) per probe.

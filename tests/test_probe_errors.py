@@ -68,8 +68,8 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
 
 @pytest.mark.parametrize("option,value,message", [
     ("--l1", "", "--l1: the grid is empty"),
-    ("--l2", "0,-1", "--l2: penalties must be >= 0 and at most float32's largest (3.403e+38), got -1.0"),
-    ("--l1", "1e39", "--l1: penalties must be >= 0 and at most float32's largest (3.403e+38), got 1e+39"),
+    ("--l2", "0,-1", "--l2: penalties must be >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got -1.0"),
+    ("--l1", "1e20", "--l1: penalties must be >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got 1e+20"),
     ("--l1", "1e-3,abc", "--l1: '1e-3,abc' is not a comma-separated list of numbers"),
     ("--layers", "7", "--layers: layer 7 is not in the store (stored: 0, 1, 2)"),
     ("--layers", "top", "--layers: 'top' is not each, all, a layer id or ids joined by +"),

@@ -139,19 +139,19 @@ def test_estimator_contract_and_standardization(problem):
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"l1": -1}, "l1 must be a number >= 0 and at most float32's largest (3.403e+38), got -1"),
-    ({"l2": float("nan")}, "l2 must be a number >= 0 and at most float32's largest (3.403e+38), got nan"),
-    ({"l1": float("inf")}, "l1 must be a number >= 0 and at most float32's largest (3.403e+38), got inf"),
-    ({"l1": None}, "l1 must be a number >= 0 and at most float32's largest (3.403e+38), got None"),
+    ({"l1": -1}, "l1 must be a number >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got -1"),
+    ({"l2": float("nan")}, "l2 must be a number >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got nan"),
+    ({"l1": float("inf")}, "l1 must be a number >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got inf"),
+    ({"l1": None}, "l1 must be a number >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got None"),
     ({"tol": 0}, "tol must be a finite number > 0, got 0"),
     ({"tol": float("nan")}, "tol must be a finite number > 0, got nan"),
     ({"gap_tol": 0}, "gap_tol must be a finite number > 0 or None, got 0"),
     ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
     ({"max_iter": 2.5}, "max_iter must be an integer >= 1, got 2.5"),
-    ({"l1": True}, "l1 must be a number >= 0 and at most float32's largest (3.403e+38), got True"),
+    ({"l1": True}, "l1 must be a number >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got True"),
     ({"max_iter": True}, "max_iter must be an integer >= 1, got True"),
     ({"standardize": "no"}, "standardize must be True or False, got 'no'"),
-    ({"l2": 1e39}, f"l2 must be a number >= 0 and at most float32's largest (3.403e+38), got 1e+39"),
+    ({"l2": 1e20}, "l2 must be a number >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got 1e+20"),
     ({"device": "gpu"}, "device: 'gpu' is not cpu or cuda"),
 ])
 def test_estimator_rejects_bad_parameters(problem, params, message):
