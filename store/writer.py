@@ -339,6 +339,13 @@ class StoreWriter:
         return {unit: next(f"{rel} {problems[rel]}" for rel in unit_files if rel in problems)
                 for unit, unit_files in files.items() if any(rel in problems for rel in unit_files)}
 
+    def missing_files(self) -> list[str]:
+        """Files the records of a finished store vouch for that are not there (looked for,
+        not hashed: what a rerun on a complete store can afford; verify hashes them)."""
+        names = [*map(schema.unit_record, sorted(manifest.finished_units(self.path))), schema.FINAL_RECORD]
+        records = [manifest.read_record(self.group, name) or {} for name in names]
+        return [rel for record in records for rel in record.get("checksums") or {} if not (self.path / rel).is_file()]
+
     def forget_unit(self, unit: int) -> None:
         """Remove a unit's record, so that the run redoes the unit, then its shard and staged
         rows: zarr reads a shard file it writes into, and a damaged one fails that read."""

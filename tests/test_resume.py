@@ -335,6 +335,18 @@ def test_a_resume_redoes_recorded_units_whose_files_were_damaged(reference, tiny
     assert run_subprocess(["verify", str(out)]).returncode == 0
 
 
+def test_a_rerun_on_a_complete_store_with_a_file_missing_says_damaged(reference, tiny_bert, ud_dev, tmp_path,
+                                                                     strata):
+    """It said "already complete" with exit 0, so a script went on to read NaN rows."""
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    (out / "activations" / "c" / "0" / "3" / "0").unlink()
+    code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
+    assert (code, err.strip().splitlines()[-1]) == (
+        1, f"strata extract: error: --out: {out} is marked complete but activations/c/0/3/0 is missing (damaged "
+           "after it was finished); run strata verify, and extract into a new --out")
+
+
 def test_a_shard_damaged_after_the_pooled_rows_were_assembled_is_redone(reference, tiny_bert, ud_dev, tmp_path):
     out = tmp_path / "s.zarr"
     assert run_subprocess(extract_args(tiny_bert, ud_dev, out), {"STRATA_FAULT": "pooled-written:1"}).returncode == 137
