@@ -74,7 +74,10 @@ def options_from_args(args):
 def run(args) -> int:
     import json
 
-    from extractor.run import extract
+    from strata import signals_held
+
+    with signals_held():  # an interrupt inside torch's import aborts the process
+        from extractor.run import extract
     from store.summary import format_summary, summarize
 
     result = extract(options_from_args(args), args.argv)

@@ -14,7 +14,7 @@ import pytest
 
 from store import lock as store_lock
 from store.errors import StrataError
-from strata import Terminated, sigterm_unwinds
+from strata import Terminated, sigterm_unwinds, signals_held
 from tests.store_compare import assert_stores_identical
 from tests.test_resume import extract_args, reference, run_subprocess  # noqa: F401 (a fixture)
 
@@ -219,6 +219,22 @@ def test_sigterm_unwinds_like_ctrl_c_releasing_the_lock(reference, tiny_bert, ud
     code, _, err = strata(*extract_args(tiny_bert, ud_dev, out))
     assert code == 0, err
     assert_stores_identical(reference, out)
+
+
+def test_signals_held_around_torchs_import_arrive_once_it_is_done():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with sigterm_unwinds():
+            after = []
+            with pytest.raises(Terminated):
+                with signals_held():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.2)  # held: nothing is raised in here
+                    after.append("the block's end")
+                after.append("the next statement")
+            assert after == ["the block's end"]  # raised as the block ended
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_sigterm_raises_only_while_a_command_runs_and_only_once(monkeypatch):
