@@ -102,26 +102,13 @@ def zarr_store_of(path: Path) -> tuple[Path, str] | None:
     inside one, else None.  Result files written there would be files of the store that
     no record lists, and ``strata verify`` fails on those."""
     from store import schema
+    from store.summary import looks_like_strata_store
 
     path = path.resolve()  # through symbolic links and "..": where the files would land
     for folder in (path, *path.parents):
         if any(os.path.exists(folder / name) for name in (schema.METADATA_FILE, ".zgroup", ".zarray")):
-            return folder, "a strata store" if _is_strata_store(folder) else "a Zarr store"
+            return folder, "a strata store" if looks_like_strata_store(folder) else "a Zarr store"
     return None
-
-
-def _is_strata_store(folder: Path) -> bool:
-    """As store/summary.py tells them: strata's root attributes, or its manifest folder
-    (a strata store whose root zarr.json is damaged is still one)."""
-    from store import schema
-
-    if (folder / schema.MANIFEST).is_dir():
-        return True
-    try:
-        document = json.loads((folder / schema.METADATA_FILE).read_text())
-        return isinstance(document.get("attributes", {}).get(schema.ROOT_ATTR), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def make_output_dir(out: Path) -> None:

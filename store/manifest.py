@@ -73,6 +73,17 @@ def file_problems(root: Path, recorded: dict[str, str], desc: str = "checking") 
     return problems
 
 
+def first_problem(root: Path, recorded: dict[str, str], desc: str = "checking") -> str | None:
+    """What verify reports of :func:`file_problems`: the first missing file, else the first
+    mismatch, in record order (``"missing file X"``, ``"checksum mismatch in X"``), or None."""
+    problems = file_problems(root, recorded, desc)
+    for kind, text in (("missing", "missing file"), ("checksum mismatch", "checksum mismatch in")):
+        for rel in recorded:
+            if problems.get(rel) == kind:
+                return f"{text} {rel}"
+    return None
+
+
 def store_files(root: Path) -> list[str]:
     """Relative paths of every file in the store but the root ``zarr.json`` (sorted).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,19 @@ import zarr
 from store import manifest, schema
 from store.errors import StrataError, first_line
 from store.writer import open_group_read, quiet_codec_warnings
+
+
+def looks_like_strata_store(path: Path) -> bool:
+    """Whether ``path`` is a strata store, damaged or not: it has strata's manifest folder
+    (a store whose root zarr.json was damaged is still one), or strata's root attributes."""
+    path = Path(path)
+    if path.joinpath(schema.MANIFEST).is_dir():
+        return True
+    try:
+        document = json.loads((path / schema.METADATA_FILE).read_text())
+        return isinstance(document.get("attributes", {}).get(schema.ROOT_ATTR), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def open_store(path: Path) -> zarr.Group:
@@ -95,12 +109,8 @@ def _check_metadata(path: Path, attrs: dict, metadata: dict) -> None:
     """The metadata files (shapes, dtypes, codecs, label classes) and root attributes of a
     finished store against ``manifest/metadata``, as verify checks them; the shards are
     left to verify (reading them all is what inspect must not cost)."""
-    recorded = metadata.get("checksums") or {}
-    problems = manifest.file_problems(path, recorded)
-    for rel in recorded:  # in record order, as verify reports them
-        if rel in problems:
-            what = "missing file" if problems[rel] == "missing" else "checksum mismatch in"
-            raise StrataError(f"{path}: damaged store: {what} {rel}; run strata verify")
+    if (problem := manifest.first_problem(path, metadata.get("checksums") or {})) is not None:
+        raise StrataError(f"{path}: damaged store: {problem}; run strata verify")
     if manifest.attributes_sha256(attrs) != metadata.get("root_attributes_sha256"):
         raise StrataError(f"{path}: damaged store: checksum mismatch in the root attributes "
                           f"({schema.METADATA_FILE}); run strata verify")

@@ -67,13 +67,8 @@ def _verify(path: Path) -> tuple[int, bool]:
         if not isinstance(record.get("checksums"), dict):
             raise StrataError(f"{path}: corrupt manifest record {name}")
         recorded.update(record["checksums"])
-    problems = manifest.file_problems(path, recorded, desc="verify")
-    for rel in recorded:  # a missing file first, then the first mismatch, in record order
-        if problems.get(rel) == "missing":
-            raise StrataError(f"{path}: missing file {rel}")
-    for rel in recorded:
-        if rel in problems:
-            raise StrataError(f"{path}: checksum mismatch in {rel}")
+    if (problem := manifest.first_problem(path, recorded, desc="verify")) is not None:
+        raise StrataError(f"{path}: {problem}")
     # A file no record vouches for (a chunk written after the store was
     # finished, e.g. over a fill-value chunk that was never stored) changes
     # what readers see just as a corrupted one does.  Without a metadata
