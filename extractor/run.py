@@ -467,9 +467,9 @@ def extract(opts: ExtractOptions, argv: list[str] | None = None) -> dict:
 def _extract_locked(ex: Extraction, state, device: str) -> dict:
     store_status = ex.check_store()  # read-only; every process gets the same answer
     if store_status == "planned" and (writer := StoreWriter(ex.out, ex.layout)).complete:
-        if missing := writer.missing_files():  # not "already complete": it would be read as whole
-            raise StrataError(f"--out: {ex.out} is marked complete but {missing[0]} is missing (damaged after "
-                              "it was finished); run strata verify, and extract into a new --out")
+        if changed := writer.changed_files():  # not "already complete": it would be read as whole
+            raise StrataError(f"--out: {ex.out} is marked complete but {changed[0]} (damaged after it was "
+                              "finished); run strata verify, and extract into a new --out")
         return {**ex.summary(), "status": "already complete", "path": str(ex.out)}
     # The model is loaded before the store is created, so weights that do not
     # load (or a device they do not fit) leave nothing behind that a corrected

@@ -49,6 +49,11 @@ def checksums(root: Path, files: list[str]) -> dict[str, str]:
     return {rel: sha256_file(root / rel) for rel in files}
 
 
+def sizes(root: Path, files: list[str]) -> dict[str, int]:
+    """Bytes of each file: what a rerun on a finished store compares without hashing."""
+    return {rel: (root / rel).stat().st_size for rel in files}
+
+
 #: Recorded bytes past which checking them shows a progress bar (~1-2 s per GB on one core).
 CHECK_PROGRESS_BYTES = 1 << 30
 

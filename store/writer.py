@@ -304,7 +304,7 @@ class StoreWriter:
             # kept apart from ``checksums``, the files of the finished store.
             manifest.write_record(self.group, schema.unit_record(unit), {
                 "unit": unit, "tokens": [start, stop], "sentences": list(self.layout.owned_sentences(unit)),
-                "checksums": manifest.checksums(self.path, files),
+                "checksums": manifest.checksums(self.path, files), "sizes": manifest.sizes(self.path, files),
                 "staged_checksums": manifest.checksums(self.path, staged), **stats,
             })
 
@@ -339,12 +339,22 @@ class StoreWriter:
         return {unit: next(f"{rel} {problems[rel]}" for rel in unit_files if rel in problems)
                 for unit, unit_files in files.items() if any(rel in problems for rel in unit_files)}
 
-    def missing_files(self) -> list[str]:
-        """Files the records of a finished store vouch for that are not there (looked for,
-        not hashed: what a rerun on a complete store can afford; verify hashes them)."""
+    def changed_files(self) -> list[str]:
+        """Files the records of a finished store vouch for that are missing or not of their
+        recorded size (records since 2026-12-03 hold sizes; older ones are only looked for):
+        compared, not hashed, which is what a rerun on a complete store can afford (verify
+        hashes them).  Each as ``"FILE is missing"`` or ``"FILE has N bytes, not M"``."""
         names = [*map(schema.unit_record, sorted(manifest.finished_units(self.path))), schema.FINAL_RECORD]
-        records = [manifest.read_record(self.group, name) or {} for name in names]
-        return [rel for record in records for rel in record.get("checksums") or {} if not (self.path / rel).is_file()]
+        changed = []
+        for record in (manifest.read_record(self.group, name) or {} for name in names):
+            recorded = record.get("sizes") or {}
+            for rel in record.get("checksums") or {}:
+                path = self.path / rel
+                if not path.is_file():
+                    changed.append(f"{rel} is missing")
+                elif rel in recorded and path.stat().st_size != recorded[rel]:
+                    changed.append(f"{rel} has {path.stat().st_size:,} bytes, not {recorded[rel]:,}")
+        return changed
 
     def forget_unit(self, unit: int) -> None:
         """Remove a unit's record, so that the run redoes the unit, then its shard and staged
@@ -367,8 +377,8 @@ class StoreWriter:
                     self._assemble_pooled(kind)
                     files += manifest.array_files(self.path, name)
                 fault_point("pooled-written")
-                manifest.write_record(self.group, schema.FINAL_RECORD,
-                                      {"checksums": manifest.checksums(self.path, files)})
+                manifest.write_record(self.group, schema.FINAL_RECORD, {"checksums": manifest.checksums(self.path, files),
+                                                                        "sizes": manifest.sizes(self.path, files)})
             # not ignore_errors: staging left behind would be unrecorded files in a "complete" store
             if (self.path / schema.STAGING).exists():
                 shutil.rmtree(self.path / schema.STAGING)

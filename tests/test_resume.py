@@ -335,7 +335,7 @@ def test_a_resume_redoes_recorded_units_whose_files_were_damaged(reference, tiny
     assert run_subprocess(["verify", str(out)]).returncode == 0
 
 
-def test_a_rerun_on_a_complete_store_with_a_file_missing_says_damaged(reference, tiny_bert, ud_dev, tmp_path,
+def test_a_rerun_on_a_complete_store_with_a_file_missing_or_truncated_says_damaged(reference, tiny_bert, ud_dev, tmp_path,
                                                                      strata):
     """It said "already complete" with exit 0, so a script went on to read NaN rows."""
     out = tmp_path / "s.zarr"
@@ -345,6 +345,15 @@ def test_a_rerun_on_a_complete_store_with_a_file_missing_says_damaged(reference,
     assert (code, err.strip().splitlines()[-1]) == (
         1, f"strata extract: error: --out: {out} is marked complete but activations/c/0/3/0 is missing (damaged "
            "after it was finished); run strata verify, and extract into a new --out")
+    truncated = tmp_path / "t.zarr"
+    shutil.copytree(reference, truncated)
+    shard = truncated / "activations" / "c" / "0" / "2" / "0"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:1000])
+    code, _, err = strata(*extract_args(tiny_bert, ud_dev, truncated))
+    assert (code, err.strip().splitlines()[-1]) == (
+        1, f"strata extract: error: --out: {truncated} is marked complete but activations/c/0/2/0 has 1,000 bytes, "
+           f"not {size:,} (damaged after it was finished); run strata verify, and extract into a new --out")
 
 
 def test_a_shard_damaged_after_the_pooled_rows_were_assembled_is_redone(reference, tiny_bert, ud_dev, tmp_path):
