@@ -103,9 +103,9 @@ def sigterm_unwinds():
     SIGTERMs while it unwinds are ignored (`timeout` sends two at once, one to the process
     and one to its process group, and the second one killed the run half-way through its
     cleanup, leaving the lock file); SIGKILL still ends it at once.  SIGTERM keeps its
-    default (the process ends at once) where this does not apply: when SIGTERM already has a handler (an embedding program's), off the main
-    thread (Python allows handlers only there), and under torchrun / ``accelerate launch``
-    with several processes, whose launcher sends SIGTERM to every process when one fails:
+    default (the process ends at once) where this does not apply: when SIGTERM already
+    has a handler (an embedding program's), off the main thread (Python allows handlers
+    only there), and under torchrun / ``accelerate launch`` with several processes, whose launcher sends SIGTERM to every process when one fails:
     a process then blocked in a collective would run the handler only once the collective
     returns, so the launcher would wait out its kill timeout instead of ending at once."""
     if (threading.current_thread() is not threading.main_thread()
@@ -138,7 +138,8 @@ def signals_held():
         yield
         return
     arrived = []
-    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
