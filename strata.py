@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -23,6 +24,14 @@ from store.errors import StrataError
 class OneLineErrors(argparse.ArgumentParser):
     """argparse whose usage errors are one line, like every other strata error
     (``--help`` still prints the usage).  Subcommand parsers inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Python 3.11's argparse takes only -1 and -1.5 for negative numbers, so that
+        # `--l1 -1e-3` or `--l2 -1,0` failed as "expected one argument" instead of reaching
+        # the option's own range check.  CPython 3.12.8/3.13.1 widened the rule to any
+        # '-' followed by a digit or '.digit' (gh-123945); this is that rule.
+        self._negative_number_matcher = re.compile(r"-\.?\d")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
