@@ -32,7 +32,9 @@ def parse_layers(text: str, store_layers: list[int]) -> list[tuple[int, ...]]:
     """Feature sets from ``--layers``: comma-separated items, each ``each`` (every
     stored layer alone), ``all`` (all stored layers concatenated), a layer id, or
     layer ids joined by ``+`` (concatenated).  Layer ids are the model's hidden-state
-    indices, 0 = embedding output.  Order kept, duplicates dropped."""
+    indices, 0 = embedding output.  Order kept, exact repeats dropped; the same layers
+    in another order are refused, since they would train the same probe twice with
+    only its weight columns permuted."""
     sets: list[tuple[int, ...]] = []
     for item in (x.strip() for x in text.split(",")):
         if not item:
@@ -54,6 +56,12 @@ def parse_layers(text: str, store_layers: list[int]) -> list[tuple[int, ...]]:
                                   f"(stored: {', '.join(map(str, store_layers))})")
             sets.append(ids)
     unique = list(dict.fromkeys(sets))
+    first_order: dict[frozenset[int], tuple[int, ...]] = {}
+    for ids in unique:
+        earlier = first_order.setdefault(frozenset(ids), ids)
+        if earlier != ids:
+            raise StrataError(f"--layers: {'+'.join(map(str, ids))!r} is {'+'.join(map(str, earlier))!r} in another "
+                              "order (the same features); give one of them")
     if not unique:
         raise StrataError("--layers: no feature set given")
     return unique

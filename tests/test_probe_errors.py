@@ -69,6 +69,8 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
 @pytest.mark.parametrize("option,value,message", [
     ("--l1", "", "--l1: the grid is empty"),
     ("--l2", "0,-1", "--l2: penalties must be >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got -1.0"),
+    # argparse of Python 3.11 took '-1e-3' for an option, not a value (strata.OneLineErrors)
+    ("--l1", "-1e-3", "--l1: penalties must be >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got -0.001"),
     ("--l1", "1e20", "--l1: penalties must be >= 0 and at most 1e+18 (larger ones overflow the float32 solver), got 1e+20"),
     ("--l1", "1e-3,abc", "--l1: '1e-3,abc' is not a comma-separated list of numbers"),
     ("--layers", "7", "--layers: layer 7 is not in the store (stored: 0, 1, 2)"),
@@ -79,6 +81,7 @@ def test_store_with_other_layers(run, stores, strata, tiny_bert, tmp_path, ud_de
     ("--max-memory", "1e400", "--max-memory: '1e400' is not a size such as 4GB or 512MiB"),
     ("--seed", "-1", "--seed: must be >= 0, got -1"),
     ("--layers", "0+0", "--layers: '0+0' names a layer twice"),
+    ("--layers", "2+0,0+2", "--layers: '0+2' is '2+0' in another order (the same features); give one of them"),
     ("--tol", "0", "--tol: must be > 0 and finite, got 0.0"),
     ("--tol", "nan", "--tol: must be > 0 and finite, got nan"),
     ("--tol", "inf", "--tol: must be > 0 and finite, got inf"),
