@@ -12,8 +12,9 @@ Formats (``fmt`` argument of :func:`read_corpus`):
     ends a sentence, token lines have exactly 10 tab-separated columns, and the
     word IDs of a sentence run 1, 2, 3, ... (an ID that starts again at 1 is a
     missing blank line: two sentences would merge).  Multiword-token ranges
-    (ID ``3-4``: the surface token, e.g. "can't") and empty nodes (ID ``8.1``:
-    not in the text) are skipped; the model reads the syntactic words the
+    (ID ``3-4``: the surface token, e.g. "can't"; it must start at the next word ID
+    and its words must follow) and empty nodes (ID ``8.1``, after word 8: not in the
+    text) are skipped, and any other ID with ``-`` or ``.`` is an error; the model reads the syntactic words the
     treebank splits a multiword token into ("ca", "n't"), the units UPOS
     labels. Words are FORM; token label sets ``upos``, ``xpos`` and ``deprel``,
     whose values may not start or end with whitespace (``NOUN `` would be a
@@ -22,7 +23,8 @@ Formats (``fmt`` argument of :func:`read_corpus`):
     Whitespace-separated columns, blank line between sentences. ``columns``
     names the columns; exactly one must be ``word``, every other becomes a
     token label set. Lines whose first column is ``-DOCSTART-`` (CoNLL-2003
-    document markers) are skipped, since they are not sentences.
+    document markers, with or without the other columns) are skipped, since they
+    are not sentences.
 ``neurox``
     NeuroX parallel files: one sentence per line in ``path`` and one line of
     labels per sentence in ``labels_path``. If every labels line holds one
@@ -80,6 +82,10 @@ _SENTEVAL_SPLITS = ("tr", "va", "te")
 
 # CoNLL-2003 style files start each document with this pseudo-token line.
 _DOCSTART = "-DOCSTART-"
+
+# CoNLL-U IDs that are not words: a multiword token's range (3-4) and an empty node (8.1).
+_MULTIWORD_ID = re.compile(r"([1-9][0-9]*)-([1-9][0-9]*)")
+_EMPTY_NODE_ID = re.compile(r"(0|[1-9][0-9]*)\.([1-9][0-9]*)")
 
 
 @dataclass
@@ -252,7 +258,7 @@ def _decoded(path: str, lineno: int, raw: bytes) -> str:
         if lineno > 1:
             raise StrataError(f"{path}:{lineno}: a byte-order mark starts this line (two files joined with cat?)")
         text = text[1:]  # a byte-order mark is not part of the first word
-    text = text.rstrip("\r\n")
+    text = text.removesuffix("\n").removesuffix("\r")  # one line ending, not every CR before it
     if "\r" in text:  # str.split would take it for a space and join the lines around it
         raise StrataError(f"{path}:{lineno}: a carriage return inside the line (old Mac line endings?); "
                           "lines must end in \\n or \\r\\n")
@@ -323,6 +329,7 @@ def _read_conllu(path: str, max_sentences):
     for block in _iter_blocks(path):
         words: list[str] = []
         labels: dict[str, list[str]] = {name: [] for name in _CONLLU_LABEL_COLUMNS}
+        open_range = None  # (line, ID, last word) of the latest multiword range
         for lineno, line in block:
             if line.startswith("#"):
                 continue
@@ -335,9 +342,22 @@ def _read_conllu(path: str, max_sentences):
             # A multiword range is the surface token the following lines split into
             # syntactic words (the units the labels belong to), and an empty node is
             # not in the text at all: neither is a word of its own.
-            if "-" in fields[0] or "." in fields[0]:
-                continue
             expected = len(words) + 1
+            if multiword := _MULTIWORD_ID.fullmatch(fields[0]):
+                start, end = int(multiword[1]), int(multiword[2])
+                if start != expected or end <= start:
+                    raise StrataError(f"{path}:{lineno}: multiword range {fields[0]!r}, expected "
+                                      f"{expected}-N with N > {expected}")
+                open_range = (lineno, fields[0], end)
+                continue
+            if empty_node := _EMPTY_NODE_ID.fullmatch(fields[0]):
+                if int(empty_node[1]) != len(words):
+                    raise StrataError(f"{path}:{lineno}: empty node {fields[0]!r}, expected {len(words)}.N "
+                                      f"(after word {len(words)})")
+                continue
+            if "-" in fields[0] or "." in fields[0]:
+                raise StrataError(f"{path}:{lineno}: word ID {fields[0]!r} is not a word ID, a multiword range "
+                                  "(3-4) or an empty node (8.1)")
             if fields[0] != str(expected):
                 hint = " (a missing blank line between two sentences?)" if fields[0] == "1" else ""
                 raise StrataError(f"{path}:{lineno}: word ID {fields[0]!r}, expected {expected}{hint}")
@@ -351,6 +371,9 @@ def _read_conllu(path: str, max_sentences):
         if not words:
             # A block of comments only: point at where it starts.
             raise StrataError(f"{path}:{block[0][0]}: empty sentence")
+        if open_range and open_range[2] > len(words):  # its surface form would vanish with no word of its own
+            raise StrataError(f"{path}:{open_range[0]}: multiword range {open_range[1]!r}, but the sentence "
+                              f"ends at word {len(words)}")
         sentences.append(words)
         for name, values in labels.items():
             token_labels[name].append(values)
@@ -370,13 +393,13 @@ def _read_conll(path: str, columns: list[str], max_sentences):
         labels: dict[str, list[str]] = {name: [] for name in label_columns}
         for lineno, line in block:
             fields = line.split()
+            if fields[0] == _DOCSTART:  # with its columns (-DOCSTART- -X- O) or alone
+                continue
             if len(fields) != len(columns):
                 raise StrataError(
                     f"{path}:{lineno}: expected {len(columns)} whitespace-separated columns "
                     f"({' '.join(columns)}), found {len(fields)}"
                 )
-            if fields[0] == _DOCSTART:
-                continue
             words.append(fields[word_index])
             for name, column in label_columns.items():
                 labels[name].append(fields[column])
@@ -435,6 +458,8 @@ def _read_senteval(path: str, max_sentences):
     labels: list[str] = []
     splits: list[str] = []
     for lineno, line in _iter_lines(path, "input file"):
+        if not line.strip():  # as in the other line-per-sentence formats
+            raise StrataError(f"{path}:{lineno}: empty sentence")
         fields = line.split("\t")
         if len(fields) != 3:
             raise StrataError(

@@ -278,7 +278,8 @@ def test_senteval(tmp_path):
     [
         ("tr\tPRES the cat", "expected 3 tab-separated fields (split, label, sentence), found 2"),
         ("tr\tPRES\tthe\tcat", "expected 3 tab-separated fields (split, label, sentence), found 4"),
-        ("", "expected 3 tab-separated fields (split, label, sentence), found 1"),
+        ("", "empty sentence"),  # as text and neurox say of a blank line
+        ("tr\t", "expected 3 tab-separated fields (split, label, sentence), found 2"),
         ("train\tPRES\tthe cat", "unknown split 'train', expected one of tr, va, te"),
         ("tr\t\tthe cat", "empty label"),
         ("tr\tPRES \tthe cat", "label 'PRES ' has leading or trailing whitespace"),
@@ -401,6 +402,41 @@ def test_conllu_word_ids_must_run_in_order(tmp_path):
     skipped = write(tmp_path, "skip.conllu", conllu_line(1, "The", "DET", "DT", "det") + conllu_line(3, "x", "X", "X", "dep"))
     with raises(f"{skipped}:2: word ID '3', expected 2"):
         read_corpus(skipped, "conllu")
+
+
+def mwt(ids, form):
+    return f"{ids}\t{form}\t_\t_\t_\t_\t_\t_\t_\t_\n"
+
+
+@pytest.mark.parametrize("lines, message", [
+    # each was skipped as a range or an empty node and its word vanished without a word
+    ([mwt("x-y", "foo")], "2: word ID 'x-y' is not a word ID, a multiword range (3-4) or an empty node (8.1)"),
+    ([mwt("-1", "bar")], "2: word ID '-1' is not a word ID, a multiword range (3-4) or an empty node (8.1)"),
+    ([mwt("2.", "baz")], "2: word ID '2.' is not a word ID, a multiword range (3-4) or an empty node (8.1)"),
+    ([mwt("5-6", "zz")], "2: multiword range '5-6', expected 2-N with N > 2"),
+    ([mwt("2-2", "zz")], "2: multiword range '2-2', expected 2-N with N > 2"),
+    ([mwt("3.1", "zz")], "2: empty node '3.1', expected 1.N (after word 1)"),
+])
+def test_conllu_ids_that_are_not_words(tmp_path, lines, message):
+    path = write(tmp_path, "t.conllu", conllu_line(1, "a", "X", "X", "dep") + "".join(lines)
+                 + conllu_line(2, "b", "X", "X", "dep"))
+    with raises(f"{path}:{message}"):
+        read_corpus(path, "conllu")
+
+
+def test_conllu_multiword_range_past_the_sentence(tmp_path):
+    path = write(tmp_path, "t.conllu", conllu_line(1, "a", "X", "X", "dep") + mwt("2-3", "bc") + "\n"
+                 + conllu_line(1, "c", "X", "X", "dep"))
+    with raises(f"{path}:2: multiword range '2-3', but the sentence ends at word 1"):
+        read_corpus(path, "conllu")
+
+
+def test_conll_docstart_alone_and_stray_carriage_return(tmp_path):
+    path = write(tmp_path, "d.conll", "-DOCSTART-\n\nEU NNP B-ORG\n")
+    assert read_corpus(path, "conll", columns=["word", "pos", "ner"]).sentences == [["EU"]]
+    crcr = write(tmp_path, "crcr.txt", b"a b\r\r\nc\n")  # one CR is the line ending, the other is not
+    with raises(f"{crcr}:1: a carriage return inside the line (old Mac line endings?); lines must end in \\n or \\r\\n"):
+        read_corpus(crcr, "text")
 
 
 def test_conllu_labels_with_surrounding_whitespace(tmp_path):
