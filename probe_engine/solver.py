@@ -2,7 +2,8 @@
 
 ``minimize datafit(W, b) + penalty(W)`` for P probes side by side.  The solver
 knows nothing about either term beyond their interfaces: the datafit gives value
-and gradient in one data pass and a Lipschitz bound; the penalty gives value,
+and gradient in one data pass, a Lipschitz bound and the part of an intercept step
+it sees (``intercept_step``: softmax ignores a shift shared by all classes); the penalty gives value,
 prox and the distance of a gradient to its subdifferential (skglm's split), and
 the features its probes may use at all, which is all the datafit's pass reads.
 
@@ -153,7 +154,7 @@ def sparsa(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, ma
         # one trial step per probe, one pass for all of them
         step = (1.0 / s.alpha).astype(W0.dtype)
         Z_W = s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step)
-        Z_b = s.b - step[:, None] * s.grad_b
+        Z_b = s.b - step[:, None] * datafit.intercept_step(s.grad_b)
         z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.supports())
         iteration += 1
         z_objective = z_loss + s.penalty.value(Z_W)
@@ -289,7 +290,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
     inv_L = 1.0 / lipschitz
     s = _QNBatch(W0, b0, grad_W, grad_b, pseudo, loss, objective, _optimality(penalty, W0, grad_W, grad_b),
                  _gap_of(gap, penalty, W0, b0, loss, objective, grad_W, grad_b),
-                 D_W=-pseudo * f32.type(1.0 / lipschitz), D_b=-grad_b * f32.type(1.0 / lipschitz),
+                 D_W=-pseudo * f32.type(1.0 / lipschitz), D_b=-datafit.intercept_step(grad_b) * f32.type(1.0 / lipschitz),
                  t=xp.ones(P), fails=xp.zeros(P, dtype=np.int64),
                  S_W=xp.zeros((memory, d, P, C), f32), S_b=xp.zeros((memory, P, C), f32),
                  Y_W=xp.zeros((memory, d, P, C), f32), Y_b=xp.zeros((memory, P, C), f32),
@@ -308,7 +309,7 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         pg1, pg2, pg3 = s.pg, s.pg[:, None], s.pg[None, :, None]
         Z_W = xp.where(pg3, s.penalty.prox(s.W - step[None, :, None] * s.grad_W, step),
                        s.penalty.orthant_step(s.W, t[None, :, None] * s.D_W, s.pseudo))
-        Z_b = xp.where(pg2, s.b - step[:, None] * s.grad_b, s.b + t[:, None] * s.D_b)
+        Z_b = xp.where(pg2, s.b - step[:, None] * datafit.intercept_step(s.grad_b), s.b + t[:, None] * s.D_b)
         z_loss, z_grad_W, z_grad_b = datafit.value_and_gradient(blocks, Z_W, Z_b, s.penalty.supports())
         iteration += 1
         z_objective = z_loss + s.penalty.value(Z_W)
@@ -342,13 +343,13 @@ def owlqn(datafit, penalty, blocks, W0, b0, *, lipschitz: float, tol: float, max
         yy_last = _dot(Y_W[-1], Y_b[-1], s.h0.apply(Y_W[-1]), s.h0.apply_intercept(Y_b[-1]))
         gamma = xp.where(rho[-1] > 0, 1.0 / xp.maximum(rho[-1] * yy_last, 1e-300), inv_L)  # <s, y> / <y, h0 y>
         D_W, D_b = _two_loop(S_W, S_b, Y_W, Y_b, rho, -pseudo, -grad_b, gamma, s.h0)
-        D_W = s.penalty.align_direction(D_W, pseudo)
+        D_W, D_b = s.penalty.align_direction(D_W, pseudo), datafit.intercept_step(D_b)
         descent = _dot(D_W, D_b, pseudo, grad_b) < 0
         moved = a1 | reset
         restart = moved & ~descent
         rho = xp.where(restart[None, :], 0.0, rho)
         D_W = xp.where(restart[None, :, None], -pseudo * f32.type(inv_L), D_W)
-        D_b = xp.where(restart[:, None], -grad_b * f32.type(inv_L), D_b)
+        D_b = xp.where(restart[:, None], -datafit.intercept_step(grad_b) * f32.type(inv_L), D_b)
         s = _QNBatch(W, b, grad_W, grad_b, pseudo,
                      xp.where(a1, z_loss, s.loss), objective,
                      xp.where(a1, _optimality(s.penalty, Z_W, z_grad_W, z_grad_b), s.optimality),
