@@ -102,8 +102,8 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
             self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         try:
             xp = array_module(self.device)
-        except StrataError as e:  # worded for the command line's --device
-            raise ValueError(f"device: {str(e).removeprefix('--device: ')}") from None
+        except StrataError as e:  # worded for the command line's --device ('--device: ...', '--device cuda: ...')
+            raise ValueError(f"device: {str(e).removeprefix('--device').removeprefix(':').lstrip()}") from None
         with np.errstate(over="ignore"):  # checked below
             rows = [((X[i:i + BLOCK_ROWS] - self.mean_) / self.scale_).astype(np.float32)
                     for i in range(0, len(X), BLOCK_ROWS)]
