@@ -35,6 +35,7 @@ import math
 import sys
 import time
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -520,8 +521,9 @@ def assemble(options, oracle, ranking, minimal, ablation, control, data, ks, j, 
                            "max_iter": options["max_iter"],
                            "seed": options["seed"],
                            "control": options["control"], "device": options["device"],
-                           "command": options.get("command"), "seconds_this_run": round(seconds, 3),
-                           "steps_reused": reused,
+                           "command": options.get("command"),
+                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "seconds_this_run": round(seconds, 3), "steps_reused": reused,
                            "feature_space": "standardized with the training mean and standard deviation"},
         "neurons_total": data.d, "layers": data.layers, "hidden_size": data.hidden, "classes": oracle["classes"],
         "unseen_label_tokens": data.unseen,

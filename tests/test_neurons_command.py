@@ -40,6 +40,9 @@ def test_the_analysis_hangs_together(analysis):
     assert d == 3 * 32 and doc["layers"] == [0, 1, 2]
     # the oracle's grid is screened by default: chosen among the points solved to --tol
     assert doc["strata_neurons"]["screen_tol"] == 1e-3
+    # when it finished, as results.json and compare.json say (the README promised it before it was there)
+    from datetime import datetime
+    assert datetime.fromisoformat(doc["strata_neurons"]["finished"]).tzinfo is not None
     refined = [r for r in doc["oracle_grid"] if not r["screened_out"]]
     assert refined and all(r["tol"] == doc["strata_neurons"]["tol"] and r["converged"] for r in refined)
     assert all(r["tol"] == 1e-3 for r in doc["oracle_grid"] if r["screened_out"])
