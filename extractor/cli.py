@@ -74,7 +74,7 @@ def options_from_args(args):
 def run(args) -> int:
     import json
 
-    from strata import signals_held
+    from store.signals import signals_held
 
     with signals_held():  # an interrupt inside torch's import aborts the process
         from extractor.run import extract

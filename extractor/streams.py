@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from strata import signals_held
+from store.signals import signals_held
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import pytest
 
 from store import lock as store_lock
 from store.errors import StrataError
-from strata import Terminated, sigterm_unwinds, signals_held
+from store.signals import Terminated, sigterm_unwinds, signals_held
 from tests.store_compare import assert_stores_identical
 from tests.test_resume import extract_args, reference, run_subprocess  # noqa: F401 (a fixture)
 
