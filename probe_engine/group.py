@@ -16,7 +16,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from probe_engine.backend import array_module
 from probe_engine.features import FeatureSet, block_tokens_for
 from probe_engine.grid import feature_set_name
-from probe_engine.labels import mapped_classes, training_classes
+from probe_engine.labels import mapped_classes, training_classes, unseen_class_counts
 from probe_engine.stores import ProbeStore, check_same_model
 from probe_engine.screening import screened_grid
 from probe_engine.train import accuracies, predict, train_grid
@@ -114,7 +114,11 @@ def run_group(spec: dict, progress=None) -> dict:
                 prec, rec, f1, support = precision_recall_fscore_support(
                     truth, pred[:, chosen], labels=np.arange(len(classes)), zero_division=0)
                 per_class[split] = {c: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]),
-                                        "support": int(support[k])} for k, c in enumerate(classes)}
+                                        "support": int(support[k]), "in_training": True} for k, c in enumerate(classes)}
+                # classes the training rows lack: never predicted, every token of theirs an error
+                for c, n in unseen_class_counts(stores[split], spec["label"], classes).items():
+                    per_class[split][c] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": n,
+                                           "in_training": False}
     summary = {
         "feature_set": name, "layers": spec["layers"], "pool": spec.get("pool"), "label": spec["label"],
         "classes": classes,

@@ -147,7 +147,11 @@ def test_label_unseen_in_training_counts_as_an_error(run, stores, tmp_path):
     unseen = int((labels[...] == renamed).sum())
     assert doc["chosen"][0]["unseen_label_tokens"] == {"dev": unseen}
     assert doc["chosen"][0]["rows"]["dev"] == int((labels[...] >= 0).sum())  # unseen tokens stay rows
-    assert "NEWTAG" not in doc["chosen"][0]["per_class"]["dev"]
+    # listed among the per-class metrics, never predicted: the supports add up to the rows scored
+    per_class = doc["chosen"][0]["per_class"]["dev"]
+    assert per_class["NEWTAG"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": unseen, "in_training": False}
+    assert sum(c["support"] for c in per_class.values()) == doc["chosen"][0]["rows"]["dev"]
+    assert all(c["in_training"] for name, c in per_class.items() if name != "NEWTAG")
     rows = doc["chosen"][0]["rows"]["dev"]
     assert doc["chosen"][0]["dev_accuracy"] <= (rows - unseen) / rows  # an unseen token is never right
 
