@@ -289,13 +289,15 @@ def _iter_blocks(path: str) -> Iterator[list[tuple[int, str]]]:
         yield block
 
 
-def _read_line_rows(path: str, role: str, max_rows, empty_message: str) -> tuple[list[list[str]], int]:
+def _read_line_rows(path: str, role: str, max_rows, empty_message: str) -> tuple[list[list[str]], list[int]]:
     """Read a one-row-per-line file, each row split on whitespace.
 
-    Returns the first ``max_rows`` rows (all if None) and the total number of
-    lines in the file, which NeuroX needs to check that its two files are
-    parallel even when only a prefix is kept. A blank line is an error with
-    ``empty_message``.
+    Returns the first ``max_rows`` rows (all if None) and the number of whitespace-separated
+    fields of every line of the file, kept or not: NeuroX needs to check that its two files
+    are parallel, and to decide whether its labels are per token or per sentence, from the
+    whole files even when only a prefix is kept.  A blank kept line is an error with
+    ``empty_message``; the lines past the prefix are not checked (decoded leniently, counted
+    only).
     """
     rows: list[list[str]] = []
     lines = _iter_raw(path, role)
@@ -304,8 +306,8 @@ def _read_line_rows(path: str, role: str, max_rows, empty_message: str) -> tuple
         if not words:
             raise StrataError(f"{path}:{lineno}: {empty_message}")
         rows.append(words)
-    total_lines = len(rows) + sum(1 for _ in lines)  # counted, not decoded: only the kept rows are checked
-    return rows, total_lines
+    widths = [len(row) for row in rows] + [len(raw.decode("utf-8", "replace").split()) for _, raw in lines]
+    return rows, widths
 
 
 def _sha256_of_files(paths: list[str]) -> str:
@@ -416,34 +418,38 @@ def _read_conll(path: str, columns: list[str], max_sentences):
 def _read_neurox(path: str, labels_path: str, max_sentences):
     """Read NeuroX parallel sentence and label files.
 
-    Whether labels are per sentence or per token is decided from the
-    sentences actually kept (the ``max_sentences`` prefix).
+    Labels are per sentence when every line of the labels file has one label and some
+    sentence of the input file has more than one word (a corpus of one-word sentences is
+    read as token labels), decided on the whole files, whatever ``max_sentences`` keeps.
     """
-    sentences, sentence_lines = _read_line_rows(path, "input file", max_sentences, "empty sentence")
-    label_rows, label_lines = _read_line_rows(
+    sentences, sentence_widths = _read_line_rows(path, "input file", max_sentences, "empty sentence")
+    label_rows, label_widths = _read_line_rows(
         labels_path, "labels file", max_sentences, "empty line, expected labels"
     )
     # Check whole-file line counts first: if the files are not parallel, the
     # per-line token counts below would only report a symptom.
-    if sentence_lines != label_lines:
+    if len(sentence_widths) != len(label_widths):
         raise StrataError(
-            f"{labels_path}: {label_lines} lines, but {path} has {sentence_lines}; "
+            f"{labels_path}: {len(label_widths)} lines, but {path} has {len(sentence_widths)}; "
             "expected one labels line per sentence line"
         )
 
     # One label per line could mean one label per sentence or a corpus of
-    # one-word sentences; only a longer sentence tells them apart.
-    one_label_each = all(len(row) == 1 for row in label_rows)
-    some_long_sentence = any(len(words) > 1 for words in sentences)
+    # one-word sentences; only a longer sentence tells them apart.  Decided on the whole
+    # files (a blank line past the prefix aside), so that --max-sentences keeps the level
+    # of the full run: decided on the kept prefix, a trial run of the first sentences could
+    # store sentiment labels as one tag per word.
+    one_label_each = all(n == 1 for n in label_widths if n)
+    some_long_sentence = any(n > 1 for n in sentence_widths)
     if one_label_each and some_long_sentence:
         return sentences, {}, {"label": [row[0] for row in label_rows]}
 
     # Token labels then; when the file mixes single-label lines with longer ones, say which
     # line made it token-level: the typo may be that line, not the first mismatch.
     why = ""
-    if some_long_sentence and any(len(row) == 1 for row in label_rows):
-        multi = next(i for i, row in enumerate(label_rows, start=1) if len(row) > 1)
-        why = f" (read as token labels because line {multi} has {len(label_rows[multi - 1])} labels)"
+    if some_long_sentence and any(n == 1 for n in label_widths):
+        multi = next(i for i, n in enumerate(label_widths, start=1) if n > 1)
+        why = f" (read as token labels because line {multi} has {label_widths[multi - 1]} labels)"
     for lineno, (words, row) in enumerate(zip(sentences, label_rows), start=1):
         if len(row) != len(words):
             raise StrataError(

@@ -204,6 +204,20 @@ def test_neurox_max_sentences(tmp_path):
     assert corpus.token_labels == {"label": [["X", "Y"], ["Z", "W"]]}
 
 
+def test_neurox_label_level_is_the_whole_files_whatever_max_sentences_keeps(tmp_path):
+    """Sentiment labels of one-word first sentences: decided on the kept prefix, a trial run
+    with --max-sentences 2 stored them as one tag per word."""
+    path = write(tmp_path, "s.txt", "Great\nAwful\nThe film was fine\n")
+    labels = write(tmp_path, "l.txt", "pos\nneg\npos\n")
+    corpus = read_corpus(path, "neurox", labels_path=labels, max_sentences=2)
+    assert corpus.token_labels == {} and corpus.sentence_labels == {"label": ["pos", "neg"]}
+    # and token labels stay token labels when a line past the prefix has two
+    path = write(tmp_path, "t.txt", "a\nb\nc d\n")
+    labels = write(tmp_path, "m.txt", "X\nY\nZ W\n")
+    corpus = read_corpus(path, "neurox", labels_path=labels, max_sentences=2)
+    assert corpus.token_labels == {"label": [["X"], ["Y"]]} and corpus.sentence_labels == {}
+
+
 def test_neurox_line_count_mismatch(tmp_path):
     path = write(tmp_path, "s.txt", "a b\nc d\ne f\n")
     labels = write(tmp_path, "l.txt", "X Y\nZ W\n")
