@@ -422,11 +422,15 @@ class Extraction:
         try:  # cast on the device (half the bytes to copy for float16), then to the host
             return to_stored(values, TORCH_DTYPES[self.opts.dtype]).cpu()
         except OutOfRange as e:
-            where = f"layer {self.layer_ids[e.layer]}, sentence {int(sentence_of_row[e.row])} of {self.opts.input}"
+            # sentences counted from 1, as a reader counts them in the file
+            where = f"layer {self.layer_ids[e.layer]}, sentence {int(sentence_of_row[e.row]) + 1} of {self.opts.input}"
             if e.what == "non-finite":
                 raise StrataError(f"the model produced non-finite activations at {where}") from None
+            # the store stays, incomplete, with float16 among its parameters: a rerun with
+            # float32 on the same --out would be refused as different parameters
             raise StrataError(f"activations exceed the float16 range (|x| = {e.value:.6g} > {FLOAT16_MAX:g}) "
-                              f"at {where}; rerun with --dtype float32") from None
+                              f"at {where}; rerun with --dtype float32 and a new --out "
+                              f"(or delete {self.opts.out}, created for float16)") from None
 
 
 def _rows(values: torch.Tensor, keep: np.ndarray) -> torch.Tensor:

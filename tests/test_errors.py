@@ -296,9 +296,12 @@ def test_float16_overflow_is_reported_not_stored(strata, tiny_bert, text_corpus,
     assert code == 1
     line = one_line_error(err)
     assert line.startswith("strata extract: error: activations exceed the float16 range (|x| = ")
-    assert re.search(rf"> 65504\) at layer 0, sentence \d+ of {re.escape(str(text_corpus))}; "
-                     r"rerun with --dtype float32$", line)
+    found = re.search(rf"> 65504\) at layer 0, sentence (\d+) of {re.escape(str(text_corpus))}; "
+                      rf"rerun with --dtype float32 and a new --out \(or delete {re.escape(str(out))}, "
+                      r"created for float16\)$", line)
+    assert found and 1 <= int(found[1]) <= len(text_corpus.read_text().splitlines())  # counted from 1
     assert strata("verify", out)[0] == 1
+    assert extract(strata, loud, text_corpus, out, "text", "--dtype", "float32")[0] == 1  # why a new --out
     assert extract(strata, loud, text_corpus, tmp_path / "f32.zarr", "text", "--dtype", "float32")[0] == 0
 
 
