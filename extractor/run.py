@@ -281,7 +281,9 @@ class Extraction:
                 requested["model"] = existing["model"]
                 if existing.get("config_sha256") == hf.legacy_config_sha256(self.config, existing["model"]):
                     requested["config_sha256"] = existing["config_sha256"]
-            check_parameters(self.out, existing, requested, UNRECORDED_PARAMETERS)
+            derived = tuple(k for k, given in (("shard_tokens", self.opts.shard_tokens),
+                                               ("chunk_tokens", self.opts.chunk_tokens)) if given is None)
+            check_parameters(self.out, existing, requested, UNRECORDED_PARAMETERS, derived)
             stored_offsets = group[schema.SENTENCE_OFFSETS][...]
             if not np.array_equal(stored_offsets, self.layout.offsets):
                 raise StrataError(f"--out: {self.out} holds another tokenization of {self.opts.input} (its "

@@ -109,14 +109,20 @@ def store_state(path: Path) -> str:
     return "unplanned"
 
 
-def check_parameters(path: Path, existing: dict, requested: dict, unrecorded: dict | None = None) -> None:
+def check_parameters(path: Path, existing: dict, requested: dict, unrecorded: dict | None = None,
+                     derived: tuple[str, ...] = ()) -> None:
     """Refuse to resume a store with different extraction parameters.  ``unrecorded``: what
     a parameter absent from either side means (parameters added later are recorded only
-    when they differ from what every older store did, so those stores still resume)."""
+    when they differ from what every older store did, so those stores still resume).
+    ``derived``: parameters that follow from the others (the shard size from the dtype and
+    layers, unless given); named only when nothing else differs, since the user set
+    the others and changing those is what to undo."""
     unrecorded = unrecorded or {}
     keys = sorted(set(existing) | set(requested))
     existing, requested = ({k: side.get(k, unrecorded.get(k)) for k in keys} for side in (existing, requested))
     differ = [k for k in keys if existing[k] != requested[k]]
+    if any(k not in derived for k in differ):
+        differ = [k for k in differ if k not in derived]
     if differ:
         shown = "; ".join(f"{k}: store has {existing[k]!r}, command has {requested[k]!r}" for k in differ)
         raise StrataError(f"--out: {path} was extracted with different parameters ({shown}); use a new --out")

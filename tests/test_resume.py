@@ -120,6 +120,16 @@ def test_different_parameters_are_refused(reference, tiny_bert, ud_dev):
     assert chunk_file_hashes(reference) == hashes
 
 
+def test_a_refusal_names_what_the_user_changed_not_the_shard_sizes_that_follow(reference, tiny_bert, ud_dev):
+    """float32 halves the tokens per shard: the message named shard_tokens and chunk_tokens
+    too, which the user never set."""
+    result = run_subprocess(extract_args(tiny_bert, ud_dev, reference, "--dtype", "float32"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"strata extract: error: --out: {reference} was extracted with different parameters "
+        "(dtype: store has 'float16', command has 'float32'); use a new --out")
+
+
 def test_resume_with_another_spelling_of_the_model(reference, tiny_bert, ud_dev, tmp_path, monkeypatch):
     """The config hash leaves out the path, and a local model is recorded by its resolved path."""
     out = tmp_path / "s.zarr"
