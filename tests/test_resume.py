@@ -120,14 +120,20 @@ def test_different_parameters_are_refused(reference, tiny_bert, ud_dev):
     assert chunk_file_hashes(reference) == hashes
 
 
-def test_a_refusal_names_what_the_user_changed_not_the_shard_sizes_that_follow(reference, tiny_bert, ud_dev):
-    """float32 halves the tokens per shard: the message named shard_tokens and chunk_tokens
-    too, which the user never set."""
-    result = run_subprocess(extract_args(tiny_bert, ud_dev, reference, "--dtype", "float32"))
+def test_a_refusal_names_what_the_user_changed_not_the_shard_sizes_that_follow(tiny_bert, ud_dev, tmp_path):
+    """float32 halves the default tokens per shard: the message named shard_tokens and
+    chunk_tokens too, which the user never set."""
+    out = tmp_path / "s.zarr"
+    args = ["extract", "--model", str(tiny_bert), "--input", str(ud_dev), "--format", "conllu", "--out", str(out),
+            "--max-sentences", "20"]
+    assert run_here(args) == 0
+    result = run_subprocess([*args, "--dtype", "float32"])
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"strata extract: error: --out: {reference} was extracted with different parameters "
+        f"strata extract: error: --out: {out} was extracted with different parameters "
         "(dtype: store has 'float16', command has 'float32'); use a new --out")
+    given = run_subprocess([*args, "--shard-tokens", "64"])  # given, it is named
+    assert given.returncode == 1 and "shard_tokens: store has " in given.stderr
 
 
 def test_resume_with_another_spelling_of_the_model(reference, tiny_bert, ud_dev, tmp_path, monkeypatch):
