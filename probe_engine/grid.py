@@ -21,6 +21,9 @@ def parse_floats(text: str, option: str) -> list[float]:
         raise StrataError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
     if not values:
         raise StrataError(f"{option}: the grid is empty")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # as extract's --layers: a repeat is a typo more often than a wish
+        raise StrataError(f"{option}: {repeated[0]:g} is given more than once in {text!r}")
     bad = [v for v in values if not 0 <= v <= LARGEST_PENALTY]
     if bad:
         raise StrataError(f"{option}: penalties must be >= 0 and at most {LARGEST_PENALTY:g} (larger ones overflow "
@@ -32,11 +35,16 @@ def parse_layers(text: str, store_layers: list[int]) -> list[tuple[int, ...]]:
     """Feature sets from ``--layers``: comma-separated items, each ``each`` (every
     stored layer alone), ``all`` (all stored layers concatenated), a layer id, or
     layer ids joined by ``+`` (concatenated).  Layer ids are the model's hidden-state
-    indices, 0 = embedding output.  Order kept, exact repeats dropped; the same layers
-    in another order are refused, since they would train the same probe twice with
-    only its weight columns permuted."""
+    indices, 0 = embedding output.  Order kept; an item given twice is refused (as
+    extract's ``--layers``), a set that ``each`` or ``all`` repeats is trained once; the
+    same layers in another order are refused, since they would train the same probe twice
+    with only its weight columns permuted."""
     sets: list[tuple[int, ...]] = []
-    for item in (x.strip() for x in text.split(",")):
+    items = [x.strip() for x in text.split(",")]
+    repeated = [x for x in dict.fromkeys(items) if x and items.count(x) > 1]
+    if repeated:
+        raise StrataError(f"--layers: {repeated[0]!r} is given more than once in {text!r}")
+    for item in items:
         if not item:
             continue
         if item == "each":
