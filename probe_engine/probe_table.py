@@ -13,6 +13,10 @@ COLUMNS = [("label", "<"), ("features", "<"), ("l1", ">"), ("l2", ">"), ("train"
            ("test", ">"), ("nonzero", ">"), ("probes", ">"), ("converged", ">")]
 
 
+#: Uncertified probes named under the table; the rest are counted.
+UNCERTIFIED_NAMED = 3
+
+
 def format_table(document: dict) -> str:
     probes = document["probes"]
     rows = [[name for name, _ in COLUMNS]]
@@ -33,6 +37,18 @@ def format_table(document: dict) -> str:
         lines.append(f"screened: {screened} of {len(probes)} probes were left at --screen-tol {run['screen_tol']:g} "
                      f"(more than {100 * run['screen_margin']:g} dev points behind); the chosen ones are "
                      f"certified to --tol {run['tol']:g}")
+    # which probes ran out of passes, and how far they got: "3/4 converged" alone does not
+    # say which, nor that its numbers are those of an uncertified point
+    uncertified = [p for p in probes if not p["converged"]]
+    if uncertified:
+        run = document["strata_probe"]
+        named = ", ".join(f"{p['label']} {p['feature_set']}" + (f" ({p['pool']})" if p.get("pool") else "")
+                          + f" l1 {p['l1']:g} l2 {p['l2']:g} (optimality {p['optimality']:.2g} > {p['tol']:g})"
+                          for p in uncertified[:UNCERTIFIED_NAMED])
+        more = len(uncertified) - UNCERTIFIED_NAMED
+        lines.append(f"not certified in --max-iter {run['max_iter']} passes: {named}"
+                     + (f" and {more} more" if more > 0 else "")
+                     + "; each reports its last point (a larger --max-iter or penalty certifies it)")
     # one line per label set (and pool): its feature sets share the rows, so the counts
     unseen = {}
     for c in document["chosen"]:

@@ -384,6 +384,25 @@ def test_the_table_counts_unseen_classes_for_every_label_set():
         "deprel: classes unseen in training (counted as errors): dev 8 rows"]
 
 
+def test_the_table_names_the_probes_that_ran_out_of_passes():
+    from probe_engine.probe_table import format_table
+
+    def probe(l1, converged, optimality=1e-6):
+        return {"label": "upos", "layers": [0], "feature_set": "layer 0", "l1": l1, "l2": 0.0, "tol": 1e-5,
+                "converged": converged, "optimality": optimality}
+
+    chosen = {"label": "upos", "layers": [0], "feature_set": "layer 0", "l1": 1e-3, "l2": 0.0, "train_accuracy": 1.0,
+              "dev_accuracy": 0.5, "test_accuracy": None, "nonzeros": 3, "unseen_label_tokens": {}}
+    probes = [probe(0.0, False, 3.7e-5), probe(1e-3, True)] + [probe(10.0 ** -k, False, 2e-5) for k in (4, 5, 6)]
+    table = format_table({"probes": probes, "strata_probe": {"max_iter": 2000}, "chosen": [chosen]})
+    assert table.splitlines()[1].split()[-1] == "1/5"
+    assert table.splitlines()[-1] == (
+        "not certified in --max-iter 2000 passes: upos layer 0 l1 0 l2 0 (optimality 3.7e-05 > 1e-05), "
+        "upos layer 0 l1 0.0001 l2 0 (optimality 2e-05 > 1e-05), upos layer 0 l1 1e-05 l2 0 (optimality 2e-05 > "
+        "1e-05) and 1 more; each reports its last point (a larger --max-iter or penalty certifies it)")
+    assert "not certified" not in format_table({"probes": probes[1:2], "strata_probe": {}, "chosen": [chosen]})
+
+
 def test_the_table_keeps_its_columns_in_line_for_long_cells():
     """Widths follow the widest cell: a long label name, a pooled feature set and a penalty
     printed as 1.23457e-05 push their columns right instead of shifting the rest of the row."""
