@@ -339,7 +339,8 @@ class Extraction:
             raise StrataError(f"--model: the tokenizer of {self.opts.model} gives token id {top}, but the model "
                               f"has {rows} embeddings: tokenizer and weights do not belong together")
 
-    def run_units(self, units: list[int], writer: StoreWriter, model, device: str, show_progress: bool) -> None:
+    def run_units(self, units: list[int], writer: StoreWriter, model, device: str, show_progress: bool,
+                  process: int = 0) -> None:
         """Compute and write the given units.
 
         On a CPU the batches run on ``self.streams`` parallel streams of one
@@ -360,7 +361,8 @@ class Extraction:
                     bar.update(done)
 
             def write(work: UnitWork) -> None:
-                stats = {"seconds": round(time.perf_counter() - work.started, 3)}
+                # which process wrote the unit: provenance, and how a test sees the work split
+                stats = {"seconds": round(time.perf_counter() - work.started, 3), "process": process}
                 writer.write_unit(work.unit, work.block, work.pooled, stats)
 
             run_streams(units, self._open_unit, lambda work: work.batches, compute, write,
@@ -499,7 +501,8 @@ def _extract_locked(ex: Extraction, state, device: str) -> dict:
     if not mine:
         model = None  # nothing to do in this process: free the memory
     started = time.perf_counter()
-    _all_ok(state, _attempt(lambda: ex.run_units(mine, writer, model, device, show_progress=state.is_main_process)))
+    _all_ok(state, _attempt(lambda: ex.run_units(mine, writer, model, device, show_progress=state.is_main_process,
+                                                       process=state.process_index)))
     if state.is_main_process:
         if writer.pending_units():
             failure = f"{ex.out}: units still missing after the run; rerun the same command"

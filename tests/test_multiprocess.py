@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import zarr
 
+from store import manifest, schema
 from tests.store_compare import assert_stores_identical
 from tests.test_resume import extract_args, run_here, run_subprocess
 
@@ -50,6 +52,12 @@ def test_two_processes_equal_one(single, tiny_bert, ud_dev, tmp_path):
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["processes"] == 2 and summary["status"] == "complete"
     assert_stores_identical(single, out)
+    # the work was split: process p wrote every second unit from p (one process doing all
+    # of them gives the same bytes, so only the records tell)
+    group = zarr.open_group(out, mode="r")
+    n_units = manifest.read_record(group, schema.PLAN_RECORD)["n_units"]
+    writers = [manifest.read_record(group, schema.unit_record(u))["process"] for u in range(n_units)]
+    assert n_units >= 4 and writers == [u % 2 for u in range(n_units)]
 
 
 def test_crash_with_one_process_resume_with_two(single, tiny_bert, ud_dev, tmp_path):
