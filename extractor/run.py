@@ -351,7 +351,7 @@ class Extraction:
         """
         total = int(sum(stop - start for start, stop in map(self.layout.unit_tokens, units)))
         bar_lock = threading.Lock()
-        with tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not show_progress,
+        with tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not show_progress or not units,
                   mininterval=1.0, smoothing=0.1) as bar, \
                 torch_threads(1) if device == "cpu" else contextlib.nullcontext():
 
