@@ -45,13 +45,15 @@ from probe_engine.backend import array_module
 from probe_engine.features import FeatureSet, Standardizer, block_tokens_for
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import mapped_classes, training_classes
-from probe_engine.outputs import atomic_write, make_output_dir, read_npz, remove_partial_files, write_json, write_npz
+from probe_engine.outputs import (atomic_write, make_output_dir, read_npz, remove_partial_files, sealed, unsealed,
+                                  write_json, write_npz)
 from probe_engine.ranking import class_means, lca_ordering, probeless_ordering
 from probe_engine.stores import shared_rows_warning, verify_stores
 from probe_engine.train import accuracies, predict, train_probes
 from store import schema
 from store.errors import StrataError
 from store.lock import exclusive_writer
+from store.manifest import sha256_file
 
 STEPS = ("oracle", "ranking", "minimal", "ablation", "control")
 #: How control labels are drawn (:func:`control_labels`); recorded, and part of the control step's inputs.
@@ -319,7 +321,8 @@ class Steps:
     the json names its arrays: the two files are written one after the other, so a run
     killed between them (after another run's json) must not pair that json with its own
     npz.  A missing or foreign npz, or one from before the hash was in it, makes the step
-    run again.
+    run again.  The json is sealed with its own digest and the npz's (outputs.sealed):
+    a file changed since its run wrote it, even one that still parses, is redone.
     """
 
     def __init__(self, out: Path, options: dict):
@@ -341,14 +344,17 @@ class Steps:
             return None
         try:
             raw = path.read_bytes()
-            doc = json.loads(raw)
+            doc = unsealed(json.loads(raw))  # a record changed since its run wrote it: None
             inputs = self._inputs(name)
-            if doc.get("inputs") != inputs:
+            if doc is None or doc.get("inputs") != inputs:
                 return None
             npz = self.dir / f"{name}.npz"
             names = doc.pop("array_names", None)
+            arrays_sha256 = doc.pop("arrays_sha256", None)
             if names is not None:
-                arrays = read_npz(npz)  # absent: OSError, the step runs again
+                if sha256_file(npz) != arrays_sha256:  # absent: OSError; changed: the step runs again
+                    return None
+                arrays = read_npz(npz)
                 if str(arrays.pop("inputs", None)) != inputs or sorted(arrays) != names:
                     return None
                 doc["arrays"] = arrays
@@ -366,7 +372,8 @@ class Steps:
         if arrays is not None:
             write_npz(self.dir / f"{name}.npz", {**arrays, "inputs": np.array(inputs)})
             record["array_names"] = sorted(arrays)
-        write_json(self.dir / f"{name}.json", record)
+            record["arrays_sha256"] = sha256_file(self.dir / f"{name}.npz")
+        write_json(self.dir / f"{name}.json", sealed(record))
         self._chain((self.dir / f"{name}.json").read_bytes())
         return {**doc, "arrays": arrays} if arrays is not None else doc
 

@@ -8,6 +8,7 @@ files: ``np.load(path)`` reads it with no pickle), everything else to JSON.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -50,6 +51,30 @@ def write_json(path: Path, document) -> None:
     written as null, since NaN and Infinity are not JSON and strict parsers reject them."""
     text = json.dumps(strict(document), indent=1, allow_nan=False)
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+#: The key of a sealed document's own digest (:func:`sealed`).
+SEAL = "sha256"
+
+
+def _digest(document: dict) -> str:
+    body = {k: v for k, v in document.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(strict(body), sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def sealed(document: dict) -> dict:
+    """``document`` with the sha256 of its canonical JSON: a resume file (a probe group, a
+    neurons step) that was changed but still parses, one digit edited, is then told from
+    the one its run wrote and is redone instead of trusted."""
+    return {**document, SEAL: _digest(document)}
+
+
+def unsealed(document) -> dict | None:
+    """The document without its seal when the seal matches, else None (changed, or
+    written before 2026-12-04 without one)."""
+    if not isinstance(document, dict) or document.get(SEAL) != _digest(document):
+        return None
+    return {k: v for k, v in document.items() if k != SEAL}
 
 
 def strict(value):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import zipfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,10 +23,12 @@ from tqdm.auto import tqdm
 from probe_engine.grid import group_id, parse_layers, result_identity
 from probe_engine.group import open_stores, run_group
 from probe_engine.labels import training_classes
-from probe_engine.outputs import make_output_dir, read_npz, remove_partial_files, write_json, write_npz
+from probe_engine.outputs import (make_output_dir, read_npz, remove_partial_files, sealed, unsealed, write_json,
+                                  write_npz)
 from probe_engine.stores import shared_rows_warning, verify_stores
 from store.errors import StrataError, first_line
 from store.lock import exclusive_writer
+from store.manifest import sha256_file
 
 RESULTS_VERSION = 1
 
@@ -65,20 +66,27 @@ def plan_groups(options: dict) -> list[dict]:
 
 
 def save_group(out: Path, gid: str, spec: dict, result: dict) -> None:
+    """The group's arrays, then its record, sealed with its own digest and the arrays'
+    (the record is what marks the group finished)."""
     folder = out / "groups"
     folder.mkdir(parents=True, exist_ok=True)
     write_npz(folder / f"{gid}.npz", result["arrays"])
-    write_json(folder / f"{gid}.json", {"spec": spec, **result["summary"]})
+    record = {"spec": spec, **result["summary"], "arrays_sha256": sha256_file(folder / f"{gid}.npz")}
+    write_json(folder / f"{gid}.json", sealed(record))
 
 
 def load_group(out: Path, gid: str, spec: dict) -> dict | None:
-    path = out / "groups" / f"{gid}.json"
-    if not path.exists() or not (out / "groups" / f"{gid}.npz").exists():
+    """A finished group's record, or None when it must be trained (again): missing, for
+    other options, or damaged, including a change that leaves the files readable (both
+    are checked against the record's digests)."""
+    path, npz = out / "groups" / f"{gid}.json", out / "groups" / f"{gid}.npz"
+    if not path.exists() or not npz.exists():
         return None
     try:
-        doc = json.loads(path.read_text())
-        read_npz(out / "groups" / f"{gid}.npz")  # a damaged file: the group is trained again
-    except (OSError, ValueError, zipfile.BadZipFile):
+        doc = unsealed(json.loads(path.read_text()))
+        if doc is None or doc.pop("arrays_sha256", None) != sha256_file(npz):
+            return None
+    except (OSError, ValueError):
         return None
     return doc if result_identity(doc.get("spec", {})) == result_identity(spec) else None
 

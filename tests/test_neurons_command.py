@@ -359,3 +359,12 @@ def test_a_step_run_again_runs_every_later_step_again(analysis, stores, tmp_path
     assert strata(*neurons_args(stores, run))[0] == 0
     assert load(run)["strata_neurons"]["steps_reused"] == ["oracle", "ranking"]
     assert load(run)["ablation"] == load(analysis)["ablation"]  # deterministic: the same numbers again
+    # a change that still parses (one digit of the minimal step's dev accuracy) is redone too:
+    # trusted, it reached neurons.json and summary.md
+    record = run / "steps" / "minimal.json"
+    text = record.read_text()
+    accuracy = json.loads(text)["scores"]["dev"][0]
+    record.write_text(text.replace(json.dumps(accuracy), json.dumps(accuracy + 0.07), 1))
+    assert strata(*neurons_args(stores, run))[0] == 0
+    assert load(run)["strata_neurons"]["steps_reused"] == ["oracle", "ranking"]
+    assert load(run)["minimal"] == load(analysis)["minimal"]

@@ -297,6 +297,24 @@ def test_a_rebuilt_store_or_a_damaged_group_is_trained_again(stores, tmp_path, s
     group_file.write_text("{")  # damaged: trained again, no traceback
     code, _, err = strata(*args)
     assert code == 0 and "reusing" not in err and err.strip() == ""
+    def probes():
+        return [{k: v for k, v in p.items() if k != "seconds"} for p in load(tmp_path / "out")["probes"]]
+
+    expected = probes()
+    # a change that leaves the files readable: one digit of the record, the arrays without W
+    # (reused, the first reported a dev accuracy never measured, the second crashed the run
+    # after results.json was gone)
+    text = group_file.read_text()
+    accuracy = json.loads(text)["records"][0]["dev_accuracy"]
+    group_file.write_text(text.replace(json.dumps(accuracy), json.dumps(accuracy + 0.07), 1))
+    code, _, err = strata(*args)
+    assert code == 0 and "reusing" not in err and probes() == expected
+    arrays = group_file.with_suffix(".npz")
+    with np.load(arrays) as z:
+        kept = {k: z[k] for k in z.files if k != "W"}
+    np.savez(arrays, **kept)
+    code, _, err = strata(*args)
+    assert code == 0 and "reusing" not in err and probes() == expected
 
 
 def test_weights_of_an_earlier_run_are_removed_and_label_sets_count_once(first_run, stores, tmp_path, strata):
