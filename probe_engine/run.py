@@ -170,8 +170,9 @@ def _run_distributed(client, todo, out, done, address, quiet):
                 finished, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
-            except OSError as e:  # the scheduler went away
-                raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({e}); {resume}") from None
+            except (OSError, CancelledError) as e:  # the scheduler went away (killed: FuturesCancelledError)
+                raise StrataError(f"--scheduler: lost the dask scheduler at {address} ({type(e).__name__}: "
+                                  f"{first_line(e)}); {resume}") from None
             if not finished:
                 if client.scheduler_info().get("workers"):
                     workerless_since = None

@@ -214,6 +214,26 @@ def test_a_worker_that_dies_is_a_one_line_error_and_the_run_resumes(stores, tmp_
     assert strata(*args)[0] == 0
 
 
+def test_a_scheduler_killed_mid_run_is_a_one_line_error(stores, tmp_path, strata, monkeypatch):
+    """A killed scheduler cancels every future, and dask's ``wait`` raises
+    FuturesCancelledError (a CancelledError) itself: it ended the run with a traceback."""
+    from concurrent.futures import CancelledError
+
+    import dask.distributed
+    from dask.distributed import LocalCluster
+
+    def cancelled(*args, **kwargs):
+        raise CancelledError("4 Futures cancelled:\nReasons: scheduler-connection-lost")
+
+    monkeypatch.setattr(dask.distributed, "wait", cancelled)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        code, _, err = strata(*probe_args(stores, tmp_path / "out", "--layers", "1"), "--scheduler",
+                              cluster.scheduler_address)
+    assert (code, err.strip().splitlines()[-1]) == (1, (
+        f"strata probe: error: --scheduler: lost the dask scheduler at {cluster.scheduler_address} "
+        "(CancelledError: 4 Futures cancelled:); the finished groups are kept: rerun the same command to resume"))
+
+
 @pytest.mark.parametrize("schedule", ["path", "batched"])
 def test_grid_schedules_give_the_same_solutions(first_run, stores, tmp_path, strata, schedule):
     """The default schedule on the CPU (``auto``) is ``l1-path``, and every schedule solves
