@@ -38,6 +38,15 @@ def open_stores(spec: dict) -> dict[str, ProbeStore]:
     return stores
 
 
+def stopped_by(sol, p: int, tol: float) -> str:
+    """Which test ended probe ``p``: ``gradient`` (distance to the subdifferential at most
+    ``tol``), ``gap`` (the duality gap under ``--gap-tol``, with the distance still above
+    ``tol``) or ``max_iter`` (neither: its last point, uncertified)."""
+    if not sol.converged[p]:
+        return "max_iter"
+    return "gradient" if sol.optimality[p] <= tol else "gap"
+
+
 def choose(records: list[dict]) -> int:
     """The probe picked on dev among those solved to the run's tolerance (all of them
     unless the grid was screened): best dev accuracy; ties go to fewer non-zeros, then
@@ -98,9 +107,11 @@ def run_group(spec: dict, progress=None) -> dict:
                   "l1": l1, "l2": l2, "seed": spec["seed"]}
         for split in ("train", "dev", "test"):
             record[f"{split}_accuracy"] = float(accuracy[split][p]) if split in accuracy else None
+        record_tol = spec["tol"] if refined[p] else screen_tol
         record.update(objective=float(sol.objective[p]), loss=float(sol.loss[p]),
-                      tol=spec["tol"] if refined[p] else screen_tol, screened_out=not bool(refined[p]),
-                      converged=bool(sol.converged[p]), iterations=int(sol.iterations[p]),
+                      tol=record_tol, screened_out=not bool(refined[p]),
+                      converged=bool(sol.converged[p]), stopped_by=stopped_by(sol, p, record_tol),
+                      iterations=int(sol.iterations[p]),
                       optimality=float(sol.optimality[p]), duality_gap=finite_or_none(sol.gap[p]),
                       nonzeros=int(np.count_nonzero(sol.W[:, p])),
                       seconds=train_seconds / len(grid))

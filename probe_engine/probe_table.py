@@ -34,9 +34,11 @@ def format_table(document: dict) -> str:
     screened = sum(bool(p.get("screened_out")) for p in probes)
     if screened:
         run = document["strata_probe"]
+        certified = all(c["converged"] for c in document["chosen"])
         lines.append(f"screened: {screened} of {len(probes)} probes were left at --screen-tol {run['screen_tol']:g} "
                      f"(more than {100 * run['screen_margin']:g} dev points behind); the chosen ones are "
-                     f"certified to --tol {run['tol']:g}")
+                     + (f"certified to --tol {run['tol']:g}" if certified
+                        else f"refined toward --tol {run['tol']:g}, not all certified (see below)"))
     # which probes ran out of passes, and how far they got: "3/4 converged" alone does not
     # say which, nor that its numbers are those of an uncertified point
     uncertified = [p for p in probes if not p["converged"]]

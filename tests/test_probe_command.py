@@ -78,7 +78,7 @@ def test_results_match_an_independent_computation(first_run, stores):
 def test_convergence_is_reported_truthfully_and_sparsity_follows_l1(first_run, stores, tmp_path, strata):
     doc = load(first_run)
     for p in doc["probes"]:
-        assert p["converged"] == (p["optimality"] <= 1e-5)
+        assert p["converged"] == (p["optimality"] <= 1e-5) and p["stopped_by"] == "gradient"
         assert p["seed"] == 0 and p["seconds"] > 0
     assert all(p["converged"] for p in doc["probes"])  # strongly convex (l2 > 0): certified in time
     layer2 = {(p["l1"], p["l2"]): p["nonzeros"] for p in doc["probes"] if p["feature_set"] == "layer 2"}
@@ -88,7 +88,7 @@ def test_convergence_is_reported_truthfully_and_sparsity_follows_l1(first_run, s
     short = load(tmp_path / "short")
     assert short["strata_probe"]["max_iter"] == 5
     for p in short["probes"]:
-        assert (p["converged"], p["iterations"]) == (False, 5) and p["optimality"] > 1e-5
+        assert (p["converged"], p["iterations"], p["stopped_by"]) == (False, 5, "max_iter") and p["optimality"] > 1e-5
 
 
 def test_plot_and_table(first_run, stores, strata, tmp_path):
@@ -169,6 +169,8 @@ def test_gap_tol_stops_on_a_certified_duality_gap(stores, tmp_path, strata):
             assert p["optimality"] <= 1e-5 or gap <= 1e-2 * (objective - gap), p
     by_gap = [p for p in doc["probes"] if p["optimality"] > 1e-5 and p["converged"]]
     assert by_gap, "no probe stopped on its gap"
+    # the record says which test stopped it: its optimality is above the tol it records
+    assert all(p["stopped_by"] == ("gap" if p in by_gap else "gradient") for p in doc["probes"] if p["converged"])
 
 
 def test_distributed_equals_local(first_run, stores, tmp_path, strata):
@@ -439,6 +441,14 @@ def test_the_table_names_the_probes_that_ran_out_of_passes():
         "upos layer 0 l1 0.0001 l2 0 (optimality 2e-05 > 1e-05), upos layer 0 l1 1e-05 l2 0 (optimality 2e-05 > "
         "1e-05) and 1 more; each reports its last point (a larger --max-iter or penalty certifies it)")
     assert "not certified" not in format_table({"probes": probes[1:2], "strata_probe": {}, "chosen": [chosen]})
+    # screening's line does not call an uncertified chosen probe certified
+    screened = {"probes": [{**probes[0], "screened_out": False}, {**probes[1], "screened_out": True}],
+                "strata_probe": {"max_iter": 20, "screen_tol": 1e-2, "screen_margin": 0.003, "tol": 1e-5},
+                "chosen": [{**chosen, "converged": False}]}
+    assert ("the chosen ones are refined toward --tol 1e-05, not all certified (see below)"
+            in format_table(screened).splitlines()[-2])
+    screened["chosen"][0]["converged"] = True
+    assert format_table(screened).splitlines()[-2].endswith("the chosen ones are certified to --tol 1e-05")
 
 
 def test_the_table_keeps_its_columns_in_line_for_long_cells():
