@@ -36,8 +36,8 @@ def options_from_args(args) -> dict:
     bad = [m for m in methods if m not in METHODS] or ([] if methods else [args.method])
     if bad:
         raise StrataError(f"--method: {bad[0]!r} is not one of {', '.join(METHODS)}")
-    if args.tokens < 2:
-        raise StrataError(f"--tokens: RSA needs at least 2 tokens, got {args.tokens}")
+    if args.tokens < 3:  # 2 tokens make one pair of cosines: a correlation of one point is undefined
+        raise StrataError(f"--tokens: RSA needs at least 3 tokens (two cosine pairs to correlate), got {args.tokens}")
     if args.repeats < 1:
         raise StrataError(f"--repeats: must be >= 1, got {args.repeats}")
     if args.seed < 0:  # numpy's generators take none

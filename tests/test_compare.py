@@ -297,6 +297,7 @@ def test_compare_errors(tiny_stores, tmp_path, strata, tiny_bert, ud_dev):
     ("--layers", ",", "--layers: no layer id given in ','"),
     ("--layers", "0,0", "--layers: '0,0' names a layer twice"),
     ("--seed", "-1", "--seed: must be >= 0, got -1"),
+    ("--tokens", "2", "--tokens: RSA needs at least 3 tokens (two cosine pairs to correlate), got 2"),
 ])
 def test_compare_option_errors(tiny_stores, tmp_path, strata, option, value, message):
     base = tiny_stores["base"]
