@@ -14,9 +14,9 @@ def add_parser(subparsers) -> None:
                     "and CLS vs mean pooling, from the results of strata probe, neurons and compare.")
     p.add_argument("--base", nargs="+", required=True, metavar="RESULTS",
                    help="the base model's result directories or JSON files")
-    p.add_argument("--other", nargs="+", action="append", required=True, metavar="RESULTS",
+    p.add_argument("--other", nargs="+", action="append", default=[], metavar="RESULTS",
                    help="another model's results (repeat --other for each model); its compare results "
-                        "say how it differs from the base")
+                        "say how it differs from the base (none: a page of the base model alone)")
     p.add_argument("--names", help="comma-separated names, base first (default: base, other 1, ...)")
     p.add_argument("--out", required=True, help="the HTML file to write (PNGs go next to it)")
     p.set_defaults(run=report)

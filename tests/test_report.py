@@ -110,6 +110,17 @@ def test_report_says_what_is_missing(results, tmp_path, strata):
     assert page.missing == 4 and len(page.images) == 1
 
 
+def test_a_report_of_the_base_model_alone(results, tmp_path, strata):
+    """No --other: the base's own sections, and the similarity section says it has no other model."""
+    page_path = tmp_path / "alone.html"
+    code, stdout, err = strata("report", "--base", *results["base"], "--out", page_path)
+    assert code == 0, err
+    page = Page()
+    page.feed(page_path.read_text(encoding="utf-8"))
+    assert len(page.headings) == 5 and page.missing == 1
+    assert stdout.startswith(f"{page_path}: 1. Layer-wise probe accuracy, 2. Top neurons per layer")
+
+
 def test_report_flags_and_figure_text(results, tmp_path, strata):
     """Names matplotlib would read as mathtext or hide; one split for every model; a minimal
     set outside delta flagged; where each comparison's stores came from."""
