@@ -93,7 +93,12 @@ def load_models(groups: list[tuple[str, str, list[str]]]) -> list[dict]:
     for name, option, paths in groups:
         model = {"name": name, "probe": [], "neurons": [], "compare": []}
         chosen_in = {}  # (label, pool, layers) -> the path holding that chosen probe
+        seen = {}  # resolved path -> as given
         for p in paths:
+            if (where := Path(p).resolve()) in seen:  # not "A and A both hold a chosen probe"
+                spelled = "" if str(seen[where]) == str(p) else f" (first as {seen[where]})"
+                raise StrataError(f"{option}: {p} is given twice{spelled}")
+            seen[where] = p
             kind, doc = load_results(Path(p), option)
             if kind == "compare" and option == "--base":  # section 4 draws each other model against the base
                 raise StrataError(f"--base: {p} is a strata compare result; give it with --other, after the "

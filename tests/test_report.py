@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,7 +186,12 @@ def test_report_errors(results, tmp_path, strata):
                            "(it has no strata_neurons.label)")
     code, _, err = strata("report", "--base", *results["base"], results["base"][0], "--other", *results["other"],
                           "--out", tmp_path / "x.html")
-    assert err.strip() == (f"strata report: error: --base: {results['base'][0]} and {results['base'][0]} both hold "
+    assert err.strip() == f"strata report: error: --base: {results['base'][0]} is given twice"
+    twin = tmp_path / "twin"  # another copy of the same probe results: two lines through one layer
+    (shutil.copytree if Path(results["base"][0]).is_dir() else shutil.copy)(results["base"][0], twin)
+    code, _, err = strata("report", "--base", *results["base"], twin, "--other", *results["other"],
+                          "--out", tmp_path / "x.html")
+    assert err.strip() == (f"strata report: error: --base: {results['base'][0]} and {twin} both hold "
                            "a chosen probe for label upos, layer 0 of base; give one of them")
     stub.write_text('{"strata_probe": {}, "chosen": [{"label": "upos", "layers": [0]}]}')
     code, _, err = strata("report", "--base", stub, "--other", *results["other"], "--out", tmp_path / "x.html")
