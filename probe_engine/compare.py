@@ -152,6 +152,10 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
     la, lb = [A.layers[i] for i in pa], [B.layers[i] for i in pb]
     rows = rows_of(A, B, options["pool"])
     n_rows = A.features.shape[1] if rows is None else len(rows)
+    left_out = 0 if rows is None else A.features.shape[1] - len(rows)
+    if left_out and not quiet:  # pooled rows of a sentence either model skipped as too long (NaN there)
+        print(f"strata compare: {left_out:,} of {A.features.shape[1]:,} sentences are left out: A or B skipped "
+              "them as longer than its model takes", file=sys.stderr)
     if n_rows < 2:
         raise StrataError(f"A: {A.path} has {n_rows} row(s) to compare; similarity needs at least two")
     common = [x for x in la if x in lb]
@@ -162,7 +166,8 @@ def run_compare(options: dict, out: Path, quiet: bool = False) -> dict:
                               "variant_seed_b": B.parameters.get("variant_seed"),
                               "word_vector_a": A.parameters.get("word_vector"),
                               "word_vector_b": B.parameters.get("word_vector"), "pool": options["pool"],
-                              "methods": options["methods"], "rows": int(n_rows), "device": options["device"],
+                              "methods": options["methods"], "rows": int(n_rows),
+                              "skipped_sentences_left_out": int(left_out), "device": options["device"],
                               "command": options.get("command"),
                               "finished": None, "seconds": None},
            "layers_a": la, "layers_b": lb}

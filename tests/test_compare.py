@@ -5,6 +5,7 @@ ground truth on the real MiniLM model, determinism of variants, and every error.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -291,6 +292,25 @@ def test_compare_errors(tiny_stores, tmp_path, strata, tiny_bert, ud_dev):
     code, _, err = strata("compare", base, tiny_stores["truncate"], "--out", tmp_path / "o", "--layers", "2")
     assert err.strip() == (f"strata compare: error: --layers: layer 2 is not in B {tiny_stores['truncate']} "
                            "(stored: 0, 1)")
+
+
+def test_sentences_a_model_skipped_are_left_out_and_counted(tiny_stores, tmp_path, strata):
+    """Pooled rows of a sentence too long for one model are NaN there: left out, and said so
+    (before, only the smaller row count showed it)."""
+    skipping = tmp_path / "skipping.zarr"
+    shutil.copytree(tiny_stores["base"], skipping)
+    skipped = zarr.open_group(skipping, mode="r+")["sentence_skipped"]
+    flags = skipped[...]
+    already = int(flags.sum())  # the tiny model's short positions skip some sentences anyway
+    flags[np.flatnonzero(~flags)[:2]] = True
+    skipped[...] = flags
+    code, _, err = strata("compare", tiny_stores["base"], skipping, "--pool", "cls", "--no-verify",
+                          "--out", tmp_path / "o")
+    assert code == 0, err
+    assert (f"strata compare: {already + 2} of {len(flags)} sentences are left out: A or B skipped them as longer "
+            "than its model takes") in err
+    run = json.loads((tmp_path / "o" / "compare.json").read_text())["strata_compare"]
+    assert (run["rows"], run["skipped_sentences_left_out"]) == (len(flags) - already - 2, already + 2)
 
 
 @pytest.mark.parametrize("option,value,message", [
