@@ -24,14 +24,23 @@ def _signal_state():
 
 @pytest.fixture(autouse=True)
 def signals_are_left_as_found(request):
-    """The interrupt tests (test_streams.py, test_store_lock.py) need Ctrl-C to raise
-    KeyboardInterrupt in the main thread.  Both interrupt tests of test_streams.py once failed
-    ("DID NOT RAISE") in one xdist worker of a fresh-clone CI run and passed alone: a test that
-    leaves a handler or a blocked signal behind now fails itself, by name."""
+    """A test that leaves a SIGINT/SIGTERM handler or a blocked signal behind fails itself, by
+    name, rather than the interrupt tests that run after it in the same worker."""
     before = _signal_state()
     yield
     after = _signal_state()
     assert after == before, f"{request.node.nodeid} left the signal state changed: {before} -> {after}"
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt for the test, as at a terminal, restored after.  A
+    shell starts a background job (``make test &``) with SIGINT ignored, and Python then
+    keeps it ignored: the interrupt tests of test_streams.py failed "DID NOT RAISE" in such a
+    run (the product is right to keep a signal its caller ignores)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

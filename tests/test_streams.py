@@ -86,7 +86,7 @@ def test_failure_while_a_stream_waits_for_room_does_not_hang():
     assert finished, "run_streams hung after a failure"
 
 
-def test_an_interrupt_returns_only_once_every_stream_has_finished_its_batch():
+def test_an_interrupt_returns_only_once_every_stream_has_finished_its_batch(ctrl_c_raises):
     """A stream still inside torch when the interpreter exits aborts the process (SIGABRT,
     "terminate called without an active exception"): the interrupt waits for the batches."""
     rec = Recorder(0)
@@ -107,7 +107,7 @@ def test_an_interrupt_returns_only_once_every_stream_has_finished_its_batch():
     assert len(batch_ends) <= 3
 
 
-def test_an_interrupt_waits_for_the_batches_even_when_is_alive_says_false(monkeypatch):
+def test_an_interrupt_waits_for_the_batches_even_when_is_alive_says_false(monkeypatch, ctrl_c_raises):
     """Python 3.11's Thread.join, interrupted by Ctrl-C, can mark a thread still running
     as stopped: is_alive() then says False, and the wait that trusted it let the process
     exit with a stream inside torch (SIGABRT in 3 of 8 interrupted extractions)."""
